@@ -1,0 +1,93 @@
+"""The adapter contract every storage backend implements.
+
+Values cross this boundary as JSON text (``str``), already validated and
+size-checked by the core; ``None`` means "no such key" (the JSON value null is
+the text ``"null"``). Every method may raise
+:class:`~state_tasks.errors.AdapterError` when the storage fails; no other
+exception may escape an adapter.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from state_tasks.ops import Op
+
+DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
+
+
+class StateAdapter(ABC):
+    """Scoped key-value storage plus a reserved space for trigger registrations.
+
+    Implementations must make each method atomic on its own: a concurrent
+    ``set`` never loses an ``update`` and ``set`` returns exactly the value it
+    replaced. Triggers live in a space of their own that ``list_groups`` never
+    shows and that no scope name can reach.
+    """
+
+    #: Largest JSON text of one value, in bytes of UTF-8.
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+
+    #: True when ``list`` returns values in the order their keys were first set.
+    ordered_list: bool = False
+
+    #: True when the data lives inside this process only (one process may own it).
+    process_local: bool = False
+
+    def open(self) -> None:  # noqa: B027 - optional hook
+        """Acquire resources (locks, background savers). Called once before first use."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Flush and release everything; the adapter is not used afterwards."""
+
+    @abstractmethod
+    def get(self, scope: str, key: str) -> str | None:
+        """Return the JSON text stored under ``(scope, key)``, or ``None`` if absent."""
+
+    @abstractmethod
+    def set(self, scope: str, key: str, value_json: str) -> str | None:
+        """Store ``value_json``; return the JSON text it replaced, or ``None`` if new."""
+
+    @abstractmethod
+    def delete(self, scope: str, key: str) -> str | None:
+        """Remove the key; return the JSON text it held, or ``None`` if it was absent."""
+
+    @abstractmethod
+    def update(self, scope: str, key: str, ops: Sequence[Op]) -> tuple[str | None, str]:
+        """Apply parsed update ops atomically; return ``(old_json or None, new_json)``.
+
+        Implementations compute the new value with
+        :func:`state_tasks.codec.apply_ops_json` so every adapter shares one
+        definition of the ops. It raises
+        :class:`~state_tasks.errors.UpdateOpError` or
+        :class:`~state_tasks.errors.ValueTooLarge`; then nothing is written.
+        """
+
+    @abstractmethod
+    def list(self, scope: str) -> list[str]:
+        """Return the JSON texts of every value in ``scope`` (empty scope: ``[]``)."""
+
+    @abstractmethod
+    def list_groups(self) -> list[str]:
+        """Return the scopes holding at least one key, sorted and unique."""
+
+    # -- the reserved trigger space -------------------------------------------------
+
+    @abstractmethod
+    def triggers_load(self) -> dict[str, str]:
+        """Return every stored trigger as ``{trigger_id: json_text}``."""
+
+    @abstractmethod
+    def triggers_put(self, trigger_id: str, trigger_json: str) -> bool:
+        """Store a trigger; return ``True`` if it was new. Bumps the version."""
+
+    @abstractmethod
+    def triggers_delete(self, trigger_id: str) -> bool:
+        """Remove a trigger; return ``True`` if it existed. Bumps the version."""
+
+    @abstractmethod
+    def triggers_version(self) -> int:
+        """A number that changes whenever the stored triggers change (cheap to read)."""

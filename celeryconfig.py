@@ -1,0 +1,79 @@
+"""Celery settings for state_tasks, read from the environment.
+
+Loaded by ``state_tasks.celery_app`` with ``config_from_object("celeryconfig")``.
+Every value here can be overridden the usual Celery ways.
+
+=========================  =====================================================
+variable                   default
+=========================  =====================================================
+``CELERY_BROKER_URL``      ``REDIS_URL`` if set, else the embedded filesystem
+                           broker under ``./data/broker``
+``CELERY_RESULT_BACKEND``  ``REDIS_URL`` if set, else a file backend under
+                           ``./data/results``
+``REDIS_URL``              unset
+``STATE_CONFIG``           ``./state.yaml`` if it exists, else built-in defaults
+``CELERY_WORKER_POOL``     ``threads`` for the KvStore (its data lives in one
+                           process), else ``prefork``
+=========================  =====================================================
+"""
+
+from __future__ import annotations
+
+import os
+
+_redis_url = os.environ.get("REDIS_URL") or None
+
+#: Where the embedded broker and result files live when no server is configured.
+DATA_DIR = os.path.abspath(os.environ.get("STATE_TASKS_DATA_DIR", "./data"))
+
+broker_url = os.environ.get("CELERY_BROKER_URL") or _redis_url or "filesystem://"
+result_backend = (
+    os.environ.get("CELERY_RESULT_BACKEND")
+    or _redis_url
+    or "file://" + os.path.join(DATA_DIR, "results")
+)
+
+if broker_url.startswith("filesystem://"):
+    # One folder holds the queue files (written and read by every process in the
+    # same working directory); polling every 20 ms keeps a round trip well under
+    # a second while costing an idle worker almost nothing.
+    broker_transport_options = {
+        "data_folder_in": os.path.join(DATA_DIR, "broker", "queue"),
+        "data_folder_out": os.path.join(DATA_DIR, "broker", "queue"),
+        "control_folder": os.path.join(DATA_DIR, "broker", "control"),
+        "polling_interval": 0.02,
+        "store_processed": False,
+    }
+
+# JSON only, in both directions: a pickle message is refused, never executed.
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+result_accept_content = ["json"]
+
+# Reliability: a task is acknowledged only after it ran, and a task whose worker
+# died mid-way goes back to the queue instead of being lost. One message is
+# reserved per process at a time, so a crash strands at most that one.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+broker_connection_retry_on_startup = True
+
+# Flower and `celery events` see every state task, condition and handler.
+worker_send_task_events = True
+task_send_sent_event = True
+
+result_expires = 24 * 3600
+
+
+def _default_pool() -> str:
+    """``threads`` when the configured adapter keeps its data in one process."""
+    try:
+        from state_tasks.config import load_config
+
+        return "prefork" if not load_config().process_local else "threads"
+    except Exception:  # a bad state.yaml is reported by the worker at start-up
+        return "threads"
+
+
+worker_pool = os.environ.get("CELERY_WORKER_POOL") or _default_pool()

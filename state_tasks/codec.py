@@ -1,0 +1,57 @@
+"""JSON text in and out of storage: encode once, check size, decode exactly.
+
+Values are stored as compact JSON text. Python's ``json`` keeps integers exact
+at any size (up to Python's 4,300-digit conversion limit) and floats as floats,
+and keeps ``[]`` and ``{}`` apart.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from state_tasks.errors import UpdateOpError, ValidationError, ValueTooLarge
+from state_tasks.ops import Op, apply_ops
+
+_encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def encode(value: Any, max_bytes: int, *, what: str = "value") -> str:
+    """Encode a JSON value; raise ``ValidationError`` or ``ValueTooLarge``."""
+    try:
+        text = _encoder.encode(value)
+    except (TypeError, ValueError, RecursionError) as e:
+        raise ValidationError(f"the {what} is not a JSON value: {e}") from None
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as e:
+        raise ValidationError(
+            f"the {what} holds text that is not valid Unicode "
+            f"(lone surrogate at position {e.start})"
+        ) from None
+    if size > max_bytes:
+        raise ValueTooLarge(
+            f"the {what} is {size} bytes as JSON; the limit is {max_bytes} bytes "
+            "(raise the adapter's max_value_bytes, or store it in smaller pieces)"
+        )
+    return text
+
+
+def decode(text: str | None) -> Any:
+    """Decode stored JSON text; ``None`` (no such key) stays ``None``."""
+    return None if text is None else json.loads(text)
+
+
+def apply_ops_json(old_json: str | None, ops: Sequence[Op], max_bytes: int) -> str:
+    """Apply ops to stored JSON text and return the new JSON text.
+
+    The one read-modify-write step every adapter's ``update`` runs under its own
+    atomicity (a lock, a Redis transaction): ``UpdateOpError`` or
+    ``ValueTooLarge`` means nothing may be written.
+    """
+    new_value = apply_ops(decode(old_json), ops, exists=old_json is not None)
+    try:
+        return encode(new_value, max_bytes, what="updated value")
+    except ValidationError as e:
+        raise UpdateOpError(f"{e.message}; nothing was written") from None

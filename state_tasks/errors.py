@@ -1,0 +1,90 @@
+"""The error family of state_tasks.
+
+Every failure a caller can see is a :class:`StateError` with a machine-readable
+``code`` and a message a person can act on. The classes survive Celery's JSON
+result backend: the worker stores ``exc_module``/``exc_type``/``exc_message``
+and the caller's ``AsyncResult.get()`` rebuilds the same class with the same
+message and code, because ``args`` is exactly ``(message, code)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class StateError(Exception):
+    """Root of every error state_tasks raises on purpose.
+
+    ``code`` is one of ``VALIDATION_ERROR``, ``UPDATE_OP_ERROR``,
+    ``VALUE_TOO_LARGE``, ``ADAPTER_ERROR`` (the state functions) or
+    ``CONFIG_ERROR`` (start-up).
+    """
+
+    default_code = "STATE_ERROR"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        code = code or self.default_code
+        if not message:
+            message = f"{code} (no detail given)"
+        super().__init__(message, code)
+        self.message = message
+        self.code = code
+
+    def __str__(self) -> str:
+        return f"[{self.code}] {self.message}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.message, self.code))
+
+    def to_dict(self) -> dict[str, str]:
+        """The error as JSON-safe data: ``{"code": ..., "message": ...}``."""
+        return {"code": self.code, "message": self.message}
+
+
+class ValidationError(StateError):
+    """A scope, key, value or payload that the state functions do not accept."""
+
+    default_code = "VALIDATION_ERROR"
+
+
+class UpdateOpError(StateError):
+    """An update op that cannot be applied; nothing was written."""
+
+    default_code = "UPDATE_OP_ERROR"
+
+
+class ValueTooLarge(StateError):
+    """A value whose JSON form exceeds the adapter's ``max_value_bytes``."""
+
+    default_code = "VALUE_TOO_LARGE"
+
+
+class AdapterError(StateError):
+    """The storage behind the adapter failed or could not be reached."""
+
+    default_code = "ADAPTER_ERROR"
+
+
+class ConfigError(StateError):
+    """A module config (``state.yaml``) that cannot be used; raised at start-up."""
+
+    default_code = "CONFIG_ERROR"
+
+
+class CallTimeout(StateError):
+    """A function called and waited for did not answer within its timeout."""
+
+    default_code = "TIMEOUT"
+
+
+ERROR_CLASSES: dict[str, type[StateError]] = {
+    cls.default_code: cls
+    for cls in (
+        ValidationError, UpdateOpError, ValueTooLarge, AdapterError, ConfigError, CallTimeout
+    )
+}
+
+
+def error_from_code(code: str, message: str) -> StateError:
+    """Rebuild the right :class:`StateError` subclass from its code."""
+    return ERROR_CLASSES.get(code, StateError)(message, code)

@@ -1,0 +1,213 @@
+"""The iii-style facade: the original engine's Python samples run on it unchanged.
+
+::
+
+    from state_tasks import iii
+
+    iii.register_function({"id": "state::onUserUpdated"}, on_user_updated)
+    iii.register_trigger({"type": "state", "function_id": "state::onUserUpdated",
+                          "config": {"scope": "users", "key": "profile"}})
+    iii.trigger({"function_id": "state::set", "payload": {...}, "action": {"type": "void"}})
+
+Inside a worker (a handler reading state while it handles a change) state
+functions run in-process on the worker's own adapter instead of waiting on
+the broker, so a worker can never deadlock on itself, even with one thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from celery import Celery
+from celery.exceptions import TimeoutError as CeleryTimeoutError
+
+from state_tasks.errors import CallTimeout, ValidationError
+from state_tasks.runtime import current_runtime, declare, get_runtime
+from state_tasks.service import STATE_FUNCTIONS
+from triggers.registry import Trigger, trigger_from_spec
+
+DEFAULT_TIMEOUT_MS = 30_000
+#: How often a waiting caller polls a polling result backend (the file backend).
+RESULT_POLL_INTERVAL_S = 0.02
+
+TaskT = TypeVar("TaskT")
+
+
+@dataclass(frozen=True)
+class FunctionRef:
+    """What ``register_function`` returns: the function's id and its Celery task."""
+
+    id: str
+    task: Any = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class TriggerHandle:
+    """What ``register_trigger`` returns: the trigger's id, and a way to remove it."""
+
+    id: str
+    trigger: Trigger = field(repr=False)
+    _facade: III = field(repr=False, compare=False)
+
+    def unregister(self) -> bool:
+        """Remove this trigger everywhere; ``False`` if it was already gone."""
+        return self._facade.unregister_trigger(self.id)
+
+
+class III:
+    """The engine's SDK surface, on a Celery app."""
+
+    def __init__(self, app: Celery, timeout_ms: int = DEFAULT_TIMEOUT_MS) -> None:
+        self.app = app
+        self.timeout_ms = timeout_ms
+
+    # -- functions and triggers -----------------------------------------------------
+
+    def register_function(
+        self, spec: Mapping[str, Any] | str, fn: Callable[[Any], Any]
+    ) -> FunctionRef:
+        """Make ``fn(event)`` a Celery task named by the function id."""
+        function_id = spec if isinstance(spec, str) else spec.get("id") if isinstance(spec, Mapping) else None
+        if not isinstance(function_id, str) or not function_id:
+            raise ValidationError(
+                f"register_function: expected {{'id': 'name::here'}} or a non-empty string, got {spec!r}"
+            )
+        if function_id in STATE_FUNCTIONS:
+            raise ValidationError(f"register_function: {function_id!r} is a built-in state function")
+        task = self.app.task(name=function_id, shared=False)(fn)
+        return FunctionRef(function_id, task)
+
+    def register_trigger(self, spec: Mapping[str, Any]) -> TriggerHandle:
+        """Register a ``state`` trigger; registering the same one twice keeps one.
+
+        In a worker (at import of its modules, or from a handler) the trigger is
+        stored by the worker itself; anywhere else it is sent to a worker and
+        this call waits until it is stored.
+        """
+        trigger = trigger_from_spec(spec)
+        if self._in_worker():
+            declare(trigger)
+        else:
+            self._send_and_wait("triggers::register", args=(trigger.to_dict(),))
+        return TriggerHandle(trigger.id, trigger, self)
+
+    def unregister_trigger(self, trigger_id: str) -> bool:
+        """Remove a trigger by id, from any process."""
+        if self._in_worker():
+            return get_runtime(self.app).registry.unregister(trigger_id)
+        return bool(self._send_and_wait("triggers::unregister", args=(trigger_id,)))
+
+    def list_triggers(self) -> list[dict[str, Any]]:
+        """Every registered trigger, as ``{"id", "type", "function_id", "config"}``."""
+        if self._in_worker():
+            return [t.to_dict() for t in get_runtime(self.app).registry.list()]
+        result: list[dict[str, Any]] = self._send_and_wait("triggers::list")
+        return result
+
+    # -- calling functions ----------------------------------------------------------
+
+    def trigger(self, request: Mapping[str, Any]) -> Any:
+        """Call a function: ``{"function_id", "payload", "action"?, "timeout_ms"?}``.
+
+        With ``action: {"type": "void"}`` the call is sent and ``None`` returned
+        at once; otherwise this waits for and returns the result.
+        """
+        function_id, payload, void, timeout_ms = self._parse_request(request)
+        if function_id in STATE_FUNCTIONS:
+            if self._in_worker():
+                result = get_runtime(self.app).service.call(function_id, payload)
+                return None if void else result
+            if void:
+                self.app.send_task(function_id, kwargs=payload)
+                return None
+            return self._send_and_wait(function_id, kwargs=payload, timeout_ms=timeout_ms)
+        if void:
+            self.app.send_task(function_id, args=(payload,))
+            return None
+        local = self.app.tasks.get(function_id) if self._in_worker() else None
+        if local is not None:
+            return local.apply(args=(payload,)).get(disable_sync_subtasks=False)
+        return self._send_and_wait(function_id, args=(payload,), timeout_ms=timeout_ms)
+
+    # -- internals --------------------------------------------------------------------
+
+    def _in_worker(self) -> bool:
+        return bool(self.app.loader.worker_initialized) or current_runtime() is not None
+
+    def _parse_request(self, request: Mapping[str, Any]) -> tuple[str, dict[str, Any], bool, int]:
+        if not isinstance(request, Mapping):
+            raise ValidationError(f"trigger: expected a request object, got {request!r}")
+        unknown = set(request) - {"function_id", "payload", "action", "timeout_ms"}
+        if unknown:
+            raise ValidationError(
+                f"trigger: unknown keys {sorted(unknown)} (allowed: function_id, payload, action, timeout_ms)"
+            )
+        function_id = request.get("function_id")
+        if not isinstance(function_id, str) or not function_id:
+            raise ValidationError(f"trigger: 'function_id' must be a non-empty string, got {function_id!r}")
+        payload = request.get("payload") or {}
+        if not isinstance(payload, Mapping):
+            raise ValidationError(f"trigger: 'payload' must be an object, got {payload!r}")
+        action = request.get("action")
+        if action is not None and not (isinstance(action, Mapping) and action.get("type") in ("void",)):
+            raise ValidationError(f"trigger: unsupported action {action!r} (use {{'type': 'void'}} or omit it)")
+        timeout_ms = request.get("timeout_ms", self.timeout_ms)
+        if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int) or timeout_ms <= 0:
+            raise ValidationError(f"trigger: 'timeout_ms' must be a positive integer, got {timeout_ms!r}")
+        return function_id, dict(payload), action is not None, timeout_ms
+
+    def _send_and_wait(
+        self,
+        task_name: str,
+        args: tuple[Any, ...] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        timeout_ms: int | None = None,
+    ) -> Any:
+        timeout_ms = timeout_ms or self.timeout_ms
+        result = self.app.send_task(task_name, args=args, kwargs=dict(kwargs or {}))
+        try:
+            value = result.get(timeout=timeout_ms / 1000, interval=RESULT_POLL_INTERVAL_S)
+        except CeleryTimeoutError:
+            raise CallTimeout(
+                f"{task_name} did not answer within {timeout_ms} ms; is a worker running "
+                "(celery -A state_tasks worker) on the same broker?"
+            ) from None
+        result.forget()  # the file backend keeps a file per result until forgotten
+        return value
+
+
+def state_trigger(
+    *,
+    scope: str | None = None,
+    key: str | None = None,
+    condition: str | None = None,
+) -> Callable[[TaskT], TaskT]:
+    """Declare a Celery task as the handler of a ``state`` trigger.
+
+    Stack it on ``@app.task``; the trigger is stored when a worker imports the
+    module (``celery -A state_tasks worker -I mymodule``)::
+
+        @state_trigger(scope="users", key="profile", condition="conditions::emailChanged")
+        @app.task(name="users::onEmailChange")
+        def on_email_change(event): ...
+    """
+
+    def wrap(task: TaskT) -> TaskT:
+        function_id = getattr(task, "name", None)
+        if not isinstance(function_id, str):
+            raise ValidationError(f"state_trigger: stack it on a Celery task, got {task!r}")
+        config = {"scope": scope, "key": key, "condition_function_id": condition}
+        declare(
+            trigger_from_spec(
+                {
+                    "type": "state",
+                    "function_id": function_id,
+                    "config": {k: v for k, v in config.items() if v is not None},
+                }
+            )
+        )
+        return task
+
+    return wrap

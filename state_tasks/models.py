@@ -1,0 +1,148 @@
+"""Pydantic models at the edges: task payloads, the state event, trigger configs.
+
+Inside the core, plain typed Python is used; these models validate what comes
+in over the wire and turn every problem into a :class:`~state_tasks.errors.ValidationError`
+that names the field and the offending value.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, TypeVar
+
+import pydantic
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from state_tasks.errors import ValidationError
+
+MAX_NAME_BYTES = 1024
+
+EventType = Literal["state:created", "state:updated", "state:deleted"]
+
+
+def check_name(value: str) -> str:
+    """A scope or key: a non-empty string of at most 1024 bytes in UTF-8."""
+    if not value:
+        raise ValueError("must be a non-empty string")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError as e:
+        raise ValueError(
+            f"is not valid Unicode (lone surrogate at position {e.start}); "
+            "send text that encodes as UTF-8"
+        ) from None
+    if size > MAX_NAME_BYTES:
+        raise ValueError(f"is {size} bytes in UTF-8; the limit is {MAX_NAME_BYTES}")
+    return value
+
+
+Name = Annotated[str, Field(strict=True), AfterValidator(check_name)]
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ScopePayload(_Payload):
+    scope: Name
+
+
+class KeyPayload(_Payload):
+    scope: Name
+    key: Name
+
+
+class SetPayload(KeyPayload):
+    """``state::set``: ``value`` (or its alias ``data``) is required; JSON ``null`` is a value."""
+
+    value: Any
+
+    @model_validator(mode="before")
+    @classmethod
+    def _data_alias(cls, raw: Any) -> Any:
+        if isinstance(raw, dict):
+            has_value, has_data = "value" in raw, "data" in raw
+            if has_value and has_data:
+                raise ValueError("give either 'value' or its alias 'data', not both")
+            if not has_value and not has_data:
+                raise ValueError(
+                    "'value' is missing; pass the JSON value to store "
+                    "(an explicit null is a value)"
+                )
+            if has_data:
+                raw = {k: v for k, v in raw.items() if k != "data"} | {"value": raw["data"]}
+        return raw
+
+
+class UpdatePayload(KeyPayload):
+    ops: Any
+
+
+class ListGroupsPayload(_Payload):
+    pass
+
+
+class StateEvent(BaseModel):
+    """The event handed to trigger conditions and handlers (SPEC §4).
+
+    Handlers receive it as a plain dict; ``StateEvent.model_validate(event)``
+    parses it. ``event_id`` is unique per change: use it to make a handler
+    idempotent.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    type: Literal["state"] = "state"
+    event_type: EventType
+    scope: str
+    key: str
+    old_value: Any = None
+    new_value: Any = None
+    event_id: str
+    timestamp: str
+
+
+class TriggerConfig(BaseModel):
+    """``config`` of a ``state`` trigger; an omitted filter matches everything."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scope: Annotated[str, Field(strict=True), AfterValidator(check_name)] | None = None
+    key: Annotated[str, Field(strict=True), AfterValidator(check_name)] | None = None
+    condition_function_id: Annotated[str, Field(strict=True, min_length=1)] | None = None
+
+
+class TriggerSpec(BaseModel):
+    """A trigger registration: ``{"type": "state", "function_id": ..., "config": {...}}``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["state"] = "state"
+    function_id: Annotated[str, Field(strict=True, min_length=1)]
+    config: TriggerConfig = TriggerConfig()
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def _show(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 80 else shown[:77] + "..."
+
+
+def parse(model: type[ModelT], data: Any, what: str) -> ModelT:
+    """Validate ``data`` as ``model``; raise one readable :class:`ValidationError`."""
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as e:
+        problems = []
+        for err in e.errors(include_url=False):
+            where = ".".join(str(part) for part in err["loc"]) or "payload"
+            message = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                message = "is not a known field (check its spelling)"
+            elif err["type"] == "missing":
+                message = "is required"
+            elif "input" in err and err["type"] not in ("value_error",):
+                message = f"{message} (got {_show(err['input'])})"
+            problems.append(f"'{where}' {message}" if where != "payload" else message)
+        raise ValidationError(f"{what}: " + "; ".join(problems)) from None

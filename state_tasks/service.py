@@ -1,0 +1,163 @@
+"""The state service: validation, the adapter, and change events. No Celery here.
+
+The six state functions are methods of :class:`StateService`; the Celery tasks
+and the in-process facade both call :meth:`StateService.call`. After a change
+is stored (never before, never for a failed change) the service hands a
+:data:`StateEvent`-shaped dict to its ``on_change`` callback, which the Celery
+layer wires to trigger dispatch.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from adapters.base import StateAdapter
+from state_tasks import codec
+from state_tasks.errors import AdapterError, StateError, ValidationError
+from state_tasks.models import (
+    KeyPayload,
+    ListGroupsPayload,
+    ScopePayload,
+    SetPayload,
+    UpdatePayload,
+    parse,
+)
+from state_tasks.ops import parse_ops
+
+logger = logging.getLogger(__name__)
+
+#: The six state functions, by their task name.
+STATE_FUNCTIONS = (
+    "state::set",
+    "state::get",
+    "state::delete",
+    "state::update",
+    "state::list",
+    "state::list_groups",
+)
+
+ChangeListener = Callable[[dict[str, Any]], None]
+
+
+def make_event(
+    event_type: str,
+    scope: str,
+    key: str,
+    old_value: Any,
+    new_value: Any,
+    event_id: str | None = None,
+) -> dict[str, Any]:
+    """Build the event payload of SPEC §4 as a JSON-safe dict."""
+    return {
+        "type": "state",
+        "event_type": event_type,
+        "scope": scope,
+        "key": key,
+        "old_value": old_value,
+        "new_value": new_value,
+        "event_id": event_id or uuid.uuid4().hex,
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+    }
+
+
+class StateService:
+    """The six state functions over one adapter.
+
+    :param adapter: where values live; opened by the caller.
+    :param on_change: called with the event dict after each stored change.
+    """
+
+    def __init__(self, adapter: StateAdapter, on_change: ChangeListener | None = None) -> None:
+        self.adapter = adapter
+        self.on_change = on_change
+        self._handlers: dict[str, Callable[[Mapping[str, Any]], Any]] = {
+            "state::set": self._set,
+            "state::get": self._get,
+            "state::delete": self._delete,
+            "state::update": self._update,
+            "state::list": self._list,
+            "state::list_groups": self._list_groups,
+        }
+
+    def call(self, function_id: str, payload: Mapping[str, Any] | None = None) -> Any:
+        """Run one state function with its payload; return its JSON-safe result.
+
+        Raises :class:`StateError` (and nothing else) for bad input or a storage failure.
+        """
+        handler = self._handlers.get(function_id)
+        if handler is None:
+            raise ValidationError(
+                f"unknown state function {function_id!r} (expected one of {', '.join(STATE_FUNCTIONS)})"
+            )
+        if payload is None:
+            payload = {}
+        if not isinstance(payload, Mapping):
+            raise ValidationError(f"{function_id}: the payload must be an object, got {payload!r}")
+        try:
+            return handler(payload)
+        except StateError:
+            raise
+        except Exception as e:  # an adapter broke its contract: still report it as ours
+            logger.exception("%s failed inside the adapter", function_id)
+            raise AdapterError(f"{function_id}: the storage failed: {type(e).__name__}: {e}") from e
+
+    # -- the six functions ----------------------------------------------------------
+
+    def _set(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        request = parse(SetPayload, payload, "state::set")
+        text = codec.encode(request.value, self.adapter.max_value_bytes)
+        old_text = self.adapter.set(request.scope, request.key, text)
+        old = codec.decode(old_text)
+        event_type = "state:created" if old_text is None else "state:updated"
+        self._changed(event_type, request.scope, request.key, old, request.value)
+        return {"old_value": old, "new_value": request.value}
+
+    def _get(self, payload: Mapping[str, Any]) -> Any:
+        request = parse(KeyPayload, payload, "state::get")
+        return codec.decode(self.adapter.get(request.scope, request.key))
+
+    def _delete(self, payload: Mapping[str, Any]) -> Any:
+        request = parse(KeyPayload, payload, "state::delete")
+        old_text = self.adapter.delete(request.scope, request.key)
+        if old_text is None:
+            return None
+        old = codec.decode(old_text)
+        self._changed("state:deleted", request.scope, request.key, old, None)
+        return old
+
+    def _update(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        request = parse(UpdatePayload, payload, "state::update")
+        ops = parse_ops(request.ops)
+        old_text, new_text = self.adapter.update(request.scope, request.key, ops)
+        old, new = codec.decode(old_text), codec.decode(new_text)
+        event_type = "state:created" if old_text is None else "state:updated"
+        self._changed(event_type, request.scope, request.key, old, new)
+        return {"old_value": old, "new_value": new}
+
+    def _list(self, payload: Mapping[str, Any]) -> list[Any]:
+        request = parse(ScopePayload, payload, "state::list")
+        return [codec.decode(text) for text in self.adapter.list(request.scope)]
+
+    def _list_groups(self, payload: Mapping[str, Any]) -> dict[str, list[str]]:
+        parse(ListGroupsPayload, payload, "state::list_groups")
+        return {"groups": self.adapter.list_groups()}
+
+    def _changed(self, event_type: str, scope: str, key: str, old: Any, new: Any) -> None:
+        if self.on_change is None:
+            return
+        event = make_event(event_type, scope, key, old, new)
+        try:
+            self.on_change(event)
+        except Exception:
+            # The change is stored; failing the call now would invite a retry that
+            # applies it twice. Report loudly instead.
+            logger.exception(
+                "stored %s for scope=%r key=%r but could not dispatch its triggers",
+                event_type,
+                scope,
+                key,
+            )

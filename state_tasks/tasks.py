@@ -1,0 +1,114 @@
+"""The six state functions as Celery tasks, and the worker's start-up checks.
+
+Tasks are thin: they gather their keyword arguments, hand them to the service
+(which validates with pydantic and raises :class:`StateError`), and return
+JSON-safe data. Every parameter is optional in the Python signature so that a
+missing or misspelt one comes back as a ``VALIDATION_ERROR`` that says so,
+not as a ``TypeError``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Final
+
+from celery import signals
+
+from state_tasks.celery_app import app
+from state_tasks.errors import ConfigError
+from state_tasks.runtime import close_runtime, forget_runtime_after_fork, get_runtime
+
+logger = logging.getLogger(__name__)
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+MISSING: Final[Any] = _Missing()
+
+
+def _call(function_id: str, **given: Any) -> Any:
+    payload = {name: value for name, value in given.items() if value is not MISSING}
+    return get_runtime(app).service.call(function_id, payload)
+
+
+@app.task(name="state::set")
+def state_set(
+    scope: str = MISSING, key: str = MISSING, value: Any = MISSING, data: Any = MISSING, **extra: Any
+) -> dict[str, Any]:
+    """Store ``value`` (alias ``data``) under ``(scope, key)``; return ``{old_value, new_value}``."""
+    return _call("state::set", scope=scope, key=key, value=value, data=data, **extra)  # type: ignore[no-any-return]
+
+
+@app.task(name="state::get")
+def state_get(scope: str = MISSING, key: str = MISSING, **extra: Any) -> Any:
+    """Return the value under ``(scope, key)``, or ``None``."""
+    return _call("state::get", scope=scope, key=key, **extra)
+
+
+@app.task(name="state::delete")
+def state_delete(scope: str = MISSING, key: str = MISSING, **extra: Any) -> Any:
+    """Delete ``(scope, key)``; return the deleted value, or ``None``."""
+    return _call("state::delete", scope=scope, key=key, **extra)
+
+
+@app.task(name="state::update")
+def state_update(
+    scope: str = MISSING, key: str = MISSING, ops: list[dict[str, Any]] = MISSING, **extra: Any
+) -> dict[str, Any]:
+    """Apply update ``ops`` atomically; return ``{old_value, new_value}``."""
+    return _call("state::update", scope=scope, key=key, ops=ops, **extra)  # type: ignore[no-any-return]
+
+
+@app.task(name="state::list")
+def state_list(scope: str = MISSING, **extra: Any) -> list[Any]:
+    """Return every value in ``scope`` as a JSON array."""
+    return _call("state::list", scope=scope, **extra)  # type: ignore[no-any-return]
+
+
+@app.task(name="state::list_groups")
+def state_list_groups(**extra: Any) -> dict[str, list[str]]:
+    """Return ``{"groups": [...]}``: the sorted scopes holding at least one key."""
+    return _call("state::list_groups", **extra)  # type: ignore[no-any-return]
+
+
+def _pool_name(pool_cls: Any) -> str:
+    name = pool_cls if isinstance(pool_cls, str) else getattr(pool_cls, "__module__", "")
+    return str(name).rsplit(".", 1)[-1].lower()
+
+
+@signals.worker_init.connect
+def _start_worker(sender: Any = None, **_: Any) -> None:
+    """Load ``state.yaml`` and open the adapter before the worker consumes anything."""
+    if getattr(sender, "app", None) is not app:
+        return
+    runtime = get_runtime(app)
+    pool = _pool_name(sender.pool_cls)
+    if runtime.config.process_local and pool == "prefork":
+        close_runtime()
+        raise ConfigError(
+            f"{runtime.config.source}: the {runtime.config.adapter_name} keeps its data inside one "
+            "process, and the prefork pool would split it across child processes. Start the "
+            "worker with --pool threads (the default for this adapter) or --pool solo, or use "
+            "the RedisAdapter to share state between processes."
+        )
+    logger.info(
+        "state_tasks: %s adapter ready (config: %s)",
+        runtime.config.adapter_name,
+        runtime.config.source,
+    )
+
+
+@signals.worker_process_init.connect
+def _start_child(**_: Any) -> None:
+    """A prefork child opens its own connections instead of sharing its parent's."""
+    forget_runtime_after_fork()
+    get_runtime(app)
+
+
+@signals.worker_shutdown.connect
+def _stop_worker(sender: Any = None, **_: Any) -> None:
+    """Flush the adapter on a clean (warm) shutdown."""
+    close_runtime()
