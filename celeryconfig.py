@@ -26,7 +26,7 @@ _redis_url = os.environ.get("REDIS_URL") or None
 #: Where the embedded broker and result files live when no server is configured.
 DATA_DIR = os.path.abspath(os.environ.get("STATE_TASKS_DATA_DIR", "./data"))
 
-broker_url = os.environ.get("CELERY_BROKER_URL") or _redis_url or "filesystem://"
+broker_url = os.environ.get("CELERY_BROKER_URL") or _redis_url or "filesystem://localhost/"
 result_backend = (
     os.environ.get("CELERY_RESULT_BACKEND")
     or _redis_url
@@ -64,6 +64,10 @@ worker_send_task_events = True
 task_send_sent_event = True
 
 result_expires = 24 * 3600
+
+# print() in a handler goes to the worker's own output as whole lines, instead of
+# being logged as a WARNING one fragment at a time.
+worker_redirect_stdouts = False
 
 
 def _default_pool() -> str:

@@ -77,7 +77,7 @@ def _is_number(value: Any) -> bool:
 def _fail(index: int, op: Any, why: str) -> UpdateOpError:
     name = op.kind if isinstance(op, Op) else None
     if name is None and isinstance(op, dict):
-        name = op.get("type") if isinstance(op.get("type"), str) else next(iter(op), None)
+        name = op.get("type") if "type" in op else next(iter(op)) if len(op) == 1 else None
     label = f"op {index} ({name})" if isinstance(name, str) and name in OP_NAMES else f"op {index}"
     return UpdateOpError(f"{label}: {why}; nothing was written")
 

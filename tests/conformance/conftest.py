@@ -1,0 +1,61 @@
+"""The adapters under test: each test of the contract runs once per adapter."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from adapters.base import StateAdapter
+from adapters.kv_store import KvStore
+from state_tasks.service import StateService
+
+ADAPTERS = ["kv_memory"]
+
+
+def build(kind: str, request: pytest.FixtureRequest, **settings: Any) -> StateAdapter:
+    if kind == "kv_memory":
+        return KvStore(**settings)
+    raise AssertionError(f"unknown adapter kind {kind}")
+
+
+@pytest.fixture(params=ADAPTERS)
+def make_adapter(request: pytest.FixtureRequest) -> Iterator[Any]:
+    opened: list[StateAdapter] = []
+
+    def make(**settings: Any) -> StateAdapter:
+        adapter = build(request.param, request, **settings)
+        adapter.open()
+        opened.append(adapter)
+        return adapter
+
+    yield make
+    for adapter in opened:
+        adapter.close()
+
+
+@pytest.fixture
+def adapter(make_adapter: Any) -> StateAdapter:
+    return make_adapter()  # type: ignore[no-any-return]
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+
+    def kinds(self) -> list[str]:
+        return [event["event_type"] for event in self.events]
+
+
+@pytest.fixture
+def events() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def service(adapter: StateAdapter, events: Recorder) -> StateService:
+    return StateService(adapter, on_change=events)
