@@ -26,17 +26,20 @@ _redis_url = os.environ.get("REDIS_URL") or None
 #: Where the embedded broker and result files live when no server is configured.
 DATA_DIR = os.path.abspath(os.environ.get("STATE_TASKS_DATA_DIR", "./data"))
 
-broker_url = os.environ.get("CELERY_BROKER_URL") or _redis_url or "filesystem://localhost/"
+broker_url = os.environ.get("CELERY_BROKER_URL") or _redis_url or "statefs://localhost/"
 result_backend = (
     os.environ.get("CELERY_RESULT_BACKEND")
     or _redis_url
     or "file://" + os.path.join(DATA_DIR, "results")
 )
 
-if broker_url.startswith("filesystem://"):
-    # One folder holds the queue files (written and read by every process in the
-    # same working directory); polling every 20 ms keeps a round trip well under
+if broker_url.startswith(("statefs://", "filesystem://")):
+    # kombu's filesystem transport, kept in order (state_tasks.embedded_broker).
+    # One folder holds the queue files, written and read by every process in the
+    # same working directory; polling every 20 ms keeps a round trip well under
     # a second while costing an idle worker almost nothing.
+    import state_tasks.embedded_broker  # noqa: F401  (registers the statefs:// scheme)
+
     broker_transport_options = {
         "data_folder_in": os.path.join(DATA_DIR, "broker", "queue"),
         "data_folder_out": os.path.join(DATA_DIR, "broker", "queue"),
@@ -81,3 +84,10 @@ def _default_pool() -> str:
 
 
 worker_pool = os.environ.get("CELERY_WORKER_POOL") or _default_pool()
+
+# A KvStore worker runs one task at a time by default, so the calls of one client
+# are applied in the order they were sent (a void set, then a get, sees the set).
+# Raise it (--concurrency) for slow, I/O-bound handlers on the same worker.
+worker_concurrency = int(os.environ.get("CELERY_WORKER_CONCURRENCY") or 0) or (
+    1 if worker_pool == "threads" else None
+)

@@ -9,6 +9,7 @@ exception may escape an adapter.
 
 from __future__ import annotations
 
+import builtins
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -67,11 +68,11 @@ class StateAdapter(ABC):
         """
 
     @abstractmethod
-    def list(self, scope: str) -> list[str]:
+    def list(self, scope: str) -> builtins.list[str]:
         """Return the JSON texts of every value in ``scope`` (empty scope: ``[]``)."""
 
     @abstractmethod
-    def list_groups(self) -> list[str]:
+    def list_groups(self) -> builtins.list[str]:
         """Return the scopes holding at least one key, sorted and unique."""
 
     # -- the reserved trigger space -------------------------------------------------

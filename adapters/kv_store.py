@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import threading
 from collections.abc import Sequence
 from typing import Literal
@@ -60,11 +61,11 @@ class KvStore(StateAdapter):
             self._scopes.setdefault(scope, {})[key] = new
             return old, new
 
-    def list(self, scope: str) -> list[str]:
+    def list(self, scope: str) -> builtins.list[str]:
         with self._lock:
             return list(self._scopes.get(scope, {}).values())
 
-    def list_groups(self) -> list[str]:
+    def list_groups(self) -> builtins.list[str]:
         with self._lock:
             return sorted(self._scopes)
 

@@ -7,6 +7,8 @@ from typing import Any
 
 from celery import Celery
 
+import state_tasks.embedded_broker  # noqa: F401  (registers the statefs:// scheme)
+
 #: Modules holding the state and trigger tasks; imported by every worker.
 TASK_MODULES = ("state_tasks.tasks", "triggers.tasks")
 
@@ -26,7 +28,7 @@ def create_app(name: str = "state_tasks", **settings: Any) -> Celery:
     @app.on_after_configure.connect(weak=False)
     def _make_broker_folders(sender: Celery, **_: Any) -> None:
         options = sender.conf.broker_transport_options or {}
-        if str(sender.conf.broker_url).startswith("filesystem://"):
+        if str(sender.conf.broker_url).startswith(("statefs://", "filesystem://")):
             for option in ("data_folder_in", "data_folder_out", "control_folder"):
                 if options.get(option):
                     os.makedirs(options[option], exist_ok=True)

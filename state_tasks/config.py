@@ -140,7 +140,7 @@ class StateConfig:
         """Create the configured adapter (not yet opened)."""
         if self._factory is not None:
             return self._factory()
-        return _KV.build(KvStoreConfig())
+        return _KV.build(KvStoreConfig.model_validate({}))
 
 
 def _expand_env(node: Any, where: str, source: str) -> Any:
@@ -204,7 +204,9 @@ def _build_spec(adapter: dict[str, Any], where: str, source: str) -> StateConfig
         raise ConfigError(f"{source}: {where}.class: expected a string, got {name!r}")
     unknown = set(adapter) - {"class", "config"}
     if unknown:
-        raise ConfigError(f"{source}: {where}: unknown keys {sorted(unknown)} (allowed: class, config)")
+        raise ConfigError(
+            f"{source}: {where}: unknown keys {sorted(unknown)} (allowed: class, config)"
+        )
     settings = _mapping(adapter.get("config"), f"{where}.config", source)
     builtin = BUILTIN_ADAPTERS.get(name)
     if builtin is None:
@@ -223,7 +225,8 @@ def _build_spec(adapter: dict[str, Any], where: str, source: str) -> StateConfig
         loc = ".".join(str(p) for p in err["loc"])
         message = err["msg"]
         if err["type"] == "extra_forbidden":
-            message = f"unknown field for {builtin.name} (allowed: {', '.join(builtin.model.model_fields)})"
+            allowed = ", ".join(builtin.model.model_fields)
+            message = f"unknown field for {builtin.name} (allowed: {allowed})"
         elif "input" in err and err["type"] != "missing":
             message = f"{message} (got {err['input']!r})"
         raise ConfigError(f"{source}: {where}.config.{loc}: {message}") from None
@@ -242,23 +245,29 @@ def _build_custom(
     try:
         return cls(**settings)
     except TypeError as e:
-        raise ConfigError(f"{source}: {where}.config: {cls.__name__} rejected its config: {e}") from e
+        raise ConfigError(
+            f"{source}: {where}.config: {cls.__name__} rejected its config: {e}"
+        ) from e
 
 
 def parse_config(document: Any, source: str) -> StateConfig:
     """Resolve a parsed ``state.yaml`` document (already a Python object)."""
     document = _expand_env(document, "", source)
     if document is None:
-        return StateConfig("KvStore", KvStoreConfig().model_dump(), source)
+        return StateConfig("KvStore", KvStoreConfig.model_validate({}).model_dump(), source)
     if isinstance(document, dict):
         unknown = set(document) - {"modules"}
         if unknown:
-            raise ConfigError(f"{source}: unknown top-level keys {sorted(unknown)} (expected 'modules')")
+            raise ConfigError(
+                f"{source}: unknown top-level keys {sorted(unknown)} (expected 'modules')"
+            )
         modules, prefix = document.get("modules"), "modules"
     else:
         modules, prefix = document, ""
     if not isinstance(modules, list):
-        raise ConfigError(f"{source}: {prefix or 'top level'}: expected a list of modules, got {modules!r}")
+        raise ConfigError(
+            f"{source}: {prefix or 'top level'}: expected a list of modules, got {modules!r}"
+        )
     for index, module in enumerate(modules):
         where = f"{prefix}[{index}]"
         module = _mapping(module, where, source)
@@ -267,7 +276,9 @@ def parse_config(document: Any, source: str) -> StateConfig:
         config = _mapping(module.get("config"), f"{where}.config", source)
         unknown = set(config) - {"adapter"}
         if unknown:
-            raise ConfigError(f"{source}: {where}.config: unknown keys {sorted(unknown)} (allowed: adapter)")
+            raise ConfigError(
+                f"{source}: {where}.config: unknown keys {sorted(unknown)} (allowed: adapter)"
+            )
         adapter = _mapping(config.get("adapter"), f"{where}.config.adapter", source)
         return _build_spec(adapter, f"{where}.config.adapter", source)
     raise ConfigError(
@@ -286,7 +297,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> StateConfig:
         path = os.environ.get("STATE_CONFIG") or None
         if path is None:
             if not Path(DEFAULT_CONFIG_FILE).is_file():
-                return StateConfig("KvStore", KvStoreConfig().model_dump())
+                return StateConfig("KvStore", KvStoreConfig.model_validate({}).model_dump())
             path = DEFAULT_CONFIG_FILE
     source = str(path)
     try:

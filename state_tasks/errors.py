@@ -80,7 +80,12 @@ class CallTimeout(StateError):
 ERROR_CLASSES: dict[str, type[StateError]] = {
     cls.default_code: cls
     for cls in (
-        ValidationError, UpdateOpError, ValueTooLarge, AdapterError, ConfigError, CallTimeout
+        ValidationError,
+        UpdateOpError,
+        ValueTooLarge,
+        AdapterError,
+        ConfigError,
+        CallTimeout,
     )
 }
 

@@ -69,13 +69,18 @@ class III:
         self, spec: Mapping[str, Any] | str, fn: Callable[[Any], Any]
     ) -> FunctionRef:
         """Make ``fn(event)`` a Celery task named by the function id."""
-        function_id = spec if isinstance(spec, str) else spec.get("id") if isinstance(spec, Mapping) else None
+        function_id = (
+            spec if isinstance(spec, str) else spec.get("id") if isinstance(spec, Mapping) else None
+        )
         if not isinstance(function_id, str) or not function_id:
             raise ValidationError(
-                f"register_function: expected {{'id': 'name::here'}} or a non-empty string, got {spec!r}"
+                "register_function: expected {'id': 'name::here'} or a non-empty string, "
+                f"got {spec!r}"
             )
         if function_id in STATE_FUNCTIONS:
-            raise ValidationError(f"register_function: {function_id!r} is a built-in state function")
+            raise ValidationError(
+                f"register_function: {function_id!r} is a built-in state function"
+            )
         task = self.app.task(name=function_id, shared=False)(fn)
         return FunctionRef(function_id, task)
 
@@ -90,7 +95,7 @@ class III:
         if self._in_worker():
             declare(trigger)
         else:
-            self._send_and_wait("triggers::register", args=(trigger.to_dict(),))
+            self._send_and_wait("triggers::register", args=(trigger.registration(),))
         return TriggerHandle(trigger.id, trigger, self)
 
     def unregister_trigger(self, trigger_id: str) -> bool:
@@ -142,20 +147,29 @@ class III:
         unknown = set(request) - {"function_id", "payload", "action", "timeout_ms"}
         if unknown:
             raise ValidationError(
-                f"trigger: unknown keys {sorted(unknown)} (allowed: function_id, payload, action, timeout_ms)"
+                f"trigger: unknown keys {sorted(unknown)} "
+                "(allowed: function_id, payload, action, timeout_ms)"
             )
         function_id = request.get("function_id")
         if not isinstance(function_id, str) or not function_id:
-            raise ValidationError(f"trigger: 'function_id' must be a non-empty string, got {function_id!r}")
+            raise ValidationError(
+                f"trigger: 'function_id' must be a non-empty string, got {function_id!r}"
+            )
         payload = request.get("payload") or {}
         if not isinstance(payload, Mapping):
             raise ValidationError(f"trigger: 'payload' must be an object, got {payload!r}")
         action = request.get("action")
-        if action is not None and not (isinstance(action, Mapping) and action.get("type") in ("void",)):
-            raise ValidationError(f"trigger: unsupported action {action!r} (use {{'type': 'void'}} or omit it)")
+        if action is not None and not (
+            isinstance(action, Mapping) and action.get("type") in ("void",)
+        ):
+            raise ValidationError(
+                f"trigger: unsupported action {action!r} (use {{'type': 'void'}} or omit it)"
+            )
         timeout_ms = request.get("timeout_ms", self.timeout_ms)
         if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int) or timeout_ms <= 0:
-            raise ValidationError(f"trigger: 'timeout_ms' must be a positive integer, got {timeout_ms!r}")
+            raise ValidationError(
+                f"trigger: 'timeout_ms' must be a positive integer, got {timeout_ms!r}"
+            )
         return function_id, dict(payload), action is not None, timeout_ms
 
     def _send_and_wait(

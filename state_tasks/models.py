@@ -65,8 +65,7 @@ class SetPayload(KeyPayload):
                 raise ValueError("give either 'value' or its alias 'data', not both")
             if not has_value and not has_data:
                 raise ValueError(
-                    "'value' is missing; pass the JSON value to store "
-                    "(an explicit null is a value)"
+                    "'value' is missing; pass the JSON value to store (an explicit null is a value)"
                 )
             if has_data:
                 raw = {k: v for k, v in raw.items() if k != "data"} | {"value": raw["data"]}

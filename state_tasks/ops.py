@@ -97,9 +97,7 @@ def _amount(index: int, raw: Any, by: Any) -> int | float:
 def parse_op(index: int, raw: Any) -> Op:
     """Parse one op in either spelling; raise :class:`UpdateOpError` naming ``index``."""
     if not isinstance(raw, dict) or not raw:
-        raise _fail(
-            index, raw, f"an op is an object such as {{\"set\": ...}}, got {_describe(raw)}"
-        )
+        raise _fail(index, raw, f'an op is an object such as {{"set": ...}}, got {_describe(raw)}')
     if "type" in raw:
         return _parse_engine(index, raw)
     if len(raw) != 1:

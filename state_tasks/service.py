@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from adapters.base import StateAdapter
@@ -60,7 +60,7 @@ def make_event(
         "old_value": old_value,
         "new_value": new_value,
         "event_id": event_id or uuid.uuid4().hex,
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+        "timestamp": datetime.now(UTC).isoformat(timespec="microseconds"),
     }
 
 
@@ -91,7 +91,8 @@ class StateService:
         handler = self._handlers.get(function_id)
         if handler is None:
             raise ValidationError(
-                f"unknown state function {function_id!r} (expected one of {', '.join(STATE_FUNCTIONS)})"
+                f"unknown state function {function_id!r} "
+                f"(expected one of {', '.join(STATE_FUNCTIONS)})"
             )
         if payload is None:
             payload = {}

@@ -10,12 +10,13 @@ not as a ``TypeError``.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any, Final
 
 from celery import signals
 
 from state_tasks.celery_app import app
-from state_tasks.errors import ConfigError
+from state_tasks.errors import ConfigError, StateError
 from state_tasks.runtime import close_runtime, forget_runtime_after_fork, get_runtime
 
 logger = logging.getLogger(__name__)
@@ -36,9 +37,13 @@ def _call(function_id: str, **given: Any) -> Any:
 
 @app.task(name="state::set")
 def state_set(
-    scope: str = MISSING, key: str = MISSING, value: Any = MISSING, data: Any = MISSING, **extra: Any
+    scope: str = MISSING,
+    key: str = MISSING,
+    value: Any = MISSING,
+    data: Any = MISSING,
+    **extra: Any,
 ) -> dict[str, Any]:
-    """Store ``value`` (alias ``data``) under ``(scope, key)``; return ``{old_value, new_value}``."""
+    """Store ``value`` (alias ``data``) under ``(scope, key)``; return old and new value."""
     return _call("state::set", scope=scope, key=key, value=value, data=data, **extra)  # type: ignore[no-any-return]
 
 
@@ -81,11 +86,23 @@ def _pool_name(pool_cls: Any) -> str:
 
 @signals.worker_init.connect
 def _start_worker(sender: Any = None, **_: Any) -> None:
-    """Load ``state.yaml`` and open the adapter before the worker consumes anything."""
+    """Load ``state.yaml`` and open the adapter before the worker consumes anything.
+
+    A problem stops the worker with one clear message (Celery would log and
+    ignore an ordinary exception raised from a signal handler).
+    """
     if getattr(sender, "app", None) is not app:
         return
+    try:
+        _check_and_start(_pool_name(sender.pool_cls))
+    except StateError as e:
+        logger.critical("state_tasks cannot start: %s", e)
+        sys.stderr.write(f"state_tasks cannot start: {e}\n")
+        raise SystemExit(1) from e
+
+
+def _check_and_start(pool: str) -> None:
     runtime = get_runtime(app)
-    pool = _pool_name(sender.pool_cls)
     if runtime.config.process_local and pool == "prefork":
         close_runtime()
         raise ConfigError(

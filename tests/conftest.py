@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Client, RedisServer, Worker
-
-_dbs = itertools.count(1)
+from helpers import Deployment, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -18,37 +15,6 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
-
-
-class Deployment:
-    """Workers and a client sharing one broker (a Redis db of the private server)."""
-
-    def __init__(self, redis_server: RedisServer, workdir: Path, state_yaml: str | None) -> None:
-        self.redis_server = redis_server
-        self.workdir = workdir
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.db = next(_dbs)
-        self.broker_url = redis_server.url(self.db)
-        self.env = {"CELERY_BROKER_URL": self.broker_url, "CELERY_RESULT_BACKEND": self.broker_url}
-        if state_yaml is not None:
-            config = workdir / "state.yaml"
-            config.write_text(state_yaml)
-            self.env["STATE_CONFIG"] = str(config)
-        self.workers: list[Worker] = []
-        self.client = Client(self.broker_url, self.broker_url)
-
-    def worker(self, *args: str, includes: tuple[str, ...] = (), start: bool = True, **env: str) -> Worker:
-        worker = Worker(self.workdir, {**self.env, **env}, args, includes)
-        self.workers.append(worker)
-        return worker.start() if start else worker
-
-    def call(self, function_id: str, **payload: Any) -> Any:
-        return self.client.call(function_id, **payload)
-
-    def close(self) -> None:
-        for worker in self.workers:
-            worker.stop()
-        self.client.close()
 
 
 @pytest.fixture(scope="session")

@@ -21,10 +21,15 @@ from state_tasks import III, create_app
 REPO = Path(__file__).resolve().parent.parent
 CELERY = [sys.executable, "-m", "celery"]
 _names = itertools.count(1)
+_dbs = itertools.count(1)
 #: Variables of ours that a developer's shell may carry; a test sets its own.
 OUR_VARIABLES = (
-    "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "REDIS_URL", "STATE_CONFIG",
-    "CELERY_WORKER_POOL", "STATE_TASKS_DATA_DIR",
+    "CELERY_BROKER_URL",
+    "CELERY_RESULT_BACKEND",
+    "REDIS_URL",
+    "STATE_CONFIG",
+    "CELERY_WORKER_POOL",
+    "STATE_TASKS_DATA_DIR",
 )
 
 
@@ -49,7 +54,9 @@ class RedisServer:
     def __init__(self, workdir: Path) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            raise RuntimeError("redis-server is not installed; run ./scripts/test, which installs it")
+            raise RuntimeError(
+                "redis-server is not installed; run ./scripts/test, which installs it"
+            )
         self.binary = binary
         self.workdir = workdir
         self.port = free_port()
@@ -59,9 +66,23 @@ class RedisServer:
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--databases", "64", "--dir", str(self.workdir),
-             "--logfile", str(self.workdir / "redis.log")],
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--databases",
+                "64",
+                "--dir",
+                str(self.workdir),
+                "--logfile",
+                str(self.workdir / "redis.log"),
+            ],
         )
         client = redis.Redis(port=self.port)
         wait_until(lambda: _pings(client), 10, f"redis-server on port {self.port}")
@@ -101,8 +122,16 @@ class Worker:
         ambient = {k: v for k, v in os.environ.items() if k not in OUR_VARIABLES}
         self.env = {**ambient, **env, "PYTHONPATH": str(REPO / "tests" / "handlers")}
         self.command = [
-            *CELERY, "-A", "state_tasks", "worker", "-l", "info", "-n", f"{self.name}@%h",
-            *[arg for mod in includes for arg in ("-I", mod)], *args,
+            *CELERY,
+            "-A",
+            "state_tasks",
+            "worker",
+            "-l",
+            "info",
+            "-n",
+            f"{self.name}@%h",
+            *[arg for mod in includes for arg in ("-I", mod)],
+            *args,
         ]
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -158,7 +187,10 @@ class Client:
 
     def __init__(self, broker_url: str, result_backend: str, **settings: Any) -> None:
         self.app = create_app(
-            f"client{next(_names)}", broker_url=broker_url, result_backend=result_backend, **settings
+            f"client{next(_names)}",
+            broker_url=broker_url,
+            result_backend=result_backend,
+            **settings,
         )
         self.iii = III(self.app, timeout_ms=20_000)
 
@@ -167,3 +199,36 @@ class Client:
 
     def close(self) -> None:
         self.app.close()
+
+
+class Deployment:
+    """Workers and a client sharing one broker (a Redis db of the private server)."""
+
+    def __init__(self, redis_server: RedisServer, workdir: Path, state_yaml: str | None) -> None:
+        self.redis_server = redis_server
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.db = next(_dbs)
+        self.broker_url = redis_server.url(self.db)
+        self.env = {"CELERY_BROKER_URL": self.broker_url, "CELERY_RESULT_BACKEND": self.broker_url}
+        if state_yaml is not None:
+            config = workdir / "state.yaml"
+            config.write_text(state_yaml)
+            self.env["STATE_CONFIG"] = str(config)
+        self.workers: list[Worker] = []
+        self.client = Client(self.broker_url, self.broker_url)
+
+    def worker(
+        self, *args: str, includes: tuple[str, ...] = (), start: bool = True, **env: str
+    ) -> Worker:
+        worker = Worker(self.workdir, {**self.env, **env}, args, includes)
+        self.workers.append(worker)
+        return worker.start() if start else worker
+
+    def call(self, function_id: str, **payload: Any) -> Any:
+        return self.client.call(function_id, **payload)
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.client.close()

@@ -8,6 +8,7 @@ when the adapter's trigger version moves.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import threading
@@ -32,6 +33,10 @@ class Trigger:
 
     def to_dict(self) -> dict[str, Any]:
         """The trigger in the registration shape, plus its id."""
+        return {"id": self.id, **self.registration()}
+
+    def registration(self) -> dict[str, Any]:
+        """The trigger as ``register_trigger`` takes it (no id: the id is derived)."""
         config = {
             name: value
             for name, value in (
@@ -41,7 +46,7 @@ class Trigger:
             )
             if value is not None
         }
-        return {"id": self.id, "type": "state", "function_id": self.function_id, "config": config}
+        return {"type": "state", "function_id": self.function_id, "config": config}
 
 
 def trigger_from_spec(spec: Mapping[str, Any] | TriggerSpec) -> Trigger:
@@ -83,7 +88,7 @@ class MatchIndex:
     def __len__(self) -> int:
         return sum(len(bucket) for bucket in self._buckets.values())
 
-    def match(self, scope: str, key: str) -> list[Trigger]:
+    def match(self, scope: str, key: str) -> builtins.list[Trigger]:
         """Every trigger whose filters accept a change of ``(scope, key)``."""
         found: list[Trigger] = []
         for bucket in ((scope, key), (scope, None), (None, key), (None, None)):
@@ -111,11 +116,11 @@ class TriggerRegistry:
         """Remove a trigger; ``False`` if there was none with that id."""
         return self.adapter.triggers_delete(trigger_id)
 
-    def list(self) -> list[Trigger]:
+    def list(self) -> builtins.list[Trigger]:
         """Every stored trigger, ordered by id."""
         return sorted(self._load(), key=lambda t: t.id)
 
-    def match(self, scope: str, key: str) -> list[Trigger]:
+    def match(self, scope: str, key: str) -> builtins.list[Trigger]:
         """Triggers for a change of ``(scope, key)``, from an index that follows the store."""
         version = self.adapter.triggers_version()
         if version != self._version:
@@ -125,5 +130,5 @@ class TriggerRegistry:
                     self._version = version
         return self._index.match(scope, key)
 
-    def _load(self) -> list[Trigger]:
+    def _load(self) -> builtins.list[Trigger]:
         return [Trigger(**json.loads(text)) for text in self.adapter.triggers_load().values()]

@@ -32,7 +32,9 @@ def register(trigger: dict[str, Any]) -> dict[str, Any]:
 def unregister(trigger_id: str) -> bool:
     """Remove a trigger by id; ``False`` if there was none."""
     if not isinstance(trigger_id, str) or not trigger_id:
-        raise ValidationError(f"triggers::unregister: 'trigger_id' must be a non-empty string, got {trigger_id!r}")
+        raise ValidationError(
+            f"triggers::unregister: 'trigger_id' must be a non-empty string, got {trigger_id!r}"
+        )
     return get_runtime(app).registry.unregister(trigger_id)
 
 

@@ -16,9 +16,17 @@ def call(service: StateService, function_id: str, **payload: Any) -> Any:
     return service.call(function_id, payload)
 
 
-def test_set_returns_old_and_new_and_fires_created_then_updated(service: StateService, events: Any) -> None:
-    assert call(service, "state::set", scope="s", key="k", value={"v": 1}) == {"old_value": None, "new_value": {"v": 1}}
-    assert call(service, "state::set", scope="s", key="k", value={"v": 2}) == {"old_value": {"v": 1}, "new_value": {"v": 2}}
+def test_set_returns_old_and_new_and_fires_created_then_updated(
+    service: StateService, events: Any
+) -> None:
+    assert call(service, "state::set", scope="s", key="k", value={"v": 1}) == {
+        "old_value": None,
+        "new_value": {"v": 1},
+    }
+    assert call(service, "state::set", scope="s", key="k", value={"v": 2}) == {
+        "old_value": {"v": 1},
+        "new_value": {"v": 2},
+    }
     assert events.kinds() == ["state:created", "state:updated"]
     assert events.events[1]["old_value"] == {"v": 1} and events.events[1]["new_value"] == {"v": 2}
 
@@ -29,7 +37,10 @@ def test_data_is_an_alias_of_value(service: StateService) -> None:
 
 
 def test_explicit_null_is_a_value(service: StateService, events: Any) -> None:
-    assert call(service, "state::set", scope="s", key="k", value=None) == {"old_value": None, "new_value": None}
+    assert call(service, "state::set", scope="s", key="k", value=None) == {
+        "old_value": None,
+        "new_value": None,
+    }
     assert call(service, "state::get", scope="s", key="k") is None
     assert call(service, "state::list", scope="s") == [None]
     assert call(service, "state::list_groups") == {"groups": ["s"]}
@@ -41,7 +52,9 @@ def test_get_of_missing_key_is_null(service: StateService) -> None:
     assert call(service, "state::get", scope="nothing", key="here") is None
 
 
-def test_delete_returns_the_value_and_fires_only_if_it_existed(service: StateService, events: Any) -> None:
+def test_delete_returns_the_value_and_fires_only_if_it_existed(
+    service: StateService, events: Any
+) -> None:
     assert call(service, "state::delete", scope="s", key="k") is None
     assert events.kinds() == []
     call(service, "state::set", scope="s", key="k", value="x")
@@ -52,9 +65,13 @@ def test_delete_returns_the_value_and_fires_only_if_it_existed(service: StateSer
 
 
 def test_update_creates_then_updates(service: StateService, events: Any) -> None:
-    result = call(service, "state::update", scope="s", key="c", ops=[{"increment": {"field": "n", "by": 1}}])
+    result = call(
+        service, "state::update", scope="s", key="c", ops=[{"increment": {"field": "n", "by": 1}}]
+    )
     assert result == {"old_value": None, "new_value": {"n": 1}}
-    result = call(service, "state::update", scope="s", key="c", ops=[{"increment": {"field": "n", "by": 1}}])
+    result = call(
+        service, "state::update", scope="s", key="c", ops=[{"increment": {"field": "n", "by": 1}}]
+    )
     assert result == {"old_value": {"n": 1}, "new_value": {"n": 2}}
     assert events.kinds() == ["state:created", "state:updated"]
     assert call(service, "state::get", scope="s", key="c") == {"n": 2}
@@ -63,8 +80,13 @@ def test_update_creates_then_updates(service: StateService, events: Any) -> None
 def test_failed_update_writes_nothing_and_fires_nothing(service: StateService, events: Any) -> None:
     call(service, "state::set", scope="s", key="k", value={"a": 1})
     with pytest.raises(StateError) as info:
-        call(service, "state::update", scope="s", key="k",
-             ops=[{"merge": {"b": 2}}, {"increment": {"field": "zzz", "by": "1"}}])
+        call(
+            service,
+            "state::update",
+            scope="s",
+            key="k",
+            ops=[{"merge": {"b": 2}}, {"increment": {"field": "zzz", "by": "1"}}],
+        )
     assert info.value.code == "UPDATE_OP_ERROR"
     assert "op 1 (increment)" in info.value.message
     assert call(service, "state::get", scope="s", key="k") == {"a": 1}
@@ -97,8 +119,26 @@ def test_list_groups_sorted_unique_and_only_non_empty(service: StateService) -> 
 
 @pytest.mark.parametrize(
     "name",
-    ["a:b", "a", "a:", ":b", "../../etc/passwd", "/abs", "..", ".", "a/b", "\\", "💾 ünïcode", "\x00nul",
-     " ", "*", "{slot}", "%2F", "CON", "x" * 1024],
+    [
+        "a:b",
+        "a",
+        "a:",
+        ":b",
+        "../../etc/passwd",
+        "/abs",
+        "..",
+        ".",
+        "a/b",
+        "\\",
+        "💾 ünïcode",
+        "\x00nul",
+        " ",
+        "*",
+        "{slot}",
+        "%2F",
+        "CON",
+        "x" * 1024,
+    ],
 )
 def test_hostile_names_round_trip(service: StateService, name: str) -> None:
     call(service, "state::set", scope=name, key=name, value={"name": name})
@@ -121,13 +161,27 @@ def test_prefix_scopes_and_separator_collisions_do_not_bleed(service: StateServi
 
 
 def test_exact_numbers_and_distinct_empty_containers(service: StateService) -> None:
-    value = {"big": 2**53 + 1, "huge": -(10**40), "f": 1.0, "tiny": 5e-324, "l": [], "o": {}, "n": [[], {}]}
+    value = {
+        "big": 2**53 + 1,
+        "huge": -(10**40),
+        "f": 1.0,
+        "tiny": 5e-324,
+        "l": [],
+        "o": {},
+        "n": [[], {}],
+    }
     call(service, "state::set", scope="n", key="k", value=value)
     stored = call(service, "state::get", scope="n", key="k")
     assert stored == value
     assert json.dumps(stored) == json.dumps(value)
     assert isinstance(stored["f"], float) and isinstance(stored["big"], int)
-    result = call(service, "state::update", scope="n", key="k", ops=[{"increment": {"field": "big", "by": 2**60}}])
+    result = call(
+        service,
+        "state::update",
+        scope="n",
+        key="k",
+        ops=[{"increment": {"field": "big", "by": 2**60}}],
+    )
     assert result["new_value"]["big"] == 2**53 + 1 + 2**60
 
 
@@ -158,15 +212,27 @@ def test_default_limit_is_one_mebibyte(service: StateService) -> None:
     [
         ("state::set", {"scope": "s", "key": "k"}, "'value' is missing"),
         ("state::set", {"scope": "", "key": "k", "value": 1}, "'scope' must be a non-empty string"),
-        ("state::set", {"scope": "s", "key": 7, "value": 1}, "'key' Input should be a valid string"),
+        (
+            "state::set",
+            {"scope": "s", "key": 7, "value": 1},
+            "'key' Input should be a valid string",
+        ),
         ("state::set", {"scope": "s", "key": "k", "value": 1, "data": 2}, "not both"),
-        ("state::set", {"scope": "s" * 1025, "key": "k", "value": 1}, "1025 bytes in UTF-8; the limit is 1024"),
+        (
+            "state::set",
+            {"scope": "s" * 1025, "key": "k", "value": 1},
+            "1025 bytes in UTF-8; the limit is 1024",
+        ),
         ("state::set", {"scope": "é" * 513, "key": "k", "value": 1}, "1026 bytes"),
         ("state::set", {"scope": "\ud800", "key": "k", "value": 1}, "not valid Unicode"),
         ("state::set", {"scope": "s", "key": "k", "value": float("nan")}, "not a JSON value"),
         ("state::set", {"scope": "s", "key": "k", "value": {1, 2}}, "not a JSON value"),
         ("state::set", {"scope": "s", "key": "k", "value": "\udfff"}, "not valid Unicode"),
-        ("state::set", {"scope": "s", "key": "k", "vaule": 1, "value": 1}, "'vaule' is not a known field"),
+        (
+            "state::set",
+            {"scope": "s", "key": "k", "vaule": 1, "value": 1},
+            "'vaule' is not a known field",
+        ),
         ("state::get", {"scope": "s"}, "'key' is required"),
         ("state::get", {"scope": None, "key": "k"}, "'scope' Input should be a valid string"),
         ("state::delete", {"key": "k"}, "'scope' is required"),
@@ -205,7 +271,16 @@ def test_event_payload_shape(service: StateService, events: Any) -> None:
     call(service, "state::set", scope="users", key="u1", value={"a": 1})
     call(service, "state::set", scope="users", key="u1", value={"a": 2})
     first, second = events.events
-    assert set(first) == {"type", "event_type", "scope", "key", "old_value", "new_value", "event_id", "timestamp"}
+    assert set(first) == {
+        "type",
+        "event_type",
+        "scope",
+        "key",
+        "old_value",
+        "new_value",
+        "event_id",
+        "timestamp",
+    }
     assert first["type"] == "state" and first["scope"] == "users" and first["key"] == "u1"
     assert first["event_id"] != second["event_id"]
     assert first["timestamp"].endswith("+00:00")

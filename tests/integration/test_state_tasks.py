@@ -18,9 +18,13 @@ def scope() -> str:
 def test_set_get_and_the_data_alias(kv_deployment: Any) -> None:
     s = scope()
     assert kv_deployment.call("state::set", scope=s, key="u1", value={"name": "Alice"}) == {
-        "old_value": None, "new_value": {"name": "Alice"}}
+        "old_value": None,
+        "new_value": {"name": "Alice"},
+    }
     assert kv_deployment.call("state::set", scope=s, key="u1", data={"name": "Bob"}) == {
-        "old_value": {"name": "Alice"}, "new_value": {"name": "Bob"}}
+        "old_value": {"name": "Alice"},
+        "new_value": {"name": "Bob"},
+    }
     assert kv_deployment.call("state::get", scope=s, key="u1") == {"name": "Bob"}
     assert kv_deployment.call("state::get", scope=s, key="missing") is None
 
@@ -42,13 +46,18 @@ def test_delete_list_and_list_groups(kv_deployment: Any) -> None:
 
 def test_update_in_both_op_spellings_with_exact_numbers(kv_deployment: Any) -> None:
     s = scope()
-    result = kv_deployment.call("state::update", scope=s, key="c", ops=[
-        {"set": {"n": 2**63, "f": 0.5, "l": [], "o": {}}},
-        {"type": "increment", "path": "n", "by": 1},
-        {"merge": {"extra": True}},
-        {"type": "remove", "path": "extra"},
-        {"decrement": {"field": "f", "by": 0.25}},
-    ])
+    result = kv_deployment.call(
+        "state::update",
+        scope=s,
+        key="c",
+        ops=[
+            {"set": {"n": 2**63, "f": 0.5, "l": [], "o": {}}},
+            {"type": "increment", "path": "n", "by": 1},
+            {"merge": {"extra": True}},
+            {"type": "remove", "path": "extra"},
+            {"decrement": {"field": "f", "by": 0.25}},
+        ],
+    )
     assert result == {"old_value": None, "new_value": {"n": 2**63 + 1, "f": 0.25, "l": [], "o": {}}}
     assert kv_deployment.call("state::get", scope=s, key="c") == result["new_value"]
 
@@ -58,16 +67,38 @@ def test_update_in_both_op_spellings_with_exact_numbers(kv_deployment: Any) -> N
     [
         ("state::set", {"key": "k", "value": 1}, ValidationError, "'scope' is required"),
         ("state::set", {"scope": "s", "key": "k"}, ValidationError, "'value' is missing"),
-        ("state::get", {"scope": "s", "key": ""}, ValidationError, "'key' must be a non-empty string"),
-        ("state::set", {"scope": "s", "key": "k", "value": 1, "colour": "red"}, ValidationError,
-         "'colour' is not a known field"),
-        ("state::update", {"scope": "s", "key": "k", "ops": [{"wibble": 1}]}, UpdateOpError, "op 0: unknown op"),
-        ("state::set", {"scope": "s", "key": "k", "value": "x" * (1024 * 1024)}, ValueTooLarge,
-         "the limit is 1048576 bytes"),
+        (
+            "state::get",
+            {"scope": "s", "key": ""},
+            ValidationError,
+            "'key' must be a non-empty string",
+        ),
+        (
+            "state::set",
+            {"scope": "s", "key": "k", "value": 1, "colour": "red"},
+            ValidationError,
+            "'colour' is not a known field",
+        ),
+        (
+            "state::update",
+            {"scope": "s", "key": "k", "ops": [{"wibble": 1}]},
+            UpdateOpError,
+            "op 0: unknown op",
+        ),
+        (
+            "state::set",
+            {"scope": "s", "key": "k", "value": "x" * (1024 * 1024)},
+            ValueTooLarge,
+            "the limit is 1048576 bytes",
+        ),
     ],
 )
 def test_bad_input_comes_back_as_state_error_and_stores_nothing(
-    kv_deployment: Any, function_id: str, payload: dict[str, Any], error: type[StateError], message: str
+    kv_deployment: Any,
+    function_id: str,
+    payload: dict[str, Any],
+    error: type[StateError],
+    message: str,
 ) -> None:
     if "scope" in payload and payload["scope"] == "s":
         payload = {**payload, "scope": scope()}
@@ -91,9 +122,22 @@ def test_typed_task_objects_work_with_delay(kv_deployment: Any) -> None:
 def test_facade_trigger_waits_or_returns_none_for_void(kv_deployment: Any) -> None:
     s = scope()
     iii = kv_deployment.client.iii
-    assert iii.trigger({"function_id": "state::set", "payload": {"scope": s, "key": "k", "value": 1},
-                        "action": {"type": "void"}}) is None
-    assert iii.trigger({"function_id": "state::update", "payload": {
-        "scope": s, "key": "k", "ops": [{"set": 2}]}, "timeout_ms": 20_000}) == {"old_value": 1, "new_value": 2}
+    assert (
+        iii.trigger(
+            {
+                "function_id": "state::set",
+                "payload": {"scope": s, "key": "k", "value": 1},
+                "action": {"type": "void"},
+            }
+        )
+        is None
+    )
+    assert iii.trigger(
+        {
+            "function_id": "state::update",
+            "payload": {"scope": s, "key": "k", "ops": [{"set": 2}]},
+            "timeout_ms": 20_000,
+        }
+    ) == {"old_value": 1, "new_value": 2}
     with pytest.raises(ValidationError, match="unknown keys"):
         iii.trigger({"function_id": "state::get", "paylod": {}})

@@ -61,9 +61,14 @@ def test_adapter_naming_styles(name: str, expected: str) -> None:
 
 
 def test_dotted_path_builds_the_users_class() -> None:
-    document = [{"class": "modules::state::StateModule",
-                 "config": {"adapter": {"class": "adapters.kv_store.KvStore",
-                                        "config": {"max_value_bytes": 10}}}}]
+    document = [
+        {
+            "class": "modules::state::StateModule",
+            "config": {
+                "adapter": {"class": "adapters.kv_store.KvStore", "config": {"max_value_bytes": 10}}
+            },
+        }
+    ]
     adapter = parse_config(document, "x.yaml").build_adapter()
     assert isinstance(adapter, KvStore)
     assert adapter.max_value_bytes == 10
@@ -83,8 +88,12 @@ def test_no_file_means_builtin_defaults(tmp_path: Path, monkeypatch: pytest.Monk
     assert (config.adapter_name, config.source) == ("KvStore", "built-in defaults")
 
 
-def test_state_config_variable_points_at_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = write(tmp_path, "- class: modules::state::StateModule\n  config: {adapter: {class: redis}}\n")
+def test_state_config_variable_points_at_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(
+        tmp_path, "- class: modules::state::StateModule\n  config: {adapter: {class: redis}}\n"
+    )
     monkeypatch.setenv("STATE_CONFIG", str(path))
     assert load_config().adapter_name == "RedisAdapter"
 
@@ -92,8 +101,22 @@ def test_state_config_variable_points_at_the_file(tmp_path: Path, monkeypatch: p
 def test_env_expansion_with_and_without_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MY_REDIS", "redis://example:1/3")
     monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
-    document = {"modules": [{"class": "modules::state::StateModule", "config": {"adapter": {
-        "class": "redis", "config": {"redis_url": "${MY_REDIS}", "key_prefix": "${NOT_SET_ANYWHERE:p}-x"}}}}]}
+    document = {
+        "modules": [
+            {
+                "class": "modules::state::StateModule",
+                "config": {
+                    "adapter": {
+                        "class": "redis",
+                        "config": {
+                            "redis_url": "${MY_REDIS}",
+                            "key_prefix": "${NOT_SET_ANYWHERE:p}-x",
+                        },
+                    }
+                },
+            }
+        ]
+    }
     settings = parse_config(document, "x.yaml").adapter_settings
     assert settings["redis_url"] == "redis://example:1/3"
     assert settings["key_prefix"] == "p-x"
@@ -101,9 +124,20 @@ def test_env_expansion_with_and_without_default(monkeypatch: pytest.MonkeyPatch)
 
 def test_env_default_may_hold_colons(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("REDIS_URL_FOR_TEST", raising=False)
-    document = [{"class": "modules::state::StateModule", "config": {"adapter": {
-        "class": "redis", "config": {"redis_url": "${REDIS_URL_FOR_TEST:redis://localhost:6379}"}}}}]
-    assert parse_config(document, "x.yaml").adapter_settings["redis_url"] == "redis://localhost:6379"
+    document = [
+        {
+            "class": "modules::state::StateModule",
+            "config": {
+                "adapter": {
+                    "class": "redis",
+                    "config": {"redis_url": "${REDIS_URL_FOR_TEST:redis://localhost:6379}"},
+                }
+            },
+        }
+    ]
+    assert (
+        parse_config(document, "x.yaml").adapter_settings["redis_url"] == "redis://localhost:6379"
+    )
 
 
 def test_env_expanded_numbers_are_numbers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -115,28 +149,53 @@ def test_env_expanded_numbers_are_numbers(tmp_path: Path, monkeypatch: pytest.Mo
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        (ENGINE_SAMPLE.replace("modules::state::adapters::KvStore", "modules::state::adapters::Nope"),
-         r"modules\[0\]\.config\.adapter\.class: cannot import adapter class 'modules::state::adapters::Nope'"),
-        (ENGINE_SAMPLE.replace("KvStore", "KvStore").replace("class: modules::state::adapters::KvStore", "class: mystery"),
-         r"modules\[0\]\.config\.adapter\.class: unknown adapter class 'mystery'"),
-        (ENGINE_SAMPLE.replace("file_based", "on_paper"),
-         r"modules\[0\]\.config\.adapter\.config\.store_method: .*'in_memory' or 'file_based'.*on_paper"),
-        (ENGINE_SAMPLE.replace("5000", "soon"),
-         r"modules\[0\]\.config\.adapter\.config\.save_interval_ms: .*integer.*'soon'"),
-        (ENGINE_SAMPLE.replace("5000", "0"),
-         r"modules\[0\]\.config\.adapter\.config\.save_interval_ms: .*greater than 0"),
-        (ENGINE_SAMPLE.replace("save_interval_ms", "save_intervall_ms"),
-         r"config\.save_intervall_ms: unknown field for KvStore"),
-        (ENGINE_SAMPLE.replace("./data/state_store", "${STATE_DIR_NOT_SET}"),
-         r"modules\[0\]\.config\.adapter\.config\.file_path: environment variable STATE_DIR_NOT_SET is not set"),
+        (
+            ENGINE_SAMPLE.replace(
+                "modules::state::adapters::KvStore", "modules::state::adapters::Nope"
+            ),
+            r"modules\[0\]\.config\.adapter\.class: cannot import adapter class 'modules::state::adapters::Nope'",
+        ),
+        (
+            ENGINE_SAMPLE.replace("KvStore", "KvStore").replace(
+                "class: modules::state::adapters::KvStore", "class: mystery"
+            ),
+            r"modules\[0\]\.config\.adapter\.class: unknown adapter class 'mystery'",
+        ),
+        (
+            ENGINE_SAMPLE.replace("file_based", "on_paper"),
+            r"modules\[0\]\.config\.adapter\.config\.store_method: .*'in_memory' or 'file_based'.*on_paper",
+        ),
+        (
+            ENGINE_SAMPLE.replace("5000", "soon"),
+            r"modules\[0\]\.config\.adapter\.config\.save_interval_ms: .*integer.*'soon'",
+        ),
+        (
+            ENGINE_SAMPLE.replace("5000", "0"),
+            r"modules\[0\]\.config\.adapter\.config\.save_interval_ms: .*greater than 0",
+        ),
+        (
+            ENGINE_SAMPLE.replace("save_interval_ms", "save_intervall_ms"),
+            r"config\.save_intervall_ms: unknown field for KvStore",
+        ),
+        (
+            ENGINE_SAMPLE.replace("./data/state_store", "${STATE_DIR_NOT_SET}"),
+            r"modules\[0\]\.config\.adapter\.config\.file_path: environment variable STATE_DIR_NOT_SET is not set",
+        ),
         ("modules: {a: 1}", r"modules: expected a list of modules"),
-        ("modules:\n  - class: modules::other::Thing\n", r"no module with class modules::state::StateModule"),
+        (
+            "modules:\n  - class: modules::other::Thing\n",
+            r"no module with class modules::state::StateModule",
+        ),
         ("modules: [\n", r"not valid YAML"),
         ("modulez: []", r"unknown top-level keys \['modulez'\]"),
-        ("- class: modules::state::StateModule\n  config: {adapter: {class: adapters.base.DEFAULT_MAX_VALUE_BYTES}}",
-         r"is not a subclass of adapters.base.StateAdapter"),
-        ("- class: modules::state::StateModule\n  config: {adapter: {class: redis, config: {redis_url: 5}}}",
-         r"config\.redis_url: .*string"),
+        (
+            "- class: modules::state::StateModule\n  config: {adapter: {class: adapters.base.DEFAULT_MAX_VALUE_BYTES}}",
+            r"is not a subclass of adapters.base.StateAdapter",
+        ),
+        (
+            "- class: modules::state::StateModule\n  config: {adapter: {class: redis, config: {redis_url: 5}}}",
+            r"config\.redis_url: .*string",
+        ),
     ],
 )
 def test_bad_files_fail_with_one_clear_message(
@@ -151,5 +210,5 @@ def test_bad_files_fail_with_one_clear_message(
 
 
 def test_unreadable_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="missing.yaml: cannot read"):
+    with pytest.raises(ConfigError, match=r"missing\.yaml: cannot read"):
         load_config(tmp_path / "missing.yaml")

@@ -49,7 +49,7 @@ def test_missing_key_starts_as_empty_object() -> None:
 
 
 def test_existing_null_is_not_a_missing_key() -> None:
-    with pytest.raises(UpdateOpError, match="op 0 \\(merge\\).*null"):
+    with pytest.raises(UpdateOpError, match=r"op 0 \(merge\).*null"):
         run(None, [{"merge": {"a": 1}}], exists=True)
 
 
@@ -82,10 +82,26 @@ def test_floats_stay_floats_and_empty_containers_stay_distinct() -> None:
 @pytest.mark.parametrize(
     ("current", "ops", "message"),
     [
-        ({"n": "x"}, [{"increment": {"field": "n", "by": 1}}], r"op 0 \(increment\): field 'n' holds 'x'"),
-        ({"n": True}, [{"increment": {"field": "n", "by": 1}}], r"op 0 \(increment\).*not a number"),
-        ({"n": 1}, [{"increment": {"field": "n", "by": True}}], r"op 0 \(increment\): 'by' must be a number"),
-        ({"n": 1}, [{"decrement": {"field": "n", "by": "2"}}], r"op 0 \(decrement\): 'by' must be a number"),
+        (
+            {"n": "x"},
+            [{"increment": {"field": "n", "by": 1}}],
+            r"op 0 \(increment\): field 'n' holds 'x'",
+        ),
+        (
+            {"n": True},
+            [{"increment": {"field": "n", "by": 1}}],
+            r"op 0 \(increment\).*not a number",
+        ),
+        (
+            {"n": 1},
+            [{"increment": {"field": "n", "by": True}}],
+            r"op 0 \(increment\): 'by' must be a number",
+        ),
+        (
+            {"n": 1},
+            [{"decrement": {"field": "n", "by": "2"}}],
+            r"op 0 \(decrement\): 'by' must be a number",
+        ),
         ({}, [{"merge": [1]}], r"op 0 \(merge\): merge takes an object"),
         ([1], [{"merge": {"a": 1}}], r"op 0 \(merge\): the current value is \[1\]"),
         (5, [{"remove": "a"}], r"op 0 \(remove\): the current value is 5"),
@@ -93,7 +109,11 @@ def test_floats_stay_floats_and_empty_containers_stay_distinct() -> None:
         ({}, [{"frobnicate": 1}], r"op 0: unknown op 'frobnicate'"),
         ({}, [{"set": 1, "merge": {}}], r"op 0: an op has exactly one key"),
         ({}, [{"type": "explode"}], r"op 0: unknown op type 'explode'"),
-        ({}, [{"type": "increment", "path": "a", "by": 1, "extra": 1}], r"unknown keys \['extra'\]"),
+        (
+            {},
+            [{"type": "increment", "path": "a", "by": 1, "extra": 1}],
+            r"unknown keys \['extra'\]",
+        ),
         ({}, [{"type": "increment"}], r"missing \['path'\]"),
         ({}, [{"remove": ""}], r"op 0 \(remove\).*non-empty string"),
         ({}, ["set"], r"op 0: an op is an object"),
@@ -127,8 +147,14 @@ def test_all_or_nothing_leaves_current_untouched() -> None:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4)
+    ),
     max_leaves=12,
 )
 

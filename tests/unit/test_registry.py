@@ -18,7 +18,9 @@ def test_same_trigger_same_id_different_config_different_id() -> None:
     assert a.id == trigger_from_spec(spec(scope="users", key="profile")).id
     assert a.id != trigger_from_spec(spec(scope="users")).id
     assert a.id != trigger_from_spec(spec("other", scope="users", key="profile")).id
-    assert a.id != trigger_from_spec(spec(scope="users", key="profile", condition_function_id="c")).id
+    assert (
+        a.id != trigger_from_spec(spec(scope="users", key="profile", condition_function_id="c")).id
+    )
 
 
 @pytest.mark.parametrize(
