@@ -6,95 +6,69 @@ last one is a handler that writes state while it handles a change.
 
 from state_tasks import iii
 
+
 # -- Sample: react to changes of users/profile -------------------------------------
 
-
 def on_user_updated(event):
-    print("State changed:", event["event_type"], event["key"])
-    print("Previous:", event.get("old_value"))
-    print("Current:", event.get("new_value"))
+    print('State changed:', event['event_type'], event['key'])
+    print('Previous:', event.get('old_value'))
+    print('Current:', event.get('new_value'))
     return {}
 
-
-iii.register_function({"id": "state::onUserUpdated"}, on_user_updated)
-iii.register_trigger(
-    {
-        "type": "state",
-        "function_id": "state::onUserUpdated",
-        "config": {"scope": "users", "key": "profile"},
-    }
-)
+iii.register_function({'id': 'state::onUserUpdated'}, on_user_updated)
+iii.register_trigger({'type': 'state', 'function_id': 'state::onUserUpdated', 'config': {'scope': 'users', 'key': 'profile'}})
 
 
 # -- Sample: conditional trigger, only when the email changed ----------------------
 
-
 def send_verification_email(address):
     # A stand-in for a real mail call: record the send in state, so a client can see it.
-    iii.trigger(
-        {
-            "function_id": "state::update",
-            "payload": {
-                "scope": "outbox",
-                "key": address,
-                "ops": [{"increment": {"field": "sent", "by": 1}}],
-            },
-        }
-    )
-    print("Verification email sent to", address)
+    iii.trigger({
+        'function_id': 'state::update',
+        'payload': {'scope': 'outbox', 'key': address, 'ops': [{'increment': {'field': 'sent', 'by': 1}}]},
+    })
+    print('Verification email sent to', address)
 
 
 def email_changed(event):
-    if event.get("event_type") != "state:updated":
+    if event.get('event_type') != 'state:updated':
         return False
-    old = event.get("old_value", {})
-    new = event.get("new_value", {})
-    return old.get("email") != new.get("email")
+    old = event.get('old_value', {})
+    new = event.get('new_value', {})
+    return old.get('email') != new.get('email')
 
-
-iii.register_function({"id": "conditions::emailChanged"}, email_changed)
-
+iii.register_function({'id': 'conditions::emailChanged'}, email_changed)
 
 def on_email_change(event):
-    send_verification_email(event["new_value"]["email"])
+    send_verification_email(event['new_value']['email'])
     return {}
 
+iii.register_function({'id': 'state::onEmailChange'}, on_email_change)
 
-iii.register_function({"id": "state::onEmailChange"}, on_email_change)
-
-iii.register_trigger(
-    {
-        "type": "state",
-        "function_id": "state::onEmailChange",
-        "config": {
-            "scope": "users",
-            "key": "profile",
-            "condition_function_id": "conditions::emailChanged",
-        },
-    }
-)
+iii.register_trigger({
+    'type': 'state',
+    'function_id': 'state::onEmailChange',
+    'config': {
+        'scope': 'users',
+        'key': 'profile',
+        'condition_function_id': 'conditions::emailChanged',
+    },
+})
 
 
 # -- A handler that reads and writes state while it handles a change ---------------
 
-
 def audit_user_change(event):
     """Count every change to any key of the users scope, in the audit scope."""
-    iii.trigger(
-        {
-            "function_id": "state::update",
-            "payload": {
-                "scope": "audit",
-                "key": event["key"],
-                "ops": [
-                    {"increment": {"field": "changes", "by": 1}},
-                    {"merge": {"last": event["event_type"]}},
-                ],
-            },
-        }
-    )
-    return {"audited": event["event_id"]}
+    iii.trigger({
+        'function_id': 'state::update',
+        'payload': {
+            'scope': 'audit',
+            'key': event['key'],
+            'ops': [{'increment': {'field': 'changes', 'by': 1}}, {'merge': {'last': event['event_type']}}],
+        },
+    })
+    return {'audited': event['event_id']}
 
-
-iii.register_function({"id": "users::audit"}, audit_user_change)
-iii.register_trigger({"type": "state", "function_id": "users::audit", "config": {"scope": "users"}})
+iii.register_function({'id': 'users::audit'}, audit_user_change)
+iii.register_trigger({'type': 'state', 'function_id': 'users::audit', 'config': {'scope': 'users'}})

@@ -8,6 +8,7 @@ task objects in :mod:`state_tasks.tasks`, or the iii-style facade :data:`iii`.
 from state_tasks.celery_app import app, create_app
 from state_tasks.errors import (
     AdapterError,
+    AdapterUnavailable,
     CallTimeout,
     ConfigError,
     StateError,
@@ -23,6 +24,7 @@ iii = III(app)
 __all__ = [
     "III",
     "AdapterError",
+    "AdapterUnavailable",
     "CallTimeout",
     "ConfigError",
     "StateError",

@@ -65,6 +65,14 @@ class AdapterError(StateError):
     default_code = "ADAPTER_ERROR"
 
 
+class AdapterUnavailable(AdapterError):
+    """The storage could not be reached (connection refused, lost or timed out).
+
+    Its code is ``ADAPTER_ERROR`` like any adapter failure; the state tasks retry it
+    with backoff before giving up, since the storage may come back.
+    """
+
+
 class ConfigError(StateError):
     """A module config (``state.yaml``) that cannot be used; raised at start-up."""
 

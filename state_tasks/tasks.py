@@ -16,7 +16,7 @@ from typing import Any, Final
 from celery import signals
 
 from state_tasks.celery_app import app
-from state_tasks.errors import ConfigError, StateError
+from state_tasks.errors import AdapterUnavailable, ConfigError, StateError
 from state_tasks.runtime import close_runtime, forget_runtime_after_fork, get_runtime
 
 logger = logging.getLogger(__name__)
@@ -30,12 +30,23 @@ class _Missing:
 MISSING: Final[Any] = _Missing()
 
 
+#: Connection failures are retried with exponential backoff and jitter (about 1, 2, 4 s),
+#: then reported as ADAPTER_ERROR. Nothing else is retried: a bad input stays bad.
+RETRY_OPTIONS: dict[str, Any] = {
+    "autoretry_for": (AdapterUnavailable,),
+    "retry_backoff": True,
+    "retry_backoff_max": 8,
+    "retry_jitter": True,
+    "max_retries": 3,
+}
+
+
 def _call(function_id: str, **given: Any) -> Any:
     payload = {name: value for name, value in given.items() if value is not MISSING}
     return get_runtime(app).service.call(function_id, payload)
 
 
-@app.task(name="state::set")
+@app.task(**RETRY_OPTIONS, name="state::set")
 def state_set(
     scope: str = MISSING,
     key: str = MISSING,
@@ -47,19 +58,19 @@ def state_set(
     return _call("state::set", scope=scope, key=key, value=value, data=data, **extra)  # type: ignore[no-any-return]
 
 
-@app.task(name="state::get")
+@app.task(**RETRY_OPTIONS, name="state::get")
 def state_get(scope: str = MISSING, key: str = MISSING, **extra: Any) -> Any:
     """Return the value under ``(scope, key)``, or ``None``."""
     return _call("state::get", scope=scope, key=key, **extra)
 
 
-@app.task(name="state::delete")
+@app.task(**RETRY_OPTIONS, name="state::delete")
 def state_delete(scope: str = MISSING, key: str = MISSING, **extra: Any) -> Any:
     """Delete ``(scope, key)``; return the deleted value, or ``None``."""
     return _call("state::delete", scope=scope, key=key, **extra)
 
 
-@app.task(name="state::update")
+@app.task(**RETRY_OPTIONS, name="state::update")
 def state_update(
     scope: str = MISSING, key: str = MISSING, ops: list[dict[str, Any]] = MISSING, **extra: Any
 ) -> dict[str, Any]:
@@ -67,13 +78,13 @@ def state_update(
     return _call("state::update", scope=scope, key=key, ops=ops, **extra)  # type: ignore[no-any-return]
 
 
-@app.task(name="state::list")
+@app.task(**RETRY_OPTIONS, name="state::list")
 def state_list(scope: str = MISSING, **extra: Any) -> list[Any]:
     """Return every value in ``scope`` as a JSON array."""
     return _call("state::list", scope=scope, **extra)  # type: ignore[no-any-return]
 
 
-@app.task(name="state::list_groups")
+@app.task(**RETRY_OPTIONS, name="state::list_groups")
 def state_list_groups(**extra: Any) -> dict[str, list[str]]:
     """Return ``{"groups": [...]}``: the sorted scopes holding at least one key."""
     return _call("state::list_groups", **extra)  # type: ignore[no-any-return]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Deployment, RedisServer
+from helpers import Deployment, RedisServer, redis_state_yaml
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +26,25 @@ def kv_deployment(
     deployment.worker()
     yield deployment
     deployment.close()
+
+
+@pytest.fixture(scope="session")
+def redis_deployment(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Deployment]:
+    """A prefork worker with two children on the RedisAdapter, plus a second worker process."""
+    workdir = tmp_path_factory.mktemp("redis-deployment")
+    deployment = Deployment(redis_server, workdir, redis_state_yaml(redis_server.url(0), "it"))
+    deployment.worker("--concurrency", "2")
+    deployment.worker("--concurrency", "1")
+    yield deployment
+    deployment.close()
+
+
+@pytest.fixture(params=["kv", "redis"])
+def deployment(request: pytest.FixtureRequest) -> Deployment:
+    """Each test of the state functions runs once per adapter, through real workers."""
+    return request.getfixturevalue(f"{request.param}_deployment")  # type: ignore[no-any-return]
 
 
 @pytest.fixture

@@ -51,7 +51,8 @@ def wait_until(predicate: Any, timeout_s: float, what: str, interval_s: float = 
 class RedisServer:
     """A redis-server of our own on a free port, keeping nothing on disk."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, password: str | None = None) -> None:
+        self.password = password
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(
@@ -94,7 +95,8 @@ class RedisServer:
             self.process = None
 
     def url(self, db: int = 0) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/{db}"
 
 
 def _pings(client: redis.Redis) -> bool:
@@ -232,3 +234,11 @@ class Deployment:
         for worker in self.workers:
             worker.stop()
         self.client.close()
+
+
+def redis_state_yaml(url: str, key_prefix: str) -> str:
+    return (
+        "modules:\n  - class: modules::state::StateModule\n    config:\n      adapter:\n"
+        f"        class: modules::state::adapters::RedisAdapter\n"
+        f"        config: {{redis_url: '{url}', key_prefix: '{key_prefix}'}}\n"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -9,14 +10,20 @@ import pytest
 
 from adapters.base import StateAdapter
 from adapters.kv_store import KvStore
+from adapters.redis_adapter import RedisAdapter
 from state_tasks.service import StateService
 
-ADAPTERS = ["kv_memory"]
+ADAPTERS = ["kv_memory", "redis"]
 
 
 def build(kind: str, request: pytest.FixtureRequest, **settings: Any) -> StateAdapter:
     if kind == "kv_memory":
         return KvStore(**settings)
+    if kind == "redis":
+        server = request.getfixturevalue("redis_server")
+        # A fresh key prefix per adapter: tests share the server, never each other's keys.
+        prefix = f"conformance-{uuid.uuid4().hex[:10]}"
+        return RedisAdapter(redis_url=server.url(0), key_prefix=prefix, **settings)
     raise AssertionError(f"unknown adapter kind {kind}")
 
 

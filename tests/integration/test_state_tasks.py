@@ -15,38 +15,39 @@ def scope() -> str:
     return f"it-{uuid.uuid4().hex[:8]}"
 
 
-def test_set_get_and_the_data_alias(kv_deployment: Any) -> None:
+def test_set_get_and_the_data_alias(deployment: Any) -> None:
     s = scope()
-    assert kv_deployment.call("state::set", scope=s, key="u1", value={"name": "Alice"}) == {
+    assert deployment.call("state::set", scope=s, key="u1", value={"name": "Alice"}) == {
         "old_value": None,
         "new_value": {"name": "Alice"},
     }
-    assert kv_deployment.call("state::set", scope=s, key="u1", data={"name": "Bob"}) == {
+    assert deployment.call("state::set", scope=s, key="u1", data={"name": "Bob"}) == {
         "old_value": {"name": "Alice"},
         "new_value": {"name": "Bob"},
     }
-    assert kv_deployment.call("state::get", scope=s, key="u1") == {"name": "Bob"}
-    assert kv_deployment.call("state::get", scope=s, key="missing") is None
+    assert deployment.call("state::get", scope=s, key="u1") == {"name": "Bob"}
+    assert deployment.call("state::get", scope=s, key="missing") is None
 
 
-def test_delete_list_and_list_groups(kv_deployment: Any) -> None:
+def test_delete_list_and_list_groups(deployment: Any) -> None:
     s = scope()
     for i in range(3):
-        kv_deployment.call("state::set", scope=s, key=f"k{i}", value={"i": i})
-    assert kv_deployment.call("state::list", scope=s) == [{"i": 0}, {"i": 1}, {"i": 2}]
-    assert s in kv_deployment.call("state::list_groups")["groups"]
-    assert kv_deployment.call("state::delete", scope=s, key="k1") == {"i": 1}
-    assert kv_deployment.call("state::delete", scope=s, key="k1") is None
-    kv_deployment.call("state::delete", scope=s, key="k0")
-    kv_deployment.call("state::delete", scope=s, key="k2")
-    assert kv_deployment.call("state::list", scope=s) == []
-    groups = kv_deployment.call("state::list_groups")["groups"]
+        deployment.call("state::set", scope=s, key=f"k{i}", value={"i": i})
+    values = deployment.call("state::list", scope=s)
+    assert sorted(values, key=lambda v: v["i"]) == [{"i": 0}, {"i": 1}, {"i": 2}]
+    assert s in deployment.call("state::list_groups")["groups"]
+    assert deployment.call("state::delete", scope=s, key="k1") == {"i": 1}
+    assert deployment.call("state::delete", scope=s, key="k1") is None
+    deployment.call("state::delete", scope=s, key="k0")
+    deployment.call("state::delete", scope=s, key="k2")
+    assert deployment.call("state::list", scope=s) == []
+    groups = deployment.call("state::list_groups")["groups"]
     assert s not in groups and groups == sorted(set(groups))
 
 
-def test_update_in_both_op_spellings_with_exact_numbers(kv_deployment: Any) -> None:
+def test_update_in_both_op_spellings_with_exact_numbers(deployment: Any) -> None:
     s = scope()
-    result = kv_deployment.call(
+    result = deployment.call(
         "state::update",
         scope=s,
         key="c",
@@ -59,7 +60,7 @@ def test_update_in_both_op_spellings_with_exact_numbers(kv_deployment: Any) -> N
         ],
     )
     assert result == {"old_value": None, "new_value": {"n": 2**63 + 1, "f": 0.25, "l": [], "o": {}}}
-    assert kv_deployment.call("state::get", scope=s, key="c") == result["new_value"]
+    assert deployment.call("state::get", scope=s, key="c") == result["new_value"]
 
 
 @pytest.mark.parametrize(
@@ -94,7 +95,7 @@ def test_update_in_both_op_spellings_with_exact_numbers(kv_deployment: Any) -> N
     ],
 )
 def test_bad_input_comes_back_as_state_error_and_stores_nothing(
-    kv_deployment: Any,
+    deployment: Any,
     function_id: str,
     payload: dict[str, Any],
     error: type[StateError],
@@ -103,25 +104,25 @@ def test_bad_input_comes_back_as_state_error_and_stores_nothing(
     if "scope" in payload and payload["scope"] == "s":
         payload = {**payload, "scope": scope()}
     with pytest.raises(error) as info:
-        kv_deployment.call(function_id, **payload)
+        deployment.call(function_id, **payload)
     assert message in info.value.message
     assert info.value.code == error.default_code
     if "scope" in payload and payload.get("key"):
-        assert kv_deployment.call("state::get", scope=payload["scope"], key=payload["key"]) is None
-        assert payload["scope"] not in kv_deployment.call("state::list_groups")["groups"]
+        assert deployment.call("state::get", scope=payload["scope"], key=payload["key"]) is None
+        assert payload["scope"] not in deployment.call("state::list_groups")["groups"]
 
 
-def test_typed_task_objects_work_with_delay(kv_deployment: Any) -> None:
+def test_typed_task_objects_work_with_delay(deployment: Any) -> None:
     s = scope()
-    app = kv_deployment.client.app
+    app = deployment.client.app
     result = app.send_task(state_set.name, kwargs={"scope": s, "key": "k", "value": [1]})
     assert result.get(timeout=20) == {"old_value": None, "new_value": [1]}
     assert app.send_task(state_get.name, kwargs={"scope": s, "key": "k"}).get(timeout=20) == [1]
 
 
-def test_facade_trigger_waits_or_returns_none_for_void(kv_deployment: Any) -> None:
+def test_facade_trigger_waits_or_returns_none_for_void(deployment: Any) -> None:
     s = scope()
-    iii = kv_deployment.client.iii
+    iii = deployment.client.iii
     assert (
         iii.trigger(
             {

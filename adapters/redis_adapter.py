@@ -1,0 +1,277 @@
+"""RedisAdapter: one state shared by any number of workers, atomic and exact.
+
+Key layout (``key_prefix`` defaults to ``state``)::
+
+    {prefix}:s:{<scope>}        hash: key -> JSON text, one hash per scope
+    {prefix}:groups             sorted set of the scopes holding at least one key
+                                (all scores 0, so ZRANGE returns them sorted by bytes,
+                                which for UTF-8 is Unicode code point order)
+    {prefix}:triggers           hash: trigger id -> JSON
+    {prefix}:triggers:version   counter bumped by every trigger change
+
+Inside the braces the scope is escaped (``%`` -> ``%25``, ``{`` -> ``%7B``, ``}`` ->
+``%7D``), so the closing brace is always the last character: no two scopes share a key
+(``a:b`` vs ``a`` + ``b:``, prefixes of each other), and the braces are a Redis Cluster
+hash tag that keeps every key of a scope in one slot. The groups index is one key, so in
+a cluster it lives in one slot of its own; the scripts that touch it would need to move
+to a per-slot index there.
+
+Atomicity: ``set`` and ``delete`` are one Lua script each (the old value is read and
+replaced in the same step, and the groups index moves with the data). ``update`` runs
+the shared Python ops (:func:`state_tasks.codec.apply_ops_json`, one definition for every
+adapter; Lua's cjson would lose big integers and confuse ``[]`` with ``{}``) inside a
+compare-and-set loop: read the old text, compute, and write only if the text is still
+the same (a Lua check-and-set); on a conflict the script returns the current text and
+the loop computes again from it. That is two round trips without contention, against
+three for WATCH/HGET/MULTI-EXEC, and a conflict costs one more round trip, not three.
+"""
+
+from __future__ import annotations
+
+import builtins
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+from redis.commands.core import Script
+
+from adapters.base import DEFAULT_MAX_VALUE_BYTES, StateAdapter
+from state_tasks.codec import apply_ops_json
+from state_tasks.errors import AdapterError, AdapterUnavailable, ConfigError
+from state_tasks.ops import Op
+
+DEFAULT_REDIS_URL = "redis://localhost:6379"
+DEFAULT_KEY_PREFIX = "state"
+#: Connection and socket timeouts: a dead server is reported, not waited on forever.
+DEFAULT_SOCKET_TIMEOUT_S = 5.0
+
+# KEYS[1] scope hash, KEYS[2] groups index; ARGV[1] key, ARGV[2] JSON text, ARGV[3] scope.
+# Returns the replaced JSON text, or nil when the key is new.
+LUA_SET = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if not old then redis.call('ZADD', KEYS[2], 0, ARGV[3]) end
+return old
+"""
+
+# KEYS[1] scope hash, KEYS[2] groups index; ARGV[1] key, ARGV[2] scope.
+# Returns the deleted JSON text, or nil. A scope left empty leaves the index with it.
+LUA_DELETE = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if old then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[2]) end
+end
+return old
+"""
+
+# KEYS[1] scope hash, KEYS[2] groups index;
+# ARGV[1] key, ARGV[2] "1" if the key was absent else "0", ARGV[3] expected old text,
+# ARGV[4] new text, ARGV[5] scope.
+# Returns {1} when written, or {0, current text or false} when the value moved on.
+LUA_CHECK_AND_SET = """
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+local expected_absent = ARGV[2] == '1'
+if (expected_absent and current) or (not expected_absent and current ~= ARGV[3]) then
+  return {0, current}
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])
+if expected_absent then redis.call('ZADD', KEYS[2], 0, ARGV[5]) end
+return {1}
+"""
+
+# KEYS[1] triggers hash, KEYS[2] version; ARGV[1] id, ARGV[2] JSON. Returns 1 if new.
+LUA_TRIGGER_PUT = """
+local added = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('INCR', KEYS[2])
+return added
+"""
+
+# KEYS[1] triggers hash, KEYS[2] version; ARGV[1] id. Returns 1 if it existed.
+LUA_TRIGGER_DELETE = """
+local removed = redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('INCR', KEYS[2])
+return removed
+"""
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by ``***`` (safe for logs and errors)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _escape(scope: str) -> str:
+    return scope.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+
+
+class RedisAdapter(StateAdapter):
+    """State in Redis, shared by every worker process on every machine.
+
+    :param redis_url: ``redis://`` or ``rediss://``, with password and db number if needed.
+    :param key_prefix: first part of every key (no braces).
+    :param client: an existing ``redis.Redis`` to use instead of ``redis_url`` (tests).
+    """
+
+    def __init__(
+        self,
+        *,
+        redis_url: str = DEFAULT_REDIS_URL,
+        key_prefix: str = DEFAULT_KEY_PREFIX,
+        max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+        socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S,
+        client: redis.Redis | None = None,
+    ) -> None:
+        if "{" in key_prefix or "}" in key_prefix:
+            raise ConfigError(f"key_prefix {key_prefix!r} may not contain braces")
+        if not redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(
+                f"redis_url {redact_url(redis_url)!r} must start with redis://, rediss:// or unix://"
+            )
+        self.max_value_bytes = max_value_bytes
+        self.redis_url = redis_url
+        self.safe_url = redact_url(redis_url)
+        self.key_prefix = key_prefix
+        self._socket_timeout_s = socket_timeout_s
+        self._client = client
+        self._client_lock = threading.Lock()
+        self._groups_key = f"{key_prefix}:groups"
+        self._triggers_key = f"{key_prefix}:triggers"
+        self._version_key = f"{key_prefix}:triggers:version"
+        self._scripts: dict[str, Script] = {}
+
+    def __repr__(self) -> str:
+        return f"RedisAdapter(redis_url={self.safe_url!r}, key_prefix={self.key_prefix!r})"
+
+    # -- connection ----------------------------------------------------------------
+
+    @property
+    def client(self) -> redis.Redis:
+        """The process's client and connection pool, created on first use."""
+        if self._client is None:
+            with self._client_lock:
+                if self._client is None:
+                    self._client = redis.Redis.from_url(
+                        self.redis_url,
+                        decode_responses=True,
+                        socket_timeout=self._socket_timeout_s,
+                        socket_connect_timeout=self._socket_timeout_s,
+                        health_check_interval=30,
+                    )
+                    for name, body in (
+                        ("set", LUA_SET),
+                        ("delete", LUA_DELETE),
+                        ("cas", LUA_CHECK_AND_SET),
+                        ("trigger_put", LUA_TRIGGER_PUT),
+                        ("trigger_delete", LUA_TRIGGER_DELETE),
+                    ):
+                        self._scripts[name] = self._client.register_script(body)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    def _run(self, what: str, scope: str | None, call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            where = f" (scope {scope!r})" if scope is not None else ""
+            raise AdapterUnavailable(
+                f"{what}{where}: cannot reach Redis at {self.safe_url}: {e.__class__.__name__}. "
+                "Check that the server runs and the URL is right; calls succeed again once "
+                "it is back."
+            ) from None
+        except redis.RedisError as e:
+            where = f" (scope {scope!r})" if scope is not None else ""
+            raise AdapterError(
+                f"{what}{where}: Redis at {self.safe_url} answered with an error: {e}"
+            ) from None
+
+    def _script(self, name: str) -> Script:
+        self.client  # noqa: B018 - registers the scripts on first use
+        return self._scripts[name]
+
+    def scope_key(self, scope: str) -> str:
+        """The Redis key of a scope's hash."""
+        return f"{self.key_prefix}:s:{{{_escape(scope)}}}"
+
+    # -- the contract ----------------------------------------------------------------
+
+    def get(self, scope: str, key: str) -> str | None:
+        return cast(
+            "str | None",
+            self._run("get", scope, lambda: self.client.hget(self.scope_key(scope), key)),
+        )
+
+    def set(self, scope: str, key: str, value_json: str) -> str | None:
+        script = self._script("set")
+        keys = [self.scope_key(scope), self._groups_key]
+        return cast(
+            "str | None",
+            self._run("set", scope, lambda: script(keys=keys, args=[key, value_json, scope])),
+        )
+
+    def delete(self, scope: str, key: str) -> str | None:
+        script = self._script("delete")
+        keys = [self.scope_key(scope), self._groups_key]
+        return cast(
+            "str | None", self._run("delete", scope, lambda: script(keys=keys, args=[key, scope]))
+        )
+
+    def update(self, scope: str, key: str, ops: Sequence[Op]) -> tuple[str | None, str]:
+        script = self._script("cas")
+        keys = [self.scope_key(scope), self._groups_key]
+        old = self.get(scope, key)
+        while True:
+            new = apply_ops_json(old, ops, self.max_value_bytes)
+            args = [key, "1" if old is None else "0", old or "", new, scope]
+            reply: list[Any] = self._run("update", scope, lambda: script(keys=keys, args=args))  # noqa: B023
+            if reply[0] == 1:
+                return old, new
+            old = reply[1] or None  # Lua false -> None: the key was deleted meanwhile
+
+    def list(self, scope: str) -> builtins.list[str]:
+        return cast(
+            "list[str]", self._run("list", scope, lambda: self.client.hvals(self.scope_key(scope)))
+        )
+
+    def list_groups(self) -> builtins.list[str]:
+        groups = self._run("list_groups", None, lambda: self.client.zrange(self._groups_key, 0, -1))
+        return cast("list[str]", groups)
+
+    def triggers_load(self) -> dict[str, str]:
+        found = self._run("triggers_load", None, lambda: self.client.hgetall(self._triggers_key))
+        return cast("dict[str, str]", found)
+
+    def triggers_put(self, trigger_id: str, trigger_json: str) -> bool:
+        script = self._script("trigger_put")
+        keys = [self._triggers_key, self._version_key]
+        return bool(
+            self._run(
+                "triggers_put", None, lambda: script(keys=keys, args=[trigger_id, trigger_json])
+            )
+        )
+
+    def triggers_delete(self, trigger_id: str) -> bool:
+        script = self._script("trigger_delete")
+        keys = [self._triggers_key, self._version_key]
+        return bool(
+            self._run("triggers_delete", None, lambda: script(keys=keys, args=[trigger_id]))
+        )
+
+    def triggers_version(self) -> int:
+        return int(
+            self._run("triggers_version", None, lambda: self.client.get(self._version_key)) or 0
+        )

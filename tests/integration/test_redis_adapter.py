@@ -1,0 +1,166 @@
+"""RedisAdapter through real prefork workers: exact under concurrency, shared triggers, outages."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from helpers import Deployment, RedisServer, redis_state_yaml, wait_until
+
+from adapters.redis_adapter import RedisAdapter, redact_url
+from state_tasks import AdapterError
+
+
+def test_a_thousand_concurrent_increments_end_at_exactly_a_thousand(redis_deployment: Any) -> None:
+    # Given three worker processes (prefork -c 2, and a second worker) on one Redis state
+    key = f"counter-{uuid.uuid4().hex[:8]}"
+    app = redis_deployment.client.app
+    # When 1,000 increments are in flight at once
+    results = [
+        app.send_task(
+            "state::update",
+            kwargs={
+                "scope": "counters",
+                "key": key,
+                "ops": [{"increment": {"field": "n", "by": 1}}],
+            },
+        )
+        for _ in range(1000)
+    ]
+    values = sorted(result.get(timeout=120)["new_value"]["n"] for result in results)
+    # Then none was lost, and each saw a distinct count
+    assert values == list(range(1, 1001))
+    assert redis_deployment.call("state::get", scope="counters", key=key) == {"n": 1000}
+
+
+def test_both_workers_serve_the_same_state(redis_deployment: Any) -> None:
+    log_lines = [w.log() for w in redis_deployment.workers]
+    scope = f"shared-{uuid.uuid4().hex[:8]}"
+    for i in range(40):
+        redis_deployment.call("state::set", scope=scope, key=f"k{i}", value=i)
+    assert sorted(redis_deployment.call("state::list", scope=scope)) == list(range(40))
+    served = [
+        w.log().count("state::set") - before.count("state::set")
+        for w, before in zip(redis_deployment.workers, log_lines, strict=True)
+    ]
+    assert all(count > 0 for count in served), served
+
+
+def test_key_layout_is_one_hash_per_scope_with_a_groups_index(redis_server: RedisServer) -> None:
+    adapter = RedisAdapter(redis_url=redis_server.url(5), key_prefix="layout")
+    raw = redis.Redis.from_url(redis_server.url(5), decode_responses=True)
+    raw.flushdb()
+    adapter.set("a:b", "c", "1")
+    adapter.set("a", "b:c", "2")
+    adapter.set("{x}", "k", "3")
+    assert sorted(raw.keys("*")) == [
+        "layout:groups",
+        "layout:s:{%7Bx%7D}",
+        "layout:s:{a:b}",
+        "layout:s:{a}",
+    ]
+    assert raw.hgetall("layout:s:{a}") == {"b:c": "2"}
+    assert raw.zrange("layout:groups", 0, -1) == ["a", "a:b", "{x}"]
+    adapter.delete("a", "b:c")
+    assert "layout:s:{a}" not in raw.keys("*")
+    assert adapter.list_groups() == ["a:b", "{x}"]
+
+
+def test_list_groups_reads_the_index_not_the_keyspace(redis_server: RedisServer) -> None:
+    adapter = RedisAdapter(redis_url=redis_server.url(6), key_prefix="idx")
+    raw = redis.Redis.from_url(redis_server.url(6), decode_responses=True)
+    raw.flushdb()
+    adapter.set("real", "k", "1")
+    raw.hset("idx:s:{planted}", "k", "1")  # a hash no write of ours indexed
+    assert adapter.list_groups() == ["real"]
+
+
+def test_password_never_shows_in_errors() -> None:
+    url = "redis://user:hunter2@127.0.0.1:1/0"
+    assert redact_url(url) == "redis://user:***@127.0.0.1:1/0"
+    adapter = RedisAdapter(redis_url=url, socket_timeout_s=0.5)
+    with pytest.raises(AdapterError) as info:
+        adapter.get("s", "k")
+    assert info.value.code == "ADAPTER_ERROR"
+    assert "hunter2" not in str(info.value) and "hunter2" not in repr(adapter)
+    assert "redis://user:***@127.0.0.1:1/0" in info.value.message
+
+
+def test_state_redis_outage_gives_clear_errors_then_service_resumes(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # Given a worker whose state lives on a password-protected Redis of its own
+    state_redis = RedisServer(tmp_path / "state-redis", password="s3cret-pw")
+    deployment = Deployment(
+        redis_server, tmp_path / "d", redis_state_yaml(state_redis.url(0), "outage")
+    )
+    try:
+        worker = deployment.worker("--concurrency", "1")
+        deployment.call("state::set", scope="o", key="k", value={"n": 1})
+        # When the state Redis goes away
+        state_redis.stop()
+        started = time.monotonic()
+        with pytest.raises(AdapterError) as info:
+            deployment.client.call("state::get", timeout_s=60, scope="o", key="k")
+        # Then callers get ADAPTER_ERROR after the retries, naming the server without its password
+        assert time.monotonic() - started < 30
+        assert info.value.code == "ADAPTER_ERROR"
+        assert "cannot reach Redis at redis://:***@127.0.0.1" in info.value.message
+        assert "s3cret-pw" not in worker.log()
+        assert "Retry in" in worker.log()
+        # And when it comes back, the same worker serves again
+        state_redis.start()
+        deployment.client.app.send_task(
+            "state::set", kwargs={"scope": "o", "key": "k", "value": {"n": 2}}
+        ).get(timeout=30)
+        assert deployment.call("state::get", scope="o", key="k") == {"n": 2}
+        assert worker.process is not None and worker.process.poll() is None
+    finally:
+        deployment.close()
+        state_redis.stop()
+
+
+def test_triggers_are_shared_and_each_handler_fires_once_per_change(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # Given two prefork workers (two children each) loading the same handler module
+    record_url = redis_server.url(62)
+    deployment = Deployment(
+        redis_server,
+        tmp_path / "d",
+        redis_state_yaml(redis_server.url(7), f"trg-{uuid.uuid4().hex[:6]}"),
+    )
+    record = redis.Redis.from_url(record_url)
+    record.flushdb()
+    try:
+        deployment.worker(
+            "--concurrency", "2", includes=("trigger_handlers",), RECORD_REDIS_URL=record_url
+        )
+        deployment.worker(
+            "--concurrency", "2", includes=("trigger_handlers",), RECORD_REDIS_URL=record_url
+        )
+        # Then every declared trigger is stored once
+        listed = deployment.client.iii.list_triggers()
+        ids = [t["id"] for t in listed]
+        assert len(ids) == len(set(ids))
+        assert sum(t["function_id"] == "test::decorated" for t in listed) == 1
+        # When a client registers one more at run time and makes 30 changes
+        handle = deployment.client.iii.register_trigger(
+            {"type": "state", "function_id": "test::onAny", "config": {"scope": "fanout"}}
+        )
+        for i in range(30):
+            deployment.call("state::set", scope="fanout", key=f"k{i}", value=i)
+        # Then the handler ran exactly once for each change, wherever it ran
+        wait_until(lambda: record.llen("record:any") >= 30, 30, "30 handler runs")
+        time.sleep(1.0)
+        events = [json.loads(raw) for raw in record.lrange("record:any", 0, -1)]
+        assert sorted(e["new_value"] for e in events) == list(range(30))
+        assert len({e["event_id"] for e in events}) == 30
+        handle.unregister()
+    finally:
+        deployment.close()
