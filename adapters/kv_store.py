@@ -5,13 +5,10 @@ from __future__ import annotations
 import builtins
 import threading
 from collections.abc import Sequence
-from typing import Literal
 
 from adapters.base import DEFAULT_MAX_VALUE_BYTES, StateAdapter
 from state_tasks.codec import apply_ops_json
 from state_tasks.ops import Op
-
-StoreMethod = Literal["in_memory", "file_based"]
 
 
 class KvStore(StateAdapter):
@@ -39,17 +36,18 @@ class KvStore(StateAdapter):
 
     def set(self, scope: str, key: str, value_json: str) -> str | None:
         with self._lock:
-            entries = self._scopes.setdefault(scope, {})
-            old = entries.get(key)
-            entries[key] = value_json
+            old = self.get(scope, key)
+            self._changed(scope, key, value_json)
+            self._scopes.setdefault(scope, {})[key] = value_json
             return old
 
     def delete(self, scope: str, key: str) -> str | None:
         with self._lock:
             entries = self._scopes.get(scope)
-            if entries is None:
+            if entries is None or key not in entries:
                 return None
-            old = entries.pop(key, None)
+            self._changed(scope, key, None)
+            old = entries.pop(key)
             if not entries:
                 del self._scopes[scope]
             return old
@@ -58,6 +56,7 @@ class KvStore(StateAdapter):
         with self._lock:
             old = self.get(scope, key)
             new = apply_ops_json(old, ops, self.max_value_bytes)
+            self._changed(scope, key, new)
             self._scopes.setdefault(scope, {})[key] = new
             return old, new
 
@@ -76,15 +75,28 @@ class KvStore(StateAdapter):
     def triggers_put(self, trigger_id: str, trigger_json: str) -> bool:
         with self._lock:
             is_new = trigger_id not in self._triggers
+            self._triggers_changed(trigger_id, trigger_json)
             self._triggers[trigger_id] = trigger_json
             self._triggers_version += 1
             return is_new
 
     def triggers_delete(self, trigger_id: str) -> bool:
         with self._lock:
-            existed = self._triggers.pop(trigger_id, None) is not None
+            existed = trigger_id in self._triggers
+            if existed:
+                self._triggers_changed(trigger_id, None)
+                del self._triggers[trigger_id]
             self._triggers_version += 1
             return existed
 
     def triggers_version(self) -> int:
         return self._triggers_version
+
+    # -- hooks for a persistent store: called under the lock before each change -------
+    # If a hook raises, the change is not made.
+
+    def _changed(self, scope: str, key: str, value_json: str | None) -> None:
+        """A key is about to be set (``value_json``) or deleted (``None``)."""
+
+    def _triggers_changed(self, trigger_id: str, trigger_json: str | None) -> None:
+        """A trigger is about to be stored (``trigger_json``) or removed (``None``)."""

@@ -9,16 +9,20 @@ from typing import Any
 import pytest
 
 from adapters.base import StateAdapter
+from adapters.file_store import FileKvStore
 from adapters.kv_store import KvStore
 from adapters.redis_adapter import RedisAdapter
 from state_tasks.service import StateService
 
-ADAPTERS = ["kv_memory", "redis"]
+ADAPTERS = ["kv_memory", "kv_file", "redis"]
 
 
 def build(kind: str, request: pytest.FixtureRequest, **settings: Any) -> StateAdapter:
     if kind == "kv_memory":
         return KvStore(**settings)
+    if kind == "kv_file":
+        folder = request.getfixturevalue("tmp_path") / f"store-{uuid.uuid4().hex[:6]}"
+        return FileKvStore(file_path=folder, save_interval_ms=50, **settings)
     if kind == "redis":
         server = request.getfixturevalue("redis_server")
         # A fresh key prefix per adapter: tests share the server, never each other's keys.

@@ -1,0 +1,444 @@
+"""The file-based KvStore: per-scope files plus a write-ahead journal.
+
+Folder layout (``file_path``)::
+
+    LOCK                      held (flock) by the one process that owns the store; holds its pid
+    journal-<n>.log           write-ahead journal segments, replayed in order at start-up
+    triggers.json             the stored triggers
+    scope-<name>.json         one file per scope
+
+Every mutation is applied in memory and appended to the current journal segment with
+one ``write()`` before the call returns, so an acknowledged write survives a ``kill -9``
+of the worker (the bytes are in the kernel's page cache). ``fsync`` decides what
+survives a crash of the machine itself, like Redis's ``appendfsync``:
+
+- ``always``: fsync after every write. Nothing acknowledged is lost; slowest.
+- ``interval`` (default): fsync at most once a second. A power loss can lose the last second.
+- ``never``: leave it to the operating system (usually within 30 s).
+
+Every ``save_interval_ms`` a save starts a new journal segment, snapshots only the
+scopes changed since the last save (under the lock: a shallow copy of their dicts),
+then, outside the lock, writes each to a temporary file, fsyncs it, renames it over
+the old one, removes the files of scopes left empty, fsyncs the folder, and deletes
+the journal segments the save covered. A crash at any point leaves files from which
+start-up rebuilds the same state: journal records hold absolute values, so replaying a
+segment over a file that already includes it changes nothing.
+
+A scope file is JSON with a format name and a version::
+
+    {"format": "state_tasks.kv_scope", "version": 1, "scope": "users",
+     "entries": [["user-1", {...}], ["user-2", {...}]]}
+
+Its name encodes the scope: lowercase ASCII letters, digits, ``-`` and ``_`` stand for
+themselves, every other byte of the UTF-8 is ``%XX`` (so no name is ``.``, ``..``, holds
+a ``/`` or differs from another only by case). A name that would be too long for the
+file system keeps a prefix and ends in a hash of the scope. The scope itself is read
+back from the file's ``scope`` field.
+
+A journal record is one line: the CRC-32 of the JSON (8 hex digits), a space, the JSON.
+A torn last line (a crash mid-append) is cut off at start-up with a warning; a bad
+record before the end, or a scope file that cannot be parsed, stops start-up with a
+message naming the file, unless ``move_corrupt_aside`` is set, which renames the file
+to ``<name>.corrupt-<time>`` (and says so in the log) and goes on without it.
+"""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+import zlib
+from pathlib import Path
+from typing import Any, Literal
+
+from adapters.base import DEFAULT_MAX_VALUE_BYTES
+from adapters.kv_store import KvStore
+from state_tasks.errors import AdapterError
+
+logger = logging.getLogger(__name__)
+
+FsyncPolicy = Literal["always", "interval", "never"]
+
+DEFAULT_FILE_PATH = "./data/state_store"
+DEFAULT_SAVE_INTERVAL_MS = 5000
+FORMAT_NAME = "state_tasks.kv_scope"
+FORMAT_VERSION = 1
+#: ``fsync: interval`` syncs the journal at most this often.
+FSYNC_INTERVAL_S = 1.0
+#: Longest encoded scope kept whole in a file name (names stay under 255 bytes).
+MAX_ENCODED_NAME = 180
+
+_SAFE = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789-_")
+_SEGMENT = re.compile(r"^journal-(\d{12})\.log$")
+_encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def scope_file_name(scope: str) -> str:
+    """The file name of a scope: reversible for short names, hash-suffixed for long ones."""
+    raw = scope.encode("utf-8")
+    encoded = "".join(chr(b) if b in _SAFE else f"%{b:02X}" for b in raw)
+    if len(encoded) > MAX_ENCODED_NAME:
+        digest = hashlib.sha256(raw).hexdigest()[:32]
+        encoded = f"{encoded[:120].rstrip('%0123456789ABCDEF')}~{digest}"
+    return f"scope-{encoded}.json"
+
+
+class FileKvStore(KvStore):
+    """A KvStore whose data survives restarts and ``kill -9`` (see the module docs)."""
+
+    def __init__(
+        self,
+        *,
+        file_path: str | os.PathLike[str] = DEFAULT_FILE_PATH,
+        save_interval_ms: int = DEFAULT_SAVE_INTERVAL_MS,
+        fsync: FsyncPolicy = "interval",
+        move_corrupt_aside: bool = False,
+        max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+    ) -> None:
+        super().__init__(max_value_bytes=max_value_bytes)
+        if save_interval_ms <= 0:
+            raise AdapterError(
+                "save_interval_ms must be a positive number of milliseconds, "
+                f"got {save_interval_ms}"
+            )
+        if fsync not in ("always", "interval", "never"):
+            raise AdapterError(f"fsync must be always, interval or never, got {fsync!r}")
+        self.path = Path(file_path).absolute()
+        self.save_interval_ms = save_interval_ms
+        self.fsync = fsync
+        self.move_corrupt_aside = move_corrupt_aside
+        self._lock_fd: int | None = None
+        self._journal_fd: int | None = None
+        self._segment = 0
+        self._unsynced = False
+        self._dirty_scopes: set[str] = set()
+        self._triggers_dirty = False
+        self._save_lock = threading.Lock()  # one save at a time
+        self._stop = threading.Event()
+        self._saver: threading.Thread | None = None
+        self._opened = False
+
+    def __repr__(self) -> str:
+        return f"FileKvStore(file_path={str(self.path)!r}, fsync={self.fsync!r})"
+
+    # -- life cycle ----------------------------------------------------------------
+
+    def open(self) -> None:
+        """Take ownership of the folder, load scope files, replay the journal, start saving."""
+        if self._opened:
+            return
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise AdapterError(f"cannot create file_path {str(self.path)!r}: {e.strerror}") from e
+        self._take_ownership()
+        try:
+            self._load_scope_files()
+            self._load_triggers()
+            segments = self._segments()
+            for number, segment in segments:
+                self._replay(segment, is_last=number == segments[-1][0])
+            self._segment = segments[-1][0] + 1 if segments else 1
+            self._journal_fd = self._open_segment(self._segment)
+        except BaseException:
+            self._release_ownership()
+            raise
+        self._opened = True
+        self._saver = threading.Thread(target=self._run_saver, name="kvstore-saver", daemon=True)
+        self._saver.start()
+        logger.info(
+            "KvStore file_based: %d scopes loaded from %s (fsync=%s, save every %d ms)",
+            len(self._scopes),
+            self.path,
+            self.fsync,
+            self.save_interval_ms,
+        )
+
+    def close(self) -> None:
+        """Stop the saver, save everything, and let go of the folder."""
+        if not self._opened:
+            return
+        self._stop.set()
+        if self._saver is not None:
+            self._saver.join()
+        self.save()
+        with self._lock:
+            if self._journal_fd is not None:
+                os.fsync(self._journal_fd)
+                os.close(self._journal_fd)
+                self._journal_fd = None
+        self._release_ownership()
+        self._opened = False
+
+    def _take_ownership(self) -> None:
+        lock_path = self.path / "LOCK"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                raise AdapterError(f"cannot lock {str(lock_path)!r}: {e.strerror}") from e
+            owner = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise AdapterError(
+                f"the KvStore at {str(self.path)!r} is already open in another process "
+                f"(pid {owner}). A KvStore lives in one process: stop that one, give this one "
+                "another file_path, or use the RedisAdapter to share state between processes."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        self._lock_fd = fd
+
+    def _release_ownership(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing releases the flock
+            self._lock_fd = None
+
+    # -- loading -------------------------------------------------------------------
+
+    def _corrupt(self, path: Path, why: str) -> None:
+        if not self.move_corrupt_aside:
+            raise AdapterError(
+                f"{str(path)!r} is corrupt ({why}). Nothing was loaded. Repair or remove the "
+                "file, or set move_corrupt_aside: true in the KvStore config to move it aside "
+                "and start without it."
+            )
+        aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+        path.rename(aside)
+        logger.error("moved corrupt %s aside to %s (%s); its data is NOT loaded", path, aside, why)
+
+    def _load_scope_files(self) -> None:
+        for path in sorted(self.path.glob("scope-*.json")):
+            try:
+                document = json.loads(path.read_text(encoding="utf-8"))
+                if document.get("format") != FORMAT_NAME:
+                    raise ValueError(f"format is {document.get('format')!r}, not {FORMAT_NAME}")
+                if document.get("version") != FORMAT_VERSION:
+                    raise ValueError(f"unsupported version {document.get('version')!r}")
+                scope = document["scope"]
+                entries = {str(k): _encoder.encode(v) for k, v in document["entries"]}
+                if not isinstance(scope, str) or scope_file_name(scope) != path.name:
+                    raise ValueError(f"holds scope {scope!r}, which does not belong in this file")
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                self._corrupt(path, str(e))
+                continue
+            if entries:
+                self._scopes[scope] = entries
+
+    def _load_triggers(self) -> None:
+        path = self.path / "triggers.json"
+        if not path.exists():
+            return
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+            self._triggers = {str(k): str(v) for k, v in document["triggers"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            self._corrupt(path, str(e))
+
+    def _segments(self) -> builtins.list[tuple[int, Path]]:
+        found = []
+        for path in self.path.iterdir():
+            match = _SEGMENT.match(path.name)
+            if match:
+                found.append((int(match.group(1)), path))
+        return sorted(found)
+
+    def _replay(self, segment: Path, is_last: bool) -> None:
+        data = segment.read_bytes()
+        offset = 0
+        while offset < len(data):
+            end = data.find(b"\n", offset)
+            line = data[offset:] if end < 0 else data[offset:end]
+            record = _parse_record(line) if end >= 0 else None
+            if record is None:
+                if is_last and (end < 0 or data.find(b"\n", end + 1) < 0):
+                    # A torn tail: the crash came mid-append, before the call returned.
+                    logger.warning(
+                        "journal %s: cut a torn last record of %d bytes (from a crash mid-write)",
+                        segment,
+                        len(data) - offset,
+                    )
+                    with segment.open("r+b") as handle:
+                        handle.truncate(offset)
+                    break
+                self._corrupt(segment, f"bad record at byte {offset}")
+                return
+            self._apply_record(record)  # marks what it touches dirty: the next save compacts it
+            offset = end + 1
+
+    def _apply_record(self, record: dict[str, Any]) -> None:
+        kind = record["op"]
+        if kind == "set":
+            self._scopes.setdefault(record["scope"], {})[record["key"]] = _encoder.encode(
+                record["value"]
+            )
+            self._dirty_scopes.add(record["scope"])
+        elif kind == "del":
+            entries = self._scopes.get(record["scope"], {})
+            entries.pop(record["key"], None)
+            if not entries:
+                self._scopes.pop(record["scope"], None)
+            self._dirty_scopes.add(record["scope"])
+        elif kind == "tset":
+            self._triggers[record["id"]] = record["value"]
+            self._triggers_dirty = True
+        elif kind == "tdel":
+            self._triggers.pop(record["id"], None)
+            self._triggers_dirty = True
+
+    # -- journaling (called under the store's lock) ----------------------------------
+
+    def _open_segment(self, number: int) -> int:
+        path = self.path / f"journal-{number:012d}.log"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        _fsync_dir(self.path)
+        return fd
+
+    def _append(self, body: str) -> None:
+        if self._journal_fd is None:
+            raise AdapterError(f"the KvStore at {str(self.path)!r} is not open")
+        payload = body.encode("utf-8")
+        line = b"%08x %s\n" % (zlib.crc32(payload), payload)
+        try:
+            written = os.write(self._journal_fd, line)
+            if written != len(line):
+                raise OSError(errno.EIO, f"short write ({written} of {len(line)} bytes)")
+            if self.fsync == "always":
+                os.fsync(self._journal_fd)
+            else:
+                self._unsynced = True
+        except OSError as e:
+            raise AdapterError(
+                f"cannot append to the journal in {str(self.path)!r}: {e.strerror or e}"
+            ) from e
+
+    def _changed(self, scope: str, key: str, value_json: str | None) -> None:
+        scope_json, key_json = _encoder.encode(scope), _encoder.encode(key)
+        if value_json is None:
+            self._append(f'{{"op":"del","scope":{scope_json},"key":{key_json}}}')
+        else:
+            self._append(
+                f'{{"op":"set","scope":{scope_json},"key":{key_json},"value":{value_json}}}'
+            )
+        self._dirty_scopes.add(scope)
+
+    def _triggers_changed(self, trigger_id: str, trigger_json: str | None) -> None:
+        id_json = _encoder.encode(trigger_id)
+        if trigger_json is None:
+            self._append(f'{{"op":"tdel","id":{id_json}}}')
+        else:
+            self._append(f'{{"op":"tset","id":{id_json},"value":{_encoder.encode(trigger_json)}}}')
+        self._triggers_dirty = True
+
+    # -- saving ----------------------------------------------------------------------
+
+    def _run_saver(self) -> None:
+        tick_s = min(FSYNC_INTERVAL_S, self.save_interval_ms / 1000)
+        next_save = time.monotonic() + self.save_interval_ms / 1000
+        while not self._stop.wait(tick_s):
+            try:
+                if self.fsync == "interval":
+                    self._sync_journal()
+                if time.monotonic() >= next_save:
+                    self.save()
+                    next_save = time.monotonic() + self.save_interval_ms / 1000
+            except Exception:
+                logger.exception(
+                    "KvStore save in %s failed; the journal still holds the data", self.path
+                )
+
+    def _sync_journal(self) -> None:
+        with self._lock:
+            if not self._unsynced or self._journal_fd is None:
+                return
+            fd, self._unsynced = self._journal_fd, False
+        os.fsync(fd)
+
+    def save(self) -> int:
+        """Write the scopes changed since the last save; return how many files were written.
+
+        Blocks writers only while it snapshots the changed scopes and starts a new
+        journal segment.
+        """
+        with self._save_lock:
+            with self._lock:
+                if not self._dirty_scopes and not self._triggers_dirty:
+                    return 0
+                snapshot = {
+                    scope: dict(self._scopes.get(scope, {})) for scope in self._dirty_scopes
+                }
+                triggers = dict(self._triggers) if self._triggers_dirty else None
+                self._dirty_scopes = set()
+                self._triggers_dirty = False
+                covered = self._segment
+                if self._journal_fd is not None:
+                    old_fd = self._journal_fd
+                    self._segment += 1
+                    self._journal_fd = self._open_segment(self._segment)
+                    os.fsync(old_fd)
+                    os.close(old_fd)
+            written = 0
+            for scope, entries in snapshot.items():
+                path = self.path / scope_file_name(scope)
+                if entries:
+                    _write_atomically(path, _scope_document(scope, entries))
+                    written += 1
+                elif path.exists():
+                    path.unlink()
+            if triggers is not None:
+                text = _encoder.encode(
+                    {"format": "state_tasks.triggers", "version": 1, "triggers": triggers}
+                )
+                _write_atomically(self.path / "triggers.json", text)
+                written += 1
+            _fsync_dir(self.path)
+            for number, segment in self._segments():
+                if number <= covered:
+                    segment.unlink()
+            return written
+
+
+def _scope_document(scope: str, entries: dict[str, str]) -> str:
+    body = ",".join(f"[{_encoder.encode(key)},{value}]" for key, value in entries.items())
+    return (
+        f'{{"format":"{FORMAT_NAME}","version":{FORMAT_VERSION},'
+        f'"scope":{_encoder.encode(scope)},"entries":[{body}]}}'
+    )
+
+
+def _parse_record(line: bytes) -> dict[str, Any] | None:
+    if len(line) < 10 or line[8:9] != b" ":
+        return None
+    payload = line[9:]
+    try:
+        if int(line[:8], 16) != zlib.crc32(payload):
+            return None
+        record = json.loads(payload)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and "op" in record else None
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    with temporary.open("wb") as handle:
+        handle.write(text.encode("utf-8"))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
