@@ -35,6 +35,10 @@ class StateAdapter(ABC):
     #: True when ``list`` returns values in the order their keys were first set.
     ordered_list: bool = False
 
+    #: False when ``set``/``update`` cannot tell a key holding JSON null from a missing key
+    #: (the Bridge: the remote answers ``old_value: null`` for both).
+    knows_null_from_missing: bool = True
+
     #: True when the data lives inside this process only (one process may own it).
     process_local: bool = False
 

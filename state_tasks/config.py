@@ -95,13 +95,19 @@ def _redis(config: RedisAdapterConfig) -> StateAdapter:
 
 def _bridge(config: BridgeConfig) -> StateAdapter:
     from adapters.bridge import Bridge
+    from state_tasks.remote import RemoteDeployment
 
-    return Bridge(
+    remote = RemoteDeployment(
         broker_url=config.broker_url,
         result_backend=config.result_backend,
         timeout_ms=config.timeout_ms,
         queue=config.queue,
+    )
+    return Bridge(
+        remote=remote.call,
+        remote_name=remote.name,
         max_value_bytes=config.max_value_bytes,
+        on_close=remote.close,
     )
 
 
@@ -110,11 +116,13 @@ class _Builtin:
     name: str
     model: type[_AdapterConfig]
     build: Callable[[Any], StateAdapter]
+    #: Whether the adapter keeps its data (or its triggers) in the process that opens it.
+    process_local: bool
 
 
-_KV = _Builtin("KvStore", KvStoreConfig, _kv_store)
-_REDIS = _Builtin("RedisAdapter", RedisAdapterConfig, _redis)
-_BRIDGE = _Builtin("Bridge", BridgeConfig, _bridge)
+_KV = _Builtin("KvStore", KvStoreConfig, _kv_store, process_local=True)
+_REDIS = _Builtin("RedisAdapter", RedisAdapterConfig, _redis, process_local=False)
+_BRIDGE = _Builtin("Bridge", BridgeConfig, _bridge, process_local=True)
 BUILTIN_ADAPTERS: dict[str, _Builtin] = {
     "modules::state::adapters::KvStore": _KV,
     "kv": _KV,
@@ -234,7 +242,7 @@ def _build_spec(adapter: dict[str, Any], where: str, source: str) -> StateConfig
         builtin.name,
         model.model_dump(),
         source,
-        builtin is _KV,
+        builtin.process_local,
         lambda: builtin.build(model),
     )
 

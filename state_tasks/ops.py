@@ -53,6 +53,14 @@ class Op:
     value: Any = None
     by: int | float = 1
 
+    def to_engine_form(self) -> dict[str, Any]:
+        """The op as the engine spells it, e.g. to forward it to another deployment."""
+        if self.kind in ("set", "merge"):
+            return {"type": self.kind, "path": self.field, "value": self.value}
+        if self.kind == "remove":
+            return {"type": "remove", "path": self.field}
+        return {"type": self.kind, "path": self.field, "by": self.by}
+
 
 def _describe(value: Any) -> str:
     kinds = {

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Deployment, RedisServer, redis_state_yaml
+from helpers import REMOTE_STATE_DB, Deployment, RedisServer, redis_state_yaml
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +37,21 @@ def redis_deployment(
     deployment = Deployment(redis_server, workdir, redis_state_yaml(redis_server.url(0), "it"))
     deployment.worker("--concurrency", "2")
     deployment.worker("--concurrency", "1")
+    yield deployment
+    deployment.close()
+
+
+@pytest.fixture(scope="session")
+def bridge_remote(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Deployment]:
+    """A remote deployment for the Bridge: its own broker db, its state in REMOTE_STATE_DB."""
+    workdir = tmp_path_factory.mktemp("bridge-remote")
+    state_yaml = redis_state_yaml(
+        redis_server.url(REMOTE_STATE_DB), "remote", max_value_bytes=100_000
+    )
+    deployment = Deployment(redis_server, workdir, state_yaml)
+    deployment.worker("--concurrency", "2")
     yield deployment
     deployment.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shutil
 import signal
@@ -22,6 +23,8 @@ REPO = Path(__file__).resolve().parent.parent
 CELERY = [sys.executable, "-m", "celery"]
 _names = itertools.count(1)
 _dbs = itertools.count(1)
+#: The Redis db holding the bridge remote's state, wiped before each conformance test.
+REMOTE_STATE_DB = 40
 #: Variables of ours that a developer's shell may carry; a test sets its own.
 OUR_VARIABLES = (
     "CELERY_BROKER_URL",
@@ -236,9 +239,16 @@ class Deployment:
         self.client.close()
 
 
-def redis_state_yaml(url: str, key_prefix: str) -> str:
+def adapter_yaml(adapter_class: str, **config: object) -> str:
+    """A state.yaml for one adapter with the given config."""
+    fields = ", ".join(f"{name}: {json.dumps(value)}" for name, value in config.items())
     return (
         "modules:\n  - class: modules::state::StateModule\n    config:\n      adapter:\n"
-        f"        class: modules::state::adapters::RedisAdapter\n"
-        f"        config: {{redis_url: '{url}', key_prefix: '{key_prefix}'}}\n"
+        f"        class: {adapter_class}\n        config: {{{fields}}}\n"
+    )
+
+
+def redis_state_yaml(url: str, key_prefix: str, **config: object) -> str:
+    return adapter_yaml(
+        "modules::state::adapters::RedisAdapter", redis_url=url, key_prefix=key_prefix, **config
     )

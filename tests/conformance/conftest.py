@@ -7,14 +7,18 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
+from helpers import REMOTE_STATE_DB
 
 from adapters.base import StateAdapter
+from adapters.bridge import Bridge
 from adapters.file_store import FileKvStore
 from adapters.kv_store import KvStore
 from adapters.redis_adapter import RedisAdapter
+from state_tasks.remote import RemoteDeployment
 from state_tasks.service import StateService
 
-ADAPTERS = ["kv_memory", "kv_file", "redis"]
+ADAPTERS = ["kv_memory", "kv_file", "redis", "bridge"]
 
 
 def build(kind: str, request: pytest.FixtureRequest, **settings: Any) -> StateAdapter:
@@ -28,6 +32,13 @@ def build(kind: str, request: pytest.FixtureRequest, **settings: Any) -> StateAd
         # A fresh key prefix per adapter: tests share the server, never each other's keys.
         prefix = f"conformance-{uuid.uuid4().hex[:10]}"
         return RedisAdapter(redis_url=server.url(0), key_prefix=prefix, **settings)
+    if kind == "bridge":
+        remote = request.getfixturevalue("bridge_remote")
+        redis.Redis.from_url(remote.redis_server.url(REMOTE_STATE_DB)).flushdb()
+        deployment = RemoteDeployment(
+            broker_url=remote.broker_url, result_backend=remote.broker_url, timeout_ms=20_000
+        )
+        return Bridge(remote=deployment.call, on_close=deployment.close, **settings)
     raise AssertionError(f"unknown adapter kind {kind}")
 
 

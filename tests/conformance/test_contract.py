@@ -36,7 +36,9 @@ def test_data_is_an_alias_of_value(service: StateService) -> None:
     assert call(service, "state::get", scope="s", key="k") == [1, 2]
 
 
-def test_explicit_null_is_a_value(service: StateService, events: Any) -> None:
+def test_explicit_null_is_a_value(
+    service: StateService, adapter: StateAdapter, events: Any
+) -> None:
     assert call(service, "state::set", scope="s", key="k", value=None) == {
         "old_value": None,
         "new_value": None,
@@ -45,7 +47,9 @@ def test_explicit_null_is_a_value(service: StateService, events: Any) -> None:
     assert call(service, "state::list", scope="s") == [None]
     assert call(service, "state::list_groups") == {"groups": ["s"]}
     call(service, "state::set", scope="s", key="k", value=1)
-    assert events.kinds() == ["state:created", "state:updated"]
+    # (The Bridge documents that it cannot tell a null value from a missing key.)
+    second = "state:updated" if adapter.knows_null_from_missing else "state:created"
+    assert events.kinds() == ["state:created", second]
 
 
 def test_get_of_missing_key_is_null(service: StateService) -> None:

@@ -1,0 +1,126 @@
+"""A Celery client for another deployment of state_tasks (what the Bridge talks through)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from celery import Celery
+from celery.app import backends
+from celery.exceptions import TimeoutError as CeleryTimeoutError
+from kombu.exceptions import OperationalError
+
+from adapters.redis_adapter import redact_url
+from state_tasks.errors import AdapterError, StateError
+
+#: How often a waiting call polls a polling result backend.
+POLL_INTERVAL_S = 0.01
+
+
+class _IsolatedCelery(Celery):  # type: ignore[misc]
+    """A Celery app whose broker and result backend come from its constructor only.
+
+    Celery's settings let ``CELERY_BROKER_URL`` and ``CELERY_RESULT_BACKEND`` in the
+    environment win over any configuration, which in a local worker would point the
+    Bridge back at the local broker.
+    """
+
+    def __init__(self, main: str, *, broker_url: str, result_backend: str, **kwargs: Any) -> None:
+        self._fixed_broker_url = broker_url
+        self._fixed_result_backend = result_backend
+        super().__init__(main, broker=broker_url, backend=result_backend, **kwargs)
+
+    def connection_for_write(self, url: str | None = None, **kwargs: Any) -> Any:
+        return super().connection_for_write(url or self._fixed_broker_url, **kwargs)
+
+    def connection_for_read(self, url: str | None = None, **kwargs: Any) -> Any:
+        return super().connection_for_read(url or self._fixed_broker_url, **kwargs)
+
+    def _get_backend(self) -> Any:
+        backend, url = backends.by_url(self._fixed_result_backend, self.loader)
+        return backend(app=self, url=url)
+
+
+class RemoteDeployment:
+    """Runs state functions on a remote deployment through its own broker.
+
+    Its Celery app is its own, created on first use, sharing no configuration with the
+    local app. Every call is bounded by ``timeout_ms``: the message expires then, so a
+    remote worker that comes back later does not apply a change its caller gave up on.
+    """
+
+    def __init__(
+        self,
+        *,
+        broker_url: str,
+        result_backend: str,
+        timeout_ms: int = 30_000,
+        queue: str | None = None,
+    ) -> None:
+        self.broker_url = broker_url
+        self.result_backend = result_backend
+        self.timeout_s = timeout_ms / 1000
+        self.queue = queue
+        self.name = f"the remote at {redact_url(broker_url)}"
+        self._app: Celery | None = None
+        self._app_lock = threading.Lock()
+
+    @property
+    def app(self) -> Celery:
+        if self._app is None:
+            with self._app_lock:
+                if self._app is None:
+                    connect_timeout_s = max(0.5, min(self.timeout_s / 3, 4.0))
+                    self._app = _IsolatedCelery(
+                        "state_tasks_bridge",
+                        broker_url=self.broker_url,
+                        result_backend=self.result_backend,
+                        set_as_current=False,
+                        config_source={
+                            "task_serializer": "json",
+                            "result_serializer": "json",
+                            "accept_content": ["json"],
+                            "result_accept_content": ["json"],
+                            "broker_connection_timeout": connect_timeout_s,
+                            "broker_connection_retry": False,
+                            "broker_connection_max_retries": 1,
+                            "redis_socket_connect_timeout": connect_timeout_s,
+                            "redis_socket_timeout": self.timeout_s + 1,
+                            "result_backend_transport_options": {"retry_policy": {"timeout": 1.0}},
+                        },
+                    )
+        return self._app
+
+    def call(self, function_id: str, payload: Mapping[str, Any]) -> Any:
+        """Run one remote state function and return its result (or raise its StateError)."""
+        try:
+            result = self.app.send_task(
+                function_id,
+                kwargs=dict(payload),
+                queue=self.queue,
+                expires=self.timeout_s,
+                retry=True,
+                retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2},
+            )
+            value = result.get(
+                timeout=self.timeout_s, interval=POLL_INTERVAL_S, disable_sync_subtasks=False
+            )
+        except StateError:
+            raise
+        except CeleryTimeoutError:
+            raise AdapterError(
+                f"{function_id}: {self.name} did not answer within {self.timeout_s * 1000:.0f} ms "
+                "(is a worker running there, on the queue the Bridge sends to?)"
+            ) from None
+        except (OperationalError, OSError, ConnectionError) as e:
+            raise AdapterError(
+                f"{function_id}: cannot reach {self.name}: {type(e).__name__}: "
+                f"{str(e).replace(self.broker_url, redact_url(self.broker_url))}"
+            ) from None
+        result.forget()
+        return value
+
+    def close(self) -> None:
+        if self._app is not None:
+            self._app.close()
