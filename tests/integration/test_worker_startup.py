@@ -14,8 +14,7 @@ from helpers import OUR_VARIABLES, REPO, Worker
 def test_embedded_default_runs_the_user_profile_example_with_no_server(tmp_path: Path) -> None:
     # Given a worker and a client in the same folder, with no broker, backend or Redis configured
     env = {"PYTHONPATH": str(REPO / "examples"), "PYTHONUNBUFFERED": "1"}
-    worker = Worker(tmp_path, {}, includes=("profile_handlers",))
-    worker.env["PYTHONPATH"] = env["PYTHONPATH"]
+    worker = Worker(tmp_path, {}, includes=("profile_handlers",), pythonpath=[REPO / "examples"])
     worker.start()
     try:
         # When the example runs there
