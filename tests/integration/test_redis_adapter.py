@@ -13,7 +13,8 @@ import redis
 from helpers import Deployment, RedisServer, redis_state_yaml, wait_until
 
 from adapters.redis_adapter import RedisAdapter, redact_url
-from state_tasks import AdapterError
+from state_tasks import AdapterError, UpdateOpError
+from state_tasks.ops import parse_ops
 
 
 def test_a_thousand_concurrent_increments_end_at_exactly_a_thousand(redis_deployment: Any) -> None:
@@ -164,3 +165,22 @@ def test_triggers_are_shared_and_each_handler_fires_once_per_change(
         handle.unregister()
     finally:
         deployment.close()
+
+
+def test_a_stale_remembered_value_never_decides_an_update(redis_server: RedisServer) -> None:
+    # Given two processes' adapters on one state, the first remembering what it last wrote
+    prefix = f"stale-{uuid.uuid4().hex[:6]}"
+    mine = RedisAdapter(redis_url=redis_server.url(8), key_prefix=prefix)
+    theirs = RedisAdapter(redis_url=redis_server.url(8), key_prefix=prefix)
+    increment = parse_ops([{"increment": {"field": "n", "by": 1}}])
+    mine.set("s", "k", '{"n":"text"}')
+    # When the other writes a value the ops accept, the ops are judged on that value
+    theirs.set("s", "k", '{"n":5}')
+    assert mine.update("s", "k", increment) == ('{"n":5}', '{"n":6}')
+    # And when the other writes one they refuse, the update fails and writes nothing
+    theirs.set("s", "k", '{"n":"words"}')
+    with pytest.raises(UpdateOpError, match="holds 'words'"):
+        mine.update("s", "k", increment)
+    theirs.delete("s", "k")
+    assert mine.update("s", "k", increment) == (None, '{"n":1}')
+    assert theirs.get("s", "k") == '{"n":1}'
