@@ -58,39 +58,44 @@ RECENT_MAX_ENTRIES = 4096
 #: Larger values are not remembered.
 RECENT_VALUE_MAX_CHARS = 16 * 1024
 
-# KEYS[1] scope hash, KEYS[2] groups index; ARGV[1] key, ARGV[2] JSON text, ARGV[3] scope.
-# Returns the replaced JSON text, or nil when the key is new.
+# Every mutation script also returns the trigger version, read in the same atomic step,
+# so matching triggers after a change costs no extra round trip.
+
+# KEYS[1] scope hash, KEYS[2] groups index, KEYS[3] trigger version;
+# ARGV[1] key, ARGV[2] JSON text, ARGV[3] scope.
+# Returns {replaced JSON text or false when the key is new, trigger version}.
 LUA_SET = """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 if not old then redis.call('ZADD', KEYS[2], 0, ARGV[3]) end
-return old
+return {old or false, redis.call('GET', KEYS[3]) or '0'}
 """
 
-# KEYS[1] scope hash, KEYS[2] groups index; ARGV[1] key, ARGV[2] scope.
-# Returns the deleted JSON text, or nil. A scope left empty leaves the index with it.
+# KEYS[1] scope hash, KEYS[2] groups index, KEYS[3] trigger version; ARGV[1] key, ARGV[2] scope.
+# Returns {deleted JSON text or false, trigger version}. A scope left empty leaves the index.
 LUA_DELETE = """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if old then
   redis.call('HDEL', KEYS[1], ARGV[1])
   if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[2]) end
 end
-return old
+return {old or false, redis.call('GET', KEYS[3]) or '0'}
 """
 
-# KEYS[1] scope hash, KEYS[2] groups index;
+# KEYS[1] scope hash, KEYS[2] groups index, KEYS[3] trigger version;
 # ARGV[1] key, ARGV[2] "1" if the key was absent else "0", ARGV[3] expected old text,
 # ARGV[4] new text, ARGV[5] scope.
-# Returns {1} when written, or {0, current text or false} when the value moved on.
+# Returns {1, trigger version} when written, or {0, current text or false} when the value
+# moved on.
 LUA_CHECK_AND_SET = """
 local current = redis.call('HGET', KEYS[1], ARGV[1])
 local expected_absent = ARGV[2] == '1'
 if (expected_absent and current) or (not expected_absent and current ~= ARGV[3]) then
-  return {0, current}
+  return {0, current or false}
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])
 if expected_absent then redis.call('ZADD', KEYS[2], 0, ARGV[5]) end
-return {1}
+return {1, redis.call('GET', KEYS[3]) or '0'}
 """
 
 # KEYS[1] triggers hash, KEYS[2] version; ARGV[1] id, ARGV[2] JSON. Returns 1 if new.
@@ -164,6 +169,7 @@ class RedisAdapter(StateAdapter):
         # (scope, key) -> the JSON text last written or seen there; None: seen absent.
         self._recent: dict[tuple[str, str], str | None] = {}
         self._recent_lock = threading.Lock()
+        self._seen = threading.local()
 
     def __repr__(self) -> str:
         return f"RedisAdapter(redis_url={self.safe_url!r}, key_prefix={self.key_prefix!r})"
@@ -230,22 +236,29 @@ class RedisAdapter(StateAdapter):
         )
 
     def set(self, scope: str, key: str, value_json: str) -> str | None:
+        self._seen.version = None
         script = self._script("set")
-        keys = [self.scope_key(scope), self._groups_key]
-        old = self._run("set", scope, lambda: script(keys=keys, args=[key, value_json, scope]))
+        keys = [self.scope_key(scope), self._groups_key, self._version_key]
+        old, version = self._run(
+            "set", scope, lambda: script(keys=keys, args=[key, value_json, scope])
+        )
         self._remember((scope, key), value_json)
+        self._seen.version = int(version)
         return cast("str | None", old)
 
     def delete(self, scope: str, key: str) -> str | None:
+        self._seen.version = None
         script = self._script("delete")
-        keys = [self.scope_key(scope), self._groups_key]
-        old = self._run("delete", scope, lambda: script(keys=keys, args=[key, scope]))
+        keys = [self.scope_key(scope), self._groups_key, self._version_key]
+        old, version = self._run("delete", scope, lambda: script(keys=keys, args=[key, scope]))
         self._remember((scope, key), None)
+        self._seen.version = int(version)
         return cast("str | None", old)
 
     def update(self, scope: str, key: str, ops: Sequence[Op]) -> tuple[str | None, str]:
+        self._seen.version = None
         script = self._script("cas")
-        keys = [self.scope_key(scope), self._groups_key]
+        keys = [self.scope_key(scope), self._groups_key, self._version_key]
         slot = (scope, key)
         guessed = slot in self._recent
         old = self._recent.get(slot) if guessed else self.get(scope, key)
@@ -264,6 +277,7 @@ class RedisAdapter(StateAdapter):
             reply: list[Any] = self._run("update", scope, lambda: script(keys=keys, args=args))  # noqa: B023
             if reply[0] == 1:
                 self._remember(slot, new)
+                self._seen.version = int(reply[1])
                 return old, new
             guessed, old = False, reply[1] or None  # Lua false -> None: deleted meanwhile
 
@@ -307,6 +321,12 @@ class RedisAdapter(StateAdapter):
         )
 
     def triggers_version(self) -> int:
+        # The version the last mutation of this thread read atomically with its change
+        # (used once), else a read of its own.
+        seen: int | None = getattr(self._seen, "version", None)
+        if seen is not None:
+            self._seen.version = None
+            return seen
         return int(
             self._run("triggers_version", None, lambda: self.client.get(self._version_key)) or 0
         )

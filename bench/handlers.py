@@ -1,0 +1,28 @@
+"""Tasks the benchmark workers load (``-I bench.handlers``): a no-op baseline and a handler."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import redis
+
+from state_tasks import app
+
+_record_url = os.environ.get("BENCH_RECORD_URL")
+_record = redis.Redis.from_url(_record_url) if _record_url else None
+
+
+@app.task(name="bench::noop")
+def noop(**kwargs: Any) -> None:
+    """The baseline: a task that does nothing, on the same worker and broker."""
+    return None
+
+
+@app.task(name="bench::handler")
+def handler(event: dict[str, Any]) -> dict[str, Any]:
+    """A trigger handler that records when it started (wall clock, same machine)."""
+    if _record is not None:
+        _record.rpush("bench:started", f"{event['key']} {time.time()!r}")
+    return {}
