@@ -49,7 +49,7 @@ class Sizes:
 
 
 QUICK = Sizes(
-    rounds=3,
+    rounds=5,
     tasks=600,
     round_trips=150,
     adapter_ops=3000,
