@@ -1,0 +1,160 @@
+"""``state-tasks``: the state functions and triggers from a shell, through the configured broker.
+
+::
+
+    state-tasks set users u1 '{"name": "Alice"}'
+    state-tasks get users u1
+    state-tasks update counters visits '[{"increment": {"field": "n", "by": 1}}]'
+    state-tasks delete users u1
+    state-tasks list users
+    state-tasks groups
+    state-tasks triggers list
+    state-tasks triggers remove trg_...
+
+It reads the same environment as a worker (``CELERY_BROKER_URL``, ``REDIS_URL``, ...).
+Output is JSON (indented on a terminal). Exit codes: 0 success, 1 a ``StateError``
+from the state functions, 2 bad usage or bad JSON, 3 the broker or the workers could
+not be reached in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from kombu.exceptions import OperationalError
+from redis.exceptions import RedisError
+
+from adapters.redis_adapter import redact_url
+from state_tasks.errors import CallTimeout, StateError
+from state_tasks.facade import III
+
+EXIT_STATE_ERROR = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line, no usage dump, exit 2
+        self.exit(EXIT_USAGE, f"state-tasks: {message} (see state-tasks --help)\n")
+
+
+def _json_argument(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        message = f"{what} is not valid JSON ({e.msg} at column {e.colno}): {text!r}"
+        raise SystemExit(_fail(EXIT_USAGE, message)) from None
+
+
+def _fail(code: int, message: str) -> int:
+    sys.stderr.write(f"state-tasks: {message}\n")
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="state-tasks", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to wait for a worker's answer (default 30)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, arguments, help_text in (
+        ("get", ("scope", "key"), "print the value under SCOPE KEY (null if none)"),
+        ("set", ("scope", "key", "json"), "store the JSON value; print old and new value"),
+        ("update", ("scope", "key", "ops_json"), "apply a JSON array of update ops"),
+        ("delete", ("scope", "key"), "delete the key; print the deleted value"),
+        ("list", ("scope",), "print the scope's values as a JSON array"),
+        ("groups", (), "print the scopes that hold at least one key"),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        for argument in arguments:
+            command.add_argument(argument, metavar=argument.upper())
+    triggers = commands.add_parser("triggers", help="list or remove triggers")
+    actions = triggers.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    actions.add_parser("list", help="print every registered trigger")
+    remove = actions.add_parser("remove", help="remove a trigger by id")
+    remove.add_argument("trigger_id", metavar="ID")
+    return parser
+
+
+def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    if args.command == "set":
+        return "state::set", {
+            "scope": args.scope,
+            "key": args.key,
+            "value": _json_argument(args.json, "JSON"),
+        }
+    if args.command == "update":
+        return "state::update", {
+            "scope": args.scope,
+            "key": args.key,
+            "ops": _json_argument(args.ops_json, "OPS_JSON"),
+        }
+    if args.command in ("get", "delete"):
+        return f"state::{args.command}", {"scope": args.scope, "key": args.key}
+    if args.command == "list":
+        return "state::list", {"scope": args.scope}
+    return "state::list_groups", {}
+
+
+def run(argv: Sequence[str] | None = None, facade: III | None = None) -> int:
+    """Run the command line; return the exit code."""
+    args = build_parser().parse_args(argv)
+    if facade is None:
+        from state_tasks import iii
+
+        facade = iii
+    timeout_ms = max(1, int(args.timeout * 1000))
+    facade.timeout_ms = timeout_ms
+    try:
+        if args.command == "triggers":
+            if args.action == "list":
+                result: Any = facade.list_triggers()
+            elif facade.unregister_trigger(args.trigger_id):
+                result = {"removed": args.trigger_id}
+            else:
+                return _fail(EXIT_STATE_ERROR, f"no trigger with id {args.trigger_id!r}")
+        else:
+            function_id, payload = _request(args)
+            result = facade.trigger(
+                {"function_id": function_id, "payload": payload, "timeout_ms": timeout_ms}
+            )
+    except CallTimeout as e:
+        return _fail(EXIT_UNREACHABLE, e.message)
+    except StateError as e:
+        return _fail(EXIT_STATE_ERROR, f"{e.code}: {e.message}")
+    except (OperationalError, OSError, RuntimeError, RedisError) as e:
+        # Celery raises RuntimeError when its result backend cannot reconnect.
+        broker = redact_url(str(facade.app.conf.broker_url))
+        backend = redact_url(str(facade.app.conf.result_backend))
+        where = broker if broker == backend else f"{broker} (results: {backend})"
+        detail = " ".join(str(e).split()).replace(str(facade.app.conf.broker_url), broker)
+        return _fail(EXIT_UNREACHABLE, f"cannot reach the broker at {where}: {detail}")
+    indent = 2 if sys.stdout.isatty() else None
+    print(json.dumps(result, indent=indent, ensure_ascii=False))
+    return 0
+
+
+def main() -> None:
+    """Console-script entry point."""
+    # Errors are reported once, by us; Celery's and kombu's own log lines would repeat them.
+    logging.disable(logging.CRITICAL)
+    code = run()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter teardown: pending results' destructors would try to reach a
+    # broker that may be gone and print tracebacks after our one-line message.
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main()
