@@ -17,7 +17,16 @@ from state_tasks.errors import (
     ValueTooLarge,
 )
 from state_tasks.facade import III, state_trigger
-from state_tasks.models import StateEvent
+from state_tasks.models import (
+    DecrementOp,
+    IncrementOp,
+    MergeOp,
+    RemoveOp,
+    SetOp,
+    StateEvent,
+    UpdateOp,
+    ops_json,
+)
 
 iii = III(app)
 
@@ -27,13 +36,20 @@ __all__ = [
     "AdapterUnavailable",
     "CallTimeout",
     "ConfigError",
+    "DecrementOp",
+    "IncrementOp",
+    "MergeOp",
+    "RemoveOp",
+    "SetOp",
     "StateError",
     "StateEvent",
+    "UpdateOp",
     "UpdateOpError",
     "ValidationError",
     "ValueTooLarge",
     "app",
     "create_app",
     "iii",
+    "ops_json",
     "state_trigger",
 ]

@@ -80,6 +80,66 @@ class ListGroupsPayload(_Payload):
     pass
 
 
+class _Op(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def to_json(self) -> dict[str, Any]:
+        """The op in its seed form, ready for ``state::update``'s ``ops``."""
+        raise NotImplementedError
+
+
+class SetOp(_Op):
+    """``{"set": value}``: replace the whole value."""
+
+    value: Any
+
+    def to_json(self) -> dict[str, Any]:
+        return {"set": self.value}
+
+
+class MergeOp(_Op):
+    """``{"merge": {...}}``: shallow-merge an object into the current object."""
+
+    value: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"merge": self.value}
+
+
+class IncrementOp(_Op):
+    """``{"increment": {"field": f, "by": n}}``: add ``by`` to a numeric field."""
+
+    field: Annotated[str, Field(min_length=1)]
+    by: int | float = 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {"increment": {"field": self.field, "by": self.by}}
+
+
+class DecrementOp(IncrementOp):
+    """``{"decrement": {"field": f, "by": n}}``: subtract ``by`` from a numeric field."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"decrement": {"field": self.field, "by": self.by}}
+
+
+class RemoveOp(_Op):
+    """``{"remove": f}``: remove a field (a missing field is a no-op)."""
+
+    field: Annotated[str, Field(min_length=1)]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"remove": self.field}
+
+
+UpdateOp = SetOp | MergeOp | IncrementOp | DecrementOp | RemoveOp
+
+
+def ops_json(*ops: UpdateOp | dict[str, Any]) -> list[dict[str, Any]]:
+    """Typed ops (or plain dicts) as the JSON list ``state::update`` takes."""
+    return [op.to_json() if isinstance(op, _Op) else op for op in ops]
+
+
 class StateEvent(BaseModel):
     """The event handed to trigger conditions and handlers (SPEC §4).
 

@@ -60,7 +60,13 @@ class Deployment:
     def worker(
         self, *args: str, includes: tuple[str, ...] = (), start: bool = True, **env: str
     ) -> Worker:
-        worker = Worker(self.workdir, {**self.env, **env}, args, includes, pythonpath=[HANDLERS])
+        worker = Worker(
+            self.workdir,
+            {**self.env, **env},
+            args,
+            includes,
+            pythonpath=[HANDLERS, REPO / "examples"],
+        )
         self.workers.append(worker)
         return worker.start() if start else worker
 

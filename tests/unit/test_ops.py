@@ -173,3 +173,25 @@ def test_arbitrary_input_raises_only_update_op_error(current: Any, raw_ops: list
 def test_increments_are_exact_integer_sums(start: int, steps: list[int]) -> None:
     ops = [{"increment": {"field": "n", "by": step}} for step in steps]
     assert run({"n": start}, ops) == {"n": start + sum(steps)}
+
+
+def test_typed_op_models_give_the_seed_form() -> None:
+    from state_tasks import DecrementOp, IncrementOp, MergeOp, RemoveOp, SetOp, ops_json
+
+    typed = ops_json(
+        SetOp(value={"a": 1}),
+        MergeOp(value={"b": 2}),
+        IncrementOp(field="n", by=3),
+        DecrementOp(field="n"),
+        RemoveOp(field="a"),
+        {"remove": "b"},
+    )
+    assert typed == [
+        {"set": {"a": 1}},
+        {"merge": {"b": 2}},
+        {"increment": {"field": "n", "by": 3}},
+        {"decrement": {"field": "n", "by": 1}},
+        {"remove": "a"},
+        {"remove": "b"},
+    ]
+    assert run(None, typed, exists=False) == {"n": 2}
