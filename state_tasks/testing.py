@@ -88,7 +88,7 @@ class RedisServer:
                 "--appendonly",
                 "no",
                 "--databases",
-                "64",
+                "256",
                 "--dir",
                 str(self.workdir),
                 "--logfile",
@@ -193,3 +193,27 @@ class Worker:
         finally:
             self.stop(signal.SIGKILL)
         return code, self.log()
+
+
+class RabbitVhost:
+    """A fresh RabbitMQ virtual host on the local server (guest has every permission).
+
+    Needs a running ``rabbitmq-server`` and ``rabbitmqctl`` (root); ``./scripts/test``
+    installs and starts them when missing.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 5672) -> None:
+        self.name = f"state-tasks-{os.getpid()}-{next(_names)}"
+        self.url = f"amqp://guest:guest@{host}:{port}/{self.name}"
+        _rabbitmqctl("add_vhost", self.name)
+        _rabbitmqctl("set_permissions", "-p", self.name, "guest", ".*", ".*", ".*")
+
+    def delete(self) -> None:
+        _rabbitmqctl("delete_vhost", self.name)
+
+
+def _rabbitmqctl(*args: str) -> None:
+    binary = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+    done = subprocess.run([binary, "-q", *args], capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {done.stderr.strip()}")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from state_tasks import III, create_app
-from state_tasks.testing import OUR_VARIABLES, RedisServer, Worker, wait_until
+from state_tasks.testing import OUR_VARIABLES, RabbitVhost, RedisServer, Worker, wait_until
 
 __all__ = ["OUR_VARIABLES", "REPO", "Deployment", "RedisServer", "Worker", "wait_until"]
 
@@ -16,7 +17,10 @@ REPO = Path(__file__).resolve().parent.parent
 #: Where the handler modules that test workers load (-I) live.
 HANDLERS = REPO / "tests" / "handlers"
 _names = itertools.count(1)
-_dbs = itertools.count(1)
+#: Deployments take Redis dbs from 100 up; tests that use a db directly take them below.
+_dbs = itertools.count(100)
+#: "amqp" runs every deployment's broker on RabbitMQ (a fresh vhost each), results on Redis.
+BROKER_KIND = os.environ.get("STATE_TASKS_TEST_BROKER", "redis")
 #: The Redis db holding the bridge remote's state, wiped before each conformance test.
 REMOTE_STATE_DB = 40
 
@@ -41,21 +45,27 @@ class Client:
 
 
 class Deployment:
-    """Workers and a client sharing one broker (a Redis db of the private server)."""
+    """Workers and a client sharing one broker and result backend.
+
+    The broker is a Redis db of the private server, or with STATE_TASKS_TEST_BROKER=amqp
+    a fresh RabbitMQ vhost; results always go to the Redis db.
+    """
 
     def __init__(self, redis_server: RedisServer, workdir: Path, state_yaml: str | None) -> None:
         self.redis_server = redis_server
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.db = next(_dbs)
-        self.broker_url = redis_server.url(self.db)
-        self.env = {"CELERY_BROKER_URL": self.broker_url, "CELERY_RESULT_BACKEND": self.broker_url}
+        self.backend_url = redis_server.url(self.db)
+        self.vhost = RabbitVhost() if BROKER_KIND == "amqp" else None
+        self.broker_url = self.vhost.url if self.vhost is not None else self.backend_url
+        self.env = {"CELERY_BROKER_URL": self.broker_url, "CELERY_RESULT_BACKEND": self.backend_url}
         if state_yaml is not None:
             config = workdir / "state.yaml"
             config.write_text(state_yaml)
             self.env["STATE_CONFIG"] = str(config)
         self.workers: list[Worker] = []
-        self.client = Client(self.broker_url, self.broker_url)
+        self.client = Client(self.broker_url, self.backend_url)
 
     def worker(
         self, *args: str, includes: tuple[str, ...] = (), start: bool = True, **env: str
@@ -77,6 +87,8 @@ class Deployment:
         for worker in self.workers:
             worker.stop()
         self.client.close()
+        if self.vhost is not None:
+            self.vhost.delete()
 
 
 def adapter_yaml(adapter_class: str, **config: object) -> str:

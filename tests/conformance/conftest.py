@@ -36,7 +36,7 @@ def build(kind: str, request: pytest.FixtureRequest, **settings: Any) -> StateAd
         remote = request.getfixturevalue("bridge_remote")
         redis.Redis.from_url(remote.redis_server.url(REMOTE_STATE_DB)).flushdb()
         deployment = RemoteDeployment(
-            broker_url=remote.broker_url, result_backend=remote.broker_url, timeout_ms=20_000
+            broker_url=remote.broker_url, result_backend=remote.backend_url, timeout_ms=20_000
         )
         return Bridge(remote=deployment.call, on_close=deployment.close, **settings)
     raise AssertionError(f"unknown adapter kind {kind}")

@@ -17,8 +17,10 @@ CLI = [os.path.join(os.path.dirname(sys.executable), "state-tasks")]
 
 def run(deployment: Any, *args: str, broker: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in OUR_VARIABLES}
-    url = broker or deployment.broker_url
-    env |= {"CELERY_BROKER_URL": url, "CELERY_RESULT_BACKEND": url}
+    env |= {
+        "CELERY_BROKER_URL": broker or deployment.broker_url,
+        "CELERY_RESULT_BACKEND": broker or deployment.backend_url,
+    }
     return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=120)
 
 

@@ -14,7 +14,7 @@ def run_example(deployment: Any, script: str, *args: str) -> subprocess.Complete
     env = {k: v for k, v in os.environ.items() if k not in OUR_VARIABLES}
     env |= {
         "CELERY_BROKER_URL": deployment.broker_url,
-        "CELERY_RESULT_BACKEND": deployment.broker_url,
+        "CELERY_RESULT_BACKEND": deployment.backend_url,
     }
     return subprocess.run(
         [sys.executable, str(REPO / "examples" / script), *args],

@@ -27,7 +27,7 @@ def test_flower_shows_state_set_with_its_arguments_and_result(
     env = {k: v for k, v in os.environ.items() if k not in OUR_VARIABLES}
     env |= {
         "CELERY_BROKER_URL": kv_deployment.broker_url,
-        "CELERY_RESULT_BACKEND": kv_deployment.broker_url,
+        "CELERY_RESULT_BACKEND": kv_deployment.backend_url,
         "FLOWER_UNAUTHENTICATED_API": "true",
     }
     log = (tmp_path / "flower.log").open("wb")
