@@ -66,6 +66,15 @@ broker_connection_retry_on_startup = True
 worker_send_task_events = True
 task_send_sent_event = True
 
+# With a Redis broker, a task taken by a worker that then vanished (not just a lost pool
+# child, which Celery requeues at once) is handed out again after this many seconds. It
+# must be longer than the longest task, including its retries with backoff (at most
+# about 15 s for the state tasks), or a slow task would be delivered twice.
+if broker_url.startswith(("redis://", "rediss://")):
+    broker_transport_options = {
+        "visibility_timeout": int(os.environ.get("CELERY_VISIBILITY_TIMEOUT") or 3600)
+    }
+
 result_expires = 24 * 3600
 
 # print() in a handler goes to the worker's own output as whole lines, instead of

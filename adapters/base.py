@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from state_tasks.ops import Op
 
 DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
+#: How long an applied operation id is remembered: longer than a broker takes to redeliver
+#: the task of a lost worker (Celery's Redis visibility timeout defaults to one hour).
+DEFAULT_OP_TTL_S = 2 * 3600
 
 
 class StateAdapter(ABC):
@@ -53,15 +56,23 @@ class StateAdapter(ABC):
         """Return the JSON text stored under ``(scope, key)``, or ``None`` if absent."""
 
     @abstractmethod
-    def set(self, scope: str, key: str, value_json: str) -> str | None:
-        """Store ``value_json``; return the JSON text it replaced, or ``None`` if new."""
+    def set(self, scope: str, key: str, value_json: str, op_id: str | None = None) -> str | None:
+        """Store ``value_json``; return the JSON text it replaced, or ``None`` if new.
+
+        ``op_id`` (here and in ``delete`` and ``update``) names the operation: Celery's task
+        id, which a redelivered task keeps. An adapter records it atomically with the change
+        for :data:`DEFAULT_OP_TTL_S` at least, and a second call with the same id changes
+        nothing and returns what the first returned. ``None``: no record, no deduplication.
+        """
 
     @abstractmethod
-    def delete(self, scope: str, key: str) -> str | None:
+    def delete(self, scope: str, key: str, op_id: str | None = None) -> str | None:
         """Remove the key; return the JSON text it held, or ``None`` if it was absent."""
 
     @abstractmethod
-    def update(self, scope: str, key: str, ops: Sequence[Op]) -> tuple[str | None, str]:
+    def update(
+        self, scope: str, key: str, ops: Sequence[Op], op_id: str | None = None
+    ) -> tuple[str | None, str]:
         """Apply parsed update ops atomically; return ``(old_json or None, new_json)``.
 
         Implementations compute the new value with

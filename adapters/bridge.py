@@ -27,7 +27,8 @@ from adapters.kv_store import KvStore
 from state_tasks.codec import decode
 from state_tasks.ops import Op
 
-RemoteCall = Callable[[str, Mapping[str, Any]], Any]
+#: Runs one remote state function: ``(function_id, payload, op_id or None) -> result``.
+RemoteCall = Callable[[str, Mapping[str, Any], str | None], Any]
 
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
@@ -67,28 +68,33 @@ class Bridge(StateAdapter):
         if self._on_close is not None:
             self._on_close()
 
+    # An operation id travels to the remote as the id of the remote task (derived, so that
+    # the two deployments' results never share a key): the remote's own record of applied
+    # operations then makes a redelivered local task harmless there too.
+
     def get(self, scope: str, key: str) -> str | None:
-        return _text(self.remote("state::get", {"scope": scope, "key": key}))
+        return _text(self.remote("state::get", {"scope": scope, "key": key}, None))
 
-    def set(self, scope: str, key: str, value_json: str) -> str | None:
-        result = self.remote(
-            "state::set", {"scope": scope, "key": key, "value": decode(value_json)}
-        )
-        return _text(result["old_value"])
+    def set(self, scope: str, key: str, value_json: str, op_id: str | None = None) -> str | None:
+        payload = {"scope": scope, "key": key, "value": decode(value_json)}
+        return _text(self.remote("state::set", payload, op_id)["old_value"])
 
-    def delete(self, scope: str, key: str) -> str | None:
-        return _text(self.remote("state::delete", {"scope": scope, "key": key}))
+    def delete(self, scope: str, key: str, op_id: str | None = None) -> str | None:
+        return _text(self.remote("state::delete", {"scope": scope, "key": key}, op_id))
 
-    def update(self, scope: str, key: str, ops: Sequence[Op]) -> tuple[str | None, str]:
-        raw_ops = [op.to_engine_form() for op in ops]
-        result = self.remote("state::update", {"scope": scope, "key": key, "ops": raw_ops})
+    def update(
+        self, scope: str, key: str, ops: Sequence[Op], op_id: str | None = None
+    ) -> tuple[str | None, str]:
+        payload = {"scope": scope, "key": key, "ops": [op.to_engine_form() for op in ops]}
+        result = self.remote("state::update", payload, op_id)
         return _text(result["old_value"]), _encoder.encode(result["new_value"])
 
     def list(self, scope: str) -> builtins.list[str]:
-        return [_encoder.encode(value) for value in self.remote("state::list", {"scope": scope})]
+        values = self.remote("state::list", {"scope": scope}, None)
+        return [_encoder.encode(value) for value in values]
 
     def list_groups(self) -> builtins.list[str]:
-        return builtins.list(self.remote("state::list_groups", {})["groups"])
+        return builtins.list(self.remote("state::list_groups", {}, None)["groups"])
 
     def triggers_load(self) -> dict[str, str]:
         return self._local_triggers.triggers_load()

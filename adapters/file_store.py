@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from adapters.base import DEFAULT_MAX_VALUE_BYTES
-from adapters.kv_store import KvStore
+from adapters.kv_store import KvStore, OpRecord
 from state_tasks.errors import AdapterError
 
 logger = logging.getLogger(__name__)
@@ -120,6 +120,7 @@ class FileKvStore(KvStore):
         self._unsynced = False
         self._dirty_scopes: set[str] = set()
         self._triggers_dirty = False
+        self._ops_dirty = False
         self._save_lock = threading.Lock()  # one save at a time
         self._stop = threading.Event()
         self._saver: threading.Thread | None = None
@@ -142,6 +143,7 @@ class FileKvStore(KvStore):
         try:
             self._load_scope_files()
             self._load_triggers()
+            self._load_ops()
             segments = self._segments()
             for number, segment in segments:
                 self._replay(segment, is_last=number == segments[-1][0])
@@ -233,6 +235,19 @@ class FileKvStore(KvStore):
             if entries:
                 self._scopes[scope] = entries
 
+    def _load_ops(self) -> None:
+        path = self.path / "ops.json"
+        if not path.exists():
+            return
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+            now_wall, now = time.time(), time.monotonic()
+            for op_id, (old, new, expires_wall) in document["ops"].items():
+                if expires_wall > now_wall:
+                    self._ops[str(op_id)] = (old, new, now + (expires_wall - now_wall))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            self._corrupt(path, str(e))
+
     def _load_triggers(self) -> None:
         path = self.path / "triggers.json"
         if not path.exists():
@@ -276,6 +291,11 @@ class FileKvStore(KvStore):
 
     def _apply_record(self, record: dict[str, Any]) -> None:
         kind = record["op"]
+        if "id" in record:
+            new = _encoder.encode(record["value"]) if kind == "set" else None
+            expires = time.monotonic() + (record["exp"] - time.time())
+            self._ops[record["id"]] = (record["old"], new, expires)
+            self._ops_dirty = True
         if kind == "set":
             self._scopes.setdefault(record["scope"], {})[record["key"]] = _encoder.encode(
                 record["value"]
@@ -320,15 +340,31 @@ class FileKvStore(KvStore):
                 f"cannot append to the journal in {str(self.path)!r}: {e.strerror or e}"
             ) from e
 
-    def _changed(self, scope: str, key: str, value_json: str | None) -> None:
+    def _changed(
+        self,
+        scope: str,
+        key: str,
+        value_json: str | None,
+        op_id: str | None = None,
+        op: OpRecord | None = None,
+    ) -> None:
         scope_json, key_json = _encoder.encode(scope), _encoder.encode(key)
+        applied = ""
+        if op_id is not None and op is not None:
+            # The operation's id and result travel with the change, so a task redelivered
+            # after a crash and a restart is still recognised.
+            old = "null" if op[0] is None else _encoder.encode(op[0])
+            expires = time.time() + (op[2] - time.monotonic())
+            applied = f',"id":{_encoder.encode(op_id)},"old":{old},"exp":{expires:.3f}'
         if value_json is None:
-            self._append(f'{{"op":"del","scope":{scope_json},"key":{key_json}}}')
+            self._append(f'{{"op":"del","scope":{scope_json},"key":{key_json}{applied}}}')
         else:
             self._append(
-                f'{{"op":"set","scope":{scope_json},"key":{key_json},"value":{value_json}}}'
+                f'{{"op":"set","scope":{scope_json},"key":{key_json},"value":{value_json}{applied}}}'
             )
         self._dirty_scopes.add(scope)
+        if applied:
+            self._ops_dirty = True
 
     def _triggers_changed(self, trigger_id: str, trigger_json: str | None) -> None:
         id_json = _encoder.encode(trigger_id)
@@ -370,14 +406,16 @@ class FileKvStore(KvStore):
         """
         with self._save_lock:
             with self._lock:
-                if not self._dirty_scopes and not self._triggers_dirty:
+                if not (self._dirty_scopes or self._triggers_dirty or self._ops_dirty):
                     return 0
                 snapshot = {
                     scope: dict(self._scopes.get(scope, {})) for scope in self._dirty_scopes
                 }
                 triggers = dict(self._triggers) if self._triggers_dirty else None
+                ops = dict(self._ops) if self._ops_dirty else None
                 self._dirty_scopes = set()
                 self._triggers_dirty = False
+                self._ops_dirty = False
                 covered = self._segment
                 if self._journal_fd is not None:
                     old_fd = self._journal_fd
@@ -399,6 +437,8 @@ class FileKvStore(KvStore):
                 )
                 _write_atomically(self.path / "triggers.json", text)
                 written += 1
+            if ops is not None:
+                _write_atomically(self.path / "ops.json", _ops_document(ops))
             _fsync_dir(self.path)
             for number, segment in self._segments():
                 if number <= covered:
@@ -412,6 +452,17 @@ def _scope_document(scope: str, entries: dict[str, str]) -> str:
         f'{{"format":"{FORMAT_NAME}","version":{FORMAT_VERSION},'
         f'"scope":{_encoder.encode(scope)},"entries":[{body}]}}'
     )
+
+
+def _ops_document(ops: dict[str, OpRecord]) -> str:
+    """Applied operation ids still remembered, with wall-clock expiry times."""
+    now_wall, now = time.time(), time.monotonic()
+    records = {
+        op_id: [old, new, round(now_wall + (expires - now), 3)]
+        for op_id, (old, new, expires) in ops.items()
+        if expires > now
+    }
+    return _encoder.encode({"format": "state_tasks.applied_ops", "version": 1, "ops": records})
 
 
 def _parse_record(line: bytes) -> dict[str, Any] | None:

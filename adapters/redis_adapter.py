@@ -44,7 +44,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 from redis.commands.core import Script
 
-from adapters.base import DEFAULT_MAX_VALUE_BYTES, StateAdapter
+from adapters.base import DEFAULT_MAX_VALUE_BYTES, DEFAULT_OP_TTL_S, StateAdapter
 from state_tasks.codec import apply_ops_json
 from state_tasks.errors import AdapterError, AdapterUnavailable, ConfigError, StateError
 from state_tasks.ops import Op
@@ -60,34 +60,72 @@ RECENT_VALUE_MAX_CHARS = 16 * 1024
 
 # Every mutation script also returns the trigger version, read in the same atomic step,
 # so matching triggers after a change costs no extra round trip.
+#
+# Applied operations: with an operation id (the Celery task id), KEYS[4] is the hash
+# {prefix}:op:{id} and the last ARGV is its time to live in seconds. The script first
+# looks there: an operation already applied returns its recorded result and changes
+# nothing. Otherwise the record ('d' done, 'o' old text, 'n' new text) is written in the
+# same step as the change. Without an id the last ARGV is '' and KEYS[4] is not touched.
+LUA_APPLIED = """
+local function applied()
+  if ARGV[#ARGV] == '' then return nil end
+  local done = redis.call('HMGET', KEYS[4], 'd', 'o', 'n')
+  if done[1] then return done end
+  return nil
+end
+local function record(old, new)
+  if ARGV[#ARGV] == '' then return end
+  redis.call('HSET', KEYS[4], 'd', '1')
+  if old then redis.call('HSET', KEYS[4], 'o', old) end
+  if new then redis.call('HSET', KEYS[4], 'n', new) end
+  redis.call('EXPIRE', KEYS[4], ARGV[#ARGV])
+end
+"""
 
-# KEYS[1] scope hash, KEYS[2] groups index, KEYS[3] trigger version;
-# ARGV[1] key, ARGV[2] JSON text, ARGV[3] scope.
+# KEYS[1] scope hash, KEYS[2] groups index, KEYS[3] trigger version, KEYS[4] op record;
+# ARGV[1] key, ARGV[2] JSON text, ARGV[3] scope, ARGV[4] op ttl or ''.
 # Returns {replaced JSON text or false when the key is new, trigger version}.
-LUA_SET = """
+LUA_SET = (
+    LUA_APPLIED
+    + """
+local done = applied()
+if done then return {done[2] or false, redis.call('GET', KEYS[3]) or '0'} end
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 if not old then redis.call('ZADD', KEYS[2], 0, ARGV[3]) end
+record(old, ARGV[2])
 return {old or false, redis.call('GET', KEYS[3]) or '0'}
 """
+)
 
-# KEYS[1] scope hash, KEYS[2] groups index, KEYS[3] trigger version; ARGV[1] key, ARGV[2] scope.
+# KEYS[1] scope hash, KEYS[2] groups index, KEYS[3] trigger version, KEYS[4] op record;
+# ARGV[1] key, ARGV[2] scope, ARGV[3] op ttl or ''.
 # Returns {deleted JSON text or false, trigger version}. A scope left empty leaves the index.
-LUA_DELETE = """
+LUA_DELETE = (
+    LUA_APPLIED
+    + """
+local done = applied()
+if done then return {done[2] or false, redis.call('GET', KEYS[3]) or '0'} end
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if old then
   redis.call('HDEL', KEYS[1], ARGV[1])
   if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[2]) end
+  record(old, false)
 end
 return {old or false, redis.call('GET', KEYS[3]) or '0'}
 """
+)
 
-# KEYS[1] scope hash, KEYS[2] groups index, KEYS[3] trigger version;
+# KEYS[1] scope hash, KEYS[2] groups index, KEYS[3] trigger version, KEYS[4] op record;
 # ARGV[1] key, ARGV[2] "1" if the key was absent else "0", ARGV[3] expected old text,
-# ARGV[4] new text, ARGV[5] scope.
-# Returns {1, trigger version} when written, or {0, current text or false} when the value
-# moved on.
-LUA_CHECK_AND_SET = """
+# ARGV[4] new text, ARGV[5] scope, ARGV[6] op ttl or ''.
+# Returns {1, trigger version} when written, {0, current text or false} when the value
+# moved on, or {2, recorded old text or false, recorded new text} when already applied.
+LUA_CHECK_AND_SET = (
+    LUA_APPLIED
+    + """
+local done = applied()
+if done then return {2, done[2] or false, done[3] or false} end
 local current = redis.call('HGET', KEYS[1], ARGV[1])
 local expected_absent = ARGV[2] == '1'
 if (expected_absent and current) or (not expected_absent and current ~= ARGV[3]) then
@@ -95,8 +133,10 @@ if (expected_absent and current) or (not expected_absent and current ~= ARGV[3])
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])
 if expected_absent then redis.call('ZADD', KEYS[2], 0, ARGV[5]) end
+record(current, ARGV[4])
 return {1, redis.call('GET', KEYS[3]) or '0'}
 """
+)
 
 # KEYS[1] triggers hash, KEYS[2] version; ARGV[1] id, ARGV[2] JSON. Returns 1 if new.
 LUA_TRIGGER_PUT = """
@@ -147,6 +187,7 @@ class RedisAdapter(StateAdapter):
         key_prefix: str = DEFAULT_KEY_PREFIX,
         max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
         socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S,
+        op_ttl_s: float = DEFAULT_OP_TTL_S,
         client: redis.Redis | None = None,
     ) -> None:
         if "{" in key_prefix or "}" in key_prefix:
@@ -156,6 +197,7 @@ class RedisAdapter(StateAdapter):
                 f"redis_url {redact_url(redis_url)!r} must start with redis://, rediss:// or unix://"
             )
         self.max_value_bytes = max_value_bytes
+        self.op_ttl_s = op_ttl_s
         self.redis_url = redis_url
         self.safe_url = redact_url(redis_url)
         self.key_prefix = key_prefix
@@ -223,6 +265,12 @@ class RedisAdapter(StateAdapter):
         self.client  # noqa: B018 - registers the scripts on first use
         return self._scripts[name]
 
+    def _op_key(self, op_id: str | None) -> str:
+        return f"{self.key_prefix}:op:{op_id or ''}"
+
+    def _op_ttl(self, op_id: str | None) -> str:
+        return "" if op_id is None else str(int(self.op_ttl_s))
+
     def scope_key(self, scope: str) -> str:
         """The Redis key of a scope's hash."""
         return f"{self.key_prefix}:s:{{{_escape(scope)}}}"
@@ -235,30 +283,33 @@ class RedisAdapter(StateAdapter):
             self._run("get", scope, lambda: self.client.hget(self.scope_key(scope), key)),
         )
 
-    def set(self, scope: str, key: str, value_json: str) -> str | None:
+    def set(self, scope: str, key: str, value_json: str, op_id: str | None = None) -> str | None:
         self._seen.version = None
         script = self._script("set")
-        keys = [self.scope_key(scope), self._groups_key, self._version_key]
-        old, version = self._run(
-            "set", scope, lambda: script(keys=keys, args=[key, value_json, scope])
-        )
+        keys = [self.scope_key(scope), self._groups_key, self._version_key, self._op_key(op_id)]
+        args = [key, value_json, scope, self._op_ttl(op_id)]
+        old, version = self._run("set", scope, lambda: script(keys=keys, args=args))
         self._remember((scope, key), value_json)
         self._seen.version = int(version)
         return cast("str | None", old)
 
-    def delete(self, scope: str, key: str) -> str | None:
+    def delete(self, scope: str, key: str, op_id: str | None = None) -> str | None:
         self._seen.version = None
         script = self._script("delete")
-        keys = [self.scope_key(scope), self._groups_key, self._version_key]
-        old, version = self._run("delete", scope, lambda: script(keys=keys, args=[key, scope]))
+        keys = [self.scope_key(scope), self._groups_key, self._version_key, self._op_key(op_id)]
+        args = [key, scope, self._op_ttl(op_id)]
+        old, version = self._run("delete", scope, lambda: script(keys=keys, args=args))
         self._remember((scope, key), None)
         self._seen.version = int(version)
         return cast("str | None", old)
 
-    def update(self, scope: str, key: str, ops: Sequence[Op]) -> tuple[str | None, str]:
+    def update(
+        self, scope: str, key: str, ops: Sequence[Op], op_id: str | None = None
+    ) -> tuple[str | None, str]:
         self._seen.version = None
         script = self._script("cas")
-        keys = [self.scope_key(scope), self._groups_key, self._version_key]
+        keys = [self.scope_key(scope), self._groups_key, self._version_key, self._op_key(op_id)]
+        ttl = self._op_ttl(op_id)
         slot = (scope, key)
         guessed = slot in self._recent
         old = self._recent.get(slot) if guessed else self.get(scope, key)
@@ -273,12 +324,15 @@ class RedisAdapter(StateAdapter):
                 # on the value Redis holds now.
                 guessed, old = False, self.get(scope, key)
                 continue
-            args = [key, "1" if old is None else "0", old or "", new, scope]
+            args = [key, "1" if old is None else "0", old or "", new, scope, ttl]
             reply: list[Any] = self._run("update", scope, lambda: script(keys=keys, args=args))  # noqa: B023
             if reply[0] == 1:
                 self._remember(slot, new)
                 self._seen.version = int(reply[1])
                 return old, new
+            if reply[0] == 2:  # applied before, by an earlier delivery of the same task
+                self._recent.pop(slot, None)
+                return reply[1] or None, reply[2]
             guessed, old = False, reply[1] or None  # Lua false -> None: deleted meanwhile
 
     def _remember(self, slot: tuple[str, str], text: str | None) -> None:

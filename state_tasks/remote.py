@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,6 +17,8 @@ from state_tasks.errors import AdapterError, StateError
 
 #: How often a waiting call polls a polling result backend.
 POLL_INTERVAL_S = 0.01
+#: Remote task ids are derived from local operation ids in this namespace.
+BRIDGE_NAMESPACE = uuid.UUID("5b0f3c1e-8d0a-4c4e-9a43-2f7d7a5e0b11")
 
 
 class _IsolatedCelery(Celery):  # type: ignore[misc]
@@ -92,12 +95,18 @@ class RemoteDeployment:
                     )
         return self._app
 
-    def call(self, function_id: str, payload: Mapping[str, Any]) -> Any:
-        """Run one remote state function and return its result (or raise its StateError)."""
+    def call(self, function_id: str, payload: Mapping[str, Any], op_id: str | None = None) -> Any:
+        """Run one remote state function and return its result (or raise its StateError).
+
+        ``op_id`` names the operation: the remote task gets an id derived from it, so the
+        remote recognises a repeat of the same operation.
+        """
+        task_id = None if op_id is None else str(uuid.uuid5(BRIDGE_NAMESPACE, op_id))
         try:
             result = self.app.send_task(
                 function_id,
                 kwargs=dict(payload),
+                task_id=task_id,
                 queue=self.queue,
                 expires=self.timeout_s,
                 retry=True,
@@ -107,6 +116,9 @@ class RemoteDeployment:
                 timeout=self.timeout_s, interval=POLL_INTERVAL_S, disable_sync_subtasks=False
             )
         except StateError:
+            # The remote's answer was read: drop it, so that a retry of the same operation
+            # (same derived task id) is answered afresh.
+            result.forget()
             raise
         except CeleryTimeoutError:
             raise AdapterError(

@@ -23,6 +23,21 @@ logger = logging.getLogger(__name__)
 #: The task that gates a handler on its condition's result.
 GATE_TASK = "triggers::gate"
 
+#: Test-only fault hook: the first change of this scope kills the process after the change
+#: is stored and before its trigger work is sent (once: a marker file records it).
+FAULT_SCOPE = os.environ.get("STATE_TASKS_TEST_CRASH_AFTER_STORE") or None
+
+
+def _crash_once_for_tests() -> None:
+    marker = os.environ.get("STATE_TASKS_TEST_CRASH_MARKER", "")
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except OSError:
+        return  # crashed once already
+    os.close(fd)
+    logger.critical("test fault hook: dying between storing a change and sending its triggers")
+    os._exit(70)
+
 
 class Runtime:
     """Everything one worker process needs to serve state functions and fire triggers."""
@@ -42,6 +57,8 @@ class Runtime:
         Matching costs four dictionary look-ups; a change that matches nothing
         enqueues nothing.
         """
+        if FAULT_SCOPE is not None and event["scope"] == FAULT_SCOPE:
+            _crash_once_for_tests()
         for trigger in self.registry.match(event["scope"], event["key"]):
             self.enqueue(trigger, event)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from adapters.base import StateAdapter
 from state_tasks import codec
-from state_tasks.errors import AdapterError, StateError, ValidationError
+from state_tasks.errors import AdapterError, AdapterUnavailable, StateError, ValidationError
 from state_tasks.models import (
     KeyPayload,
     ListGroupsPayload,
@@ -74,7 +74,7 @@ class StateService:
     def __init__(self, adapter: StateAdapter, on_change: ChangeListener | None = None) -> None:
         self.adapter = adapter
         self.on_change = on_change
-        self._handlers: dict[str, Callable[[Mapping[str, Any]], Any]] = {
+        self._handlers: dict[str, Callable[[Mapping[str, Any], str | None], Any]] = {
             "state::set": self._set,
             "state::get": self._get,
             "state::delete": self._delete,
@@ -83,8 +83,15 @@ class StateService:
             "state::list_groups": self._list_groups,
         }
 
-    def call(self, function_id: str, payload: Mapping[str, Any] | None = None) -> Any:
+    def call(
+        self, function_id: str, payload: Mapping[str, Any] | None = None, op_id: str | None = None
+    ) -> Any:
         """Run one state function with its payload; return its JSON-safe result.
+
+        ``op_id`` names the operation (the Celery task id, which a redelivered task keeps):
+        a mutation already applied under it is not applied again; it returns the recorded
+        result and fires its triggers again with the same ``event_id`` (``op_id``), so that
+        a change whose trigger dispatch was cut short by a crash still gets it.
 
         Raises :class:`StateError` (and nothing else) for bad input or a storage failure.
         """
@@ -99,7 +106,7 @@ class StateService:
         if not isinstance(payload, Mapping):
             raise ValidationError(f"{function_id}: the payload must be an object, got {payload!r}")
         try:
-            return handler(payload)
+            return handler(payload, op_id)
         except StateError:
             raise
         except Exception as e:  # an adapter broke its contract: still report it as ours
@@ -108,57 +115,65 @@ class StateService:
 
     # -- the six functions ----------------------------------------------------------
 
-    def _set(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+    def _set(self, payload: Mapping[str, Any], op_id: str | None) -> dict[str, Any]:
         request = parse(SetPayload, payload, "state::set")
         text = codec.encode(request.value, self.adapter.max_value_bytes)
-        old_text = self.adapter.set(request.scope, request.key, text)
+        old_text = self.adapter.set(request.scope, request.key, text, op_id)
         old = codec.decode(old_text)
         event_type = "state:created" if old_text is None else "state:updated"
-        self._changed(event_type, request.scope, request.key, old, request.value)
+        self._changed(event_type, request.scope, request.key, old, request.value, op_id)
         return {"old_value": old, "new_value": request.value}
 
-    def _get(self, payload: Mapping[str, Any]) -> Any:
+    def _get(self, payload: Mapping[str, Any], op_id: str | None) -> Any:
         request = parse(KeyPayload, payload, "state::get")
         return codec.decode(self.adapter.get(request.scope, request.key))
 
-    def _delete(self, payload: Mapping[str, Any]) -> Any:
+    def _delete(self, payload: Mapping[str, Any], op_id: str | None) -> Any:
         request = parse(KeyPayload, payload, "state::delete")
-        old_text = self.adapter.delete(request.scope, request.key)
+        old_text = self.adapter.delete(request.scope, request.key, op_id)
         if old_text is None:
             return None
         old = codec.decode(old_text)
-        self._changed("state:deleted", request.scope, request.key, old, None)
+        self._changed("state:deleted", request.scope, request.key, old, None, op_id)
         return old
 
-    def _update(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+    def _update(self, payload: Mapping[str, Any], op_id: str | None) -> dict[str, Any]:
         request = parse(UpdatePayload, payload, "state::update")
         ops = parse_ops(request.ops)
-        old_text, new_text = self.adapter.update(request.scope, request.key, ops)
+        old_text, new_text = self.adapter.update(request.scope, request.key, ops, op_id)
         old, new = codec.decode(old_text), codec.decode(new_text)
         event_type = "state:created" if old_text is None else "state:updated"
-        self._changed(event_type, request.scope, request.key, old, new)
+        self._changed(event_type, request.scope, request.key, old, new, op_id)
         return {"old_value": old, "new_value": new}
 
-    def _list(self, payload: Mapping[str, Any]) -> list[Any]:
+    def _list(self, payload: Mapping[str, Any], op_id: str | None) -> list[Any]:
         request = parse(ScopePayload, payload, "state::list")
         return [codec.decode(text) for text in self.adapter.list(request.scope)]
 
-    def _list_groups(self, payload: Mapping[str, Any]) -> dict[str, list[str]]:
+    def _list_groups(self, payload: Mapping[str, Any], op_id: str | None) -> dict[str, list[str]]:
         parse(ListGroupsPayload, payload, "state::list_groups")
         return {"groups": self.adapter.list_groups()}
 
-    def _changed(self, event_type: str, scope: str, key: str, old: Any, new: Any) -> None:
+    def _changed(
+        self, event_type: str, scope: str, key: str, old: Any, new: Any, op_id: str | None
+    ) -> None:
         if self.on_change is None:
             return
-        event = make_event(event_type, scope, key, old, new)
+        event = make_event(event_type, scope, key, old, new, op_id)
         try:
             self.on_change(event)
-        except Exception:
-            # The change is stored; failing the call now would invite a retry that
-            # applies it twice. Report loudly instead.
-            logger.exception(
-                "stored %s for scope=%r key=%r but could not dispatch its triggers",
+        except Exception as e:
+            # The change is stored, its trigger work is not sent. Fail the call as a
+            # connection problem: the task is retried under the same id, which does not
+            # apply the change again but does dispatch its triggers.
+            logger.warning(
+                "stored %s for scope=%r key=%r but could not send its trigger work: %s",
                 event_type,
                 scope,
                 key,
+                e,
             )
+            raise AdapterUnavailable(
+                f"{event_type} of scope {scope!r} key {key!r} is stored, but its triggers "
+                f"could not be sent ({type(e).__name__}: {e}); retrying the call sends them"
+            ) from e

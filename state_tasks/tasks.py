@@ -13,7 +13,7 @@ import logging
 import sys
 from typing import Any, Final
 
-from celery import signals
+from celery import Task, signals
 
 from state_tasks.celery_app import app
 from state_tasks.errors import AdapterUnavailable, ConfigError, StateError
@@ -41,13 +41,19 @@ RETRY_OPTIONS: dict[str, Any] = {
 }
 
 
-def _call(function_id: str, **given: Any) -> Any:
+def _call(function_id: str, given: dict[str, Any], op_id: str | None = None) -> Any:
     payload = {name: value for name, value in given.items() if value is not MISSING}
-    return get_runtime(app).service.call(function_id, payload)
+    return get_runtime(app).service.call(function_id, payload, op_id)
 
 
-@app.task(**RETRY_OPTIONS, name="state::set")
+def _op_id(task: Task) -> str | None:
+    """The task's id: a redelivered or retried task keeps it, so it names the operation."""
+    return task.request.id  # type: ignore[no-any-return]
+
+
+@app.task(**RETRY_OPTIONS, bind=True, name="state::set")
 def state_set(
+    self: Task,
     scope: str = MISSING,
     key: str = MISSING,
     value: Any = MISSING,
@@ -55,39 +61,45 @@ def state_set(
     **extra: Any,
 ) -> dict[str, Any]:
     """Store ``value`` (alias ``data``) under ``(scope, key)``; return old and new value."""
-    return _call("state::set", scope=scope, key=key, value=value, data=data, **extra)  # type: ignore[no-any-return]
+    given = {"scope": scope, "key": key, "value": value, "data": data, **extra}
+    return _call("state::set", given, _op_id(self))  # type: ignore[no-any-return]
 
 
 @app.task(**RETRY_OPTIONS, name="state::get")
 def state_get(scope: str = MISSING, key: str = MISSING, **extra: Any) -> Any:
     """Return the value under ``(scope, key)``, or ``None``."""
-    return _call("state::get", scope=scope, key=key, **extra)
+    return _call("state::get", {"scope": scope, "key": key, **extra})
 
 
-@app.task(**RETRY_OPTIONS, name="state::delete")
-def state_delete(scope: str = MISSING, key: str = MISSING, **extra: Any) -> Any:
+@app.task(**RETRY_OPTIONS, bind=True, name="state::delete")
+def state_delete(self: Task, scope: str = MISSING, key: str = MISSING, **extra: Any) -> Any:
     """Delete ``(scope, key)``; return the deleted value, or ``None``."""
-    return _call("state::delete", scope=scope, key=key, **extra)
+    return _call("state::delete", {"scope": scope, "key": key, **extra}, _op_id(self))
 
 
-@app.task(**RETRY_OPTIONS, name="state::update")
+@app.task(**RETRY_OPTIONS, bind=True, name="state::update")
 def state_update(
-    scope: str = MISSING, key: str = MISSING, ops: list[dict[str, Any]] = MISSING, **extra: Any
+    self: Task,
+    scope: str = MISSING,
+    key: str = MISSING,
+    ops: list[dict[str, Any]] = MISSING,
+    **extra: Any,
 ) -> dict[str, Any]:
     """Apply update ``ops`` atomically; return ``{old_value, new_value}``."""
-    return _call("state::update", scope=scope, key=key, ops=ops, **extra)  # type: ignore[no-any-return]
+    given = {"scope": scope, "key": key, "ops": ops, **extra}
+    return _call("state::update", given, _op_id(self))  # type: ignore[no-any-return]
 
 
 @app.task(**RETRY_OPTIONS, name="state::list")
 def state_list(scope: str = MISSING, **extra: Any) -> list[Any]:
     """Return every value in ``scope`` as a JSON array."""
-    return _call("state::list", scope=scope, **extra)  # type: ignore[no-any-return]
+    return _call("state::list", {"scope": scope, **extra})  # type: ignore[no-any-return]
 
 
 @app.task(**RETRY_OPTIONS, name="state::list_groups")
 def state_list_groups(**extra: Any) -> dict[str, list[str]]:
     """Return ``{"groups": [...]}``: the sorted scopes holding at least one key."""
-    return _call("state::list_groups", **extra)  # type: ignore[no-any-return]
+    return _call("state::list_groups", extra)  # type: ignore[no-any-return]
 
 
 def _pool_name(pool_cls: Any) -> str:

@@ -300,3 +300,50 @@ def test_trigger_space_is_separate_from_state(adapter: StateAdapter) -> None:
     assert adapter.triggers_delete("t1") is True
     assert adapter.triggers_delete("t1") is False
     assert adapter.triggers_load() == {}
+
+
+def test_an_operation_applied_twice_changes_state_once(service: StateService, events: Any) -> None:
+    # Given an increment applied under an operation id (a Celery task id)
+    ops = [{"increment": {"field": "n", "by": 1}}]
+    first = service.call("state::update", {"scope": "s", "key": "c", "ops": ops}, "task-1")
+    # When the same task is delivered again (a worker died before acknowledging it)
+    again = service.call("state::update", {"scope": "s", "key": "c", "ops": ops}, "task-1")
+    # Then it returns the recorded result, and the count moved once
+    assert first == again == {"old_value": None, "new_value": {"n": 1}}
+    assert call(service, "state::get", scope="s", key="c") == {"n": 1}
+    service.call("state::update", {"scope": "s", "key": "c", "ops": ops}, "task-2")
+    assert call(service, "state::get", scope="s", key="c") == {"n": 2}
+    # And its trigger event is sent again with the same event_id, for handlers to dedupe
+    assert [e["event_id"] for e in events.events] == ["task-1", "task-1", "task-2"]
+
+
+def test_set_and_delete_under_an_operation_id_apply_once(service: StateService) -> None:
+    assert service.call("state::set", {"scope": "s", "key": "k", "value": 1}, "op-a") == {
+        "old_value": None,
+        "new_value": 1,
+    }
+    service.call("state::set", {"scope": "s", "key": "k", "value": 2}, "op-b")
+    assert service.call("state::set", {"scope": "s", "key": "k", "value": 1}, "op-a") == {
+        "old_value": None,
+        "new_value": 1,
+    }
+    assert call(service, "state::get", scope="s", key="k") == 2
+    assert service.call("state::delete", {"scope": "s", "key": "k"}, "op-c") == 2
+    service.call("state::set", {"scope": "s", "key": "k", "value": 3}, "op-d")
+    assert service.call("state::delete", {"scope": "s", "key": "k"}, "op-c") == 2
+    assert call(service, "state::get", scope="s", key="k") == 3
+
+
+def test_a_failed_operation_is_not_recorded(service: StateService) -> None:
+    call(service, "state::set", scope="s", key="k", value={"n": "text"})
+    with pytest.raises(StateError):
+        service.call(
+            "state::update",
+            {"scope": "s", "key": "k", "ops": [{"increment": {"field": "n"}}]},
+            "op-x",
+        )
+    call(service, "state::set", scope="s", key="k", value={"n": 1})
+    result = service.call(
+        "state::update", {"scope": "s", "key": "k", "ops": [{"increment": {"field": "n"}}]}, "op-x"
+    )
+    assert result["new_value"] == {"n": 2}

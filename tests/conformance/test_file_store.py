@@ -219,3 +219,20 @@ def test_the_saver_runs_on_its_interval(tmp_path: Path) -> None:
 def test_non_positive_save_interval_is_refused(tmp_path: Path, interval: int) -> None:
     with pytest.raises(AdapterError, match="save_interval_ms must be a positive number"):
         FileKvStore(file_path=tmp_path, save_interval_ms=interval)
+
+
+def test_applied_operation_ids_survive_a_crash_and_a_save(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    increment = parse_ops([{"increment": {"field": "n"}}])
+    store.update("s", "c", increment, op_id="t1")
+    crash(store)
+    again = open_store(tmp_path)
+    assert again.update("s", "c", increment, op_id="t1") == (None, '{"n":1}')  # replayed record
+    again.update("s", "c", increment, op_id="t2")
+    again.save()  # the journal is compacted: the records now live in ops.json
+    again.close()
+    third = open_store(tmp_path)
+    assert third.update("s", "c", increment, op_id="t1") == (None, '{"n":1}')
+    assert third.update("s", "c", increment, op_id="t2") == ('{"n":1}', '{"n":2}')
+    assert third.get("s", "c") == '{"n":2}'
+    third.close()
