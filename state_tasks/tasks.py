@@ -10,6 +10,7 @@ not as a ``TypeError``.
 from __future__ import annotations
 
 import logging
+import random
 import sys
 from typing import Any, Final
 
@@ -30,15 +31,39 @@ class _Missing:
 MISSING: Final[Any] = _Missing()
 
 
-#: Connection failures are retried with exponential backoff and jitter (about 1, 2, 4 s),
-#: then reported as ADAPTER_ERROR. Nothing else is retried: a bad input stays bad.
-RETRY_OPTIONS: dict[str, Any] = {
-    "autoretry_for": (AdapterUnavailable,),
-    "retry_backoff": True,
-    "retry_backoff_max": 8,
-    "retry_jitter": True,
-    "max_retries": 3,
-}
+#: Retries of a storage that cannot be reached: the n-th waits between half and all of
+#: RETRY_BASE_S * 2**n (capped at RETRY_MAX_S), so five retries span 7.75 to 15.5 s.
+RETRY_BASE_S = 0.5
+RETRY_MAX_S = 8.0
+MAX_RETRIES = 5
+
+
+def retry_delay_s(retries: int) -> float:
+    """Exponential backoff with "equal jitter": never near zero, never in lockstep."""
+    ceiling = min(RETRY_MAX_S, RETRY_BASE_S * 2.0**retries)
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+class StateTask(Task):  # type: ignore[misc]
+    """Base of the state tasks: storage connection errors are retried with backoff.
+
+    Only :class:`AdapterUnavailable` is retried (a bad input stays bad); after
+    ``MAX_RETRIES`` the caller gets its ``ADAPTER_ERROR``. A retry keeps the task id, so
+    the operation id stays the same and nothing is applied twice.
+    """
+
+    autoretry_for = (AdapterUnavailable,)
+    max_retries = MAX_RETRIES
+
+    def retry(
+        self, *args: Any, countdown: float | None = None, eta: Any = None, **kwargs: Any
+    ) -> Any:
+        if countdown is None and eta is None:
+            countdown = retry_delay_s(self.request.retries)
+        return super().retry(*args, countdown=countdown, eta=eta, **kwargs)
+
+
+RETRY_OPTIONS: dict[str, Any] = {"base": StateTask}
 
 
 def _call(function_id: str, given: dict[str, Any], op_id: str | None = None) -> Any:

@@ -61,8 +61,13 @@ def wait_until(
 class RedisServer:
     """A redis-server of our own on a free port, keeping nothing on disk."""
 
-    def __init__(self, workdir: Path, password: str | None = None) -> None:
+    def __init__(
+        self, workdir: Path, password: str | None = None, persistent: bool = False
+    ) -> None:
+        """``persistent``: an append-only file fsynced on every write, so a restart (even
+        after ``kill -9``) keeps every acknowledged write."""
         self.password = password
+        self.persistent = persistent
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(
@@ -86,7 +91,9 @@ class RedisServer:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.persistent else "no",
+                "--appendfsync",
+                "always",
                 "--databases",
                 "256",
                 "--dir",
@@ -98,9 +105,9 @@ class RedisServer:
         client = redis.Redis(port=self.port)
         wait_until(lambda: _pings(client), 10, f"redis-server on port {self.port}")
 
-    def stop(self) -> None:
+    def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process is not None:
-            self.process.terminate()
+            self.process.send_signal(sig)
             self.process.wait(10)
             self.process = None
 

@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import redis
 from helpers import Deployment, RedisServer, redis_state_yaml, wait_until
@@ -111,3 +112,64 @@ def test_a_crash_between_storing_and_dispatching_still_runs_the_handler(
         assert deployment.call("state::get", scope="fragile", key="k") == {"n": 1}
     finally:
         deployment.close()
+
+
+def test_a_pickle_message_is_refused_not_executed(kv_deployment: Any, tmp_path: Path) -> None:
+    # Given a message serialised with pickle whose loading would run code
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (os.system, (f"touch {marker}",))
+
+    sender = kv_deployment.client.app
+    producer_app = type(sender)("pickler", broker=kv_deployment.broker_url, set_as_current=False)
+    producer_app.conf.update(task_serializer="pickle", accept_content=["pickle", "json"])
+    worker = kv_deployment.workers[0]
+    before = worker.log()
+    # When it is sent to the state worker as a state::set
+    producer_app.send_task("state::set", kwargs={"scope": "pickle", "key": "k", "value": Exploit()})
+    # Then the worker refuses its content, runs nothing, and stores nothing
+    wait_until(
+        lambda: (
+            "ContentDisallowed" in worker.log()[len(before) :]
+            or "Refusing to deserialize" in worker.log()[len(before) :]
+        ),
+        20,
+        "the refusal",
+    )
+    assert not marker.exists()
+    assert kv_deployment.call("state::get", scope="pickle", key="k") is None
+    producer_app.close()
+
+
+def test_state_redis_killed_and_restarted_mid_load_loses_and_doubles_nothing(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # Given a worker whose state lives in a Redis that persists every write
+    state_redis = RedisServer(tmp_path / "state-redis", persistent=True)
+    deployment = Deployment(
+        redis_server, tmp_path / "d", redis_state_yaml(state_redis.url(0), "outage")
+    )
+    try:
+        worker = deployment.worker("--concurrency", "2")
+        app = deployment.client.app
+        ops = [{"increment": {"field": "n", "by": 1}}]
+        results = []
+        # When 400 increments are under way and the state Redis is killed and comes back
+        for i in range(400):
+            results.append(
+                app.send_task("state::update", kwargs={"scope": "o", "key": "n", "ops": ops})
+            )
+            if i == 150:
+                state_redis.stop(signal.SIGKILL)
+                time.sleep(1.5)
+                state_redis.start()
+        values = [result.get(timeout=120, interval=0.01)["new_value"]["n"] for result in results]
+        # Then every call succeeded (retried while Redis was away), each exactly once
+        assert sorted(values) == list(range(1, 401))
+        assert deployment.call("state::get", scope="o", key="n") == {"n": 400}
+        assert worker.process is not None and worker.process.poll() is None
+    finally:
+        deployment.close()
+        state_redis.stop()
