@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -12,17 +11,11 @@ from typing import Any
 from celery import Celery
 
 from state_tasks import III, create_app
-from state_tasks.testing import RedisServer, Worker
+from state_tasks.testing import RedisServer, Worker, adapter_yaml
 
 REPO = Path(__file__).resolve().parent.parent
 
-
-def adapter_yaml(adapter_class: str, **config: object) -> str:
-    fields = ", ".join(f"{name}: {json.dumps(value)}" for name, value in config.items())
-    return (
-        "modules:\n  - class: modules::state::StateModule\n    config:\n      adapter:\n"
-        f"        class: {adapter_class}\n        config: {{{fields}}}\n"
-    )
+__all__ = ["BenchDeployment", "adapter_yaml", "median", "timed_ops_per_s"]
 
 
 class BenchDeployment:

@@ -14,6 +14,7 @@ Used by this project's test suite and benchmarks, and usable by yours::
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shutil
 import signal
@@ -200,6 +201,15 @@ class Worker:
         finally:
             self.stop(signal.SIGKILL)
         return code, self.log()
+
+
+def adapter_yaml(adapter_class: str, **config: object) -> str:
+    """A state.yaml for one adapter with the given config."""
+    fields = ", ".join(f"{name}: {json.dumps(value)}" for name, value in config.items())
+    return (
+        "modules:\n  - class: modules::state::StateModule\n    config:\n      adapter:\n"
+        f"        class: {adapter_class}\n        config: {{{fields}}}\n"
+    )
 
 
 class RabbitVhost:

@@ -3,15 +3,29 @@
 from __future__ import annotations
 
 import itertools
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from state_tasks import III, create_app
-from state_tasks.testing import OUR_VARIABLES, RabbitVhost, RedisServer, Worker, wait_until
+from state_tasks.testing import (
+    OUR_VARIABLES,
+    RabbitVhost,
+    RedisServer,
+    Worker,
+    adapter_yaml,
+    wait_until,
+)
 
-__all__ = ["OUR_VARIABLES", "REPO", "Deployment", "RedisServer", "Worker", "wait_until"]
+__all__ = [
+    "OUR_VARIABLES",
+    "REPO",
+    "Deployment",
+    "RedisServer",
+    "Worker",
+    "adapter_yaml",
+    "wait_until",
+]
 
 REPO = Path(__file__).resolve().parent.parent
 #: Where the handler modules that test workers load (-I) live.
@@ -89,15 +103,6 @@ class Deployment:
         self.client.close()
         if self.vhost is not None:
             self.vhost.delete()
-
-
-def adapter_yaml(adapter_class: str, **config: object) -> str:
-    """A state.yaml for one adapter with the given config."""
-    fields = ", ".join(f"{name}: {json.dumps(value)}" for name, value in config.items())
-    return (
-        "modules:\n  - class: modules::state::StateModule\n    config:\n      adapter:\n"
-        f"        class: {adapter_class}\n        config: {{{fields}}}\n"
-    )
 
 
 def redis_state_yaml(url: str, key_prefix: str, **config: object) -> str:

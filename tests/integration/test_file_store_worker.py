@@ -6,13 +6,15 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from helpers import adapter_yaml
 
-def file_yaml(folder: Path, save_interval_ms: int = 60_000) -> str:
-    return (
-        "modules:\n  - class: modules::state::StateModule\n    config:\n      adapter:\n"
-        "        class: modules::state::adapters::KvStore\n"
-        f"        config: {{store_method: file_based, file_path: '{folder}', "
-        f"save_interval_ms: {save_interval_ms}}}\n"
+
+def file_yaml(folder: Path) -> str:
+    return adapter_yaml(
+        "modules::state::adapters::KvStore",
+        store_method="file_based",
+        file_path=str(folder),
+        save_interval_ms=60_000,
     )
 
 
