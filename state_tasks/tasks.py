@@ -9,16 +9,25 @@ not as a ``TypeError``.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import random
 import sys
 from typing import Any, Final
 
 from celery import Task, signals
+from celery.worker import state as worker_state
+from celery.worker.control import inspect_command
 
 from state_tasks.celery_app import app
 from state_tasks.errors import AdapterUnavailable, ConfigError, StateError
-from state_tasks.runtime import close_runtime, forget_runtime_after_fork, get_runtime
+from state_tasks.runtime import (
+    close_runtime,
+    current_runtime,
+    forget_runtime_after_fork,
+    get_runtime,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -159,11 +168,84 @@ def _check_and_start(pool: str) -> None:
             "worker with --pool threads (the default for this adapter) or --pool solo, or use "
             "the RedisAdapter to share state between processes."
         )
+    if runtime.config.process_local:
+        _lock_embedded_broker(runtime.config.source)
     logger.info(
         "state_tasks: %s adapter ready (config: %s)",
         runtime.config.adapter_name,
         runtime.config.source,
     )
+
+
+#: The remote-control command a starting worker uses to find another owner of a KvStore.
+OWNER_COMMAND = "state_tasks_owner"
+
+
+@inspect_command(name=OWNER_COMMAND)
+def _owner_info(state: Any, **_: Any) -> dict[str, Any]:
+    """Answer a starting worker: which adapter this worker serves, and whether it is local."""
+    runtime = current_runtime()
+    if runtime is None:
+        return {}
+    return {
+        "adapter": runtime.config.adapter_name,
+        "process_local": runtime.config.process_local,
+        "pid": os.getpid(),
+    }
+
+
+@signals.worker_ready.connect
+def _refuse_a_second_owner(sender: Any = None, **_: Any) -> None:
+    """A KvStore lives in one process: a second worker serving the same queues would split
+    it silently. Ask the other workers on this broker; stop if one already owns a store."""
+    runtime = current_runtime()
+    if runtime is None or not runtime.config.process_local or _embedded_broker():
+        return  # (the embedded broker is guarded by a lock file instead: it has no replies)
+    me = getattr(sender, "hostname", None)
+    replies = app.control.broadcast(OWNER_COMMAND, reply=True, timeout=1.5)
+    for reply in replies or []:
+        for node, info in reply.items():
+            if node != me and isinstance(info, dict) and info.get("process_local"):
+                message = (
+                    f"worker {node} (pid {info.get('pid')}) already serves a "
+                    f"{info.get('adapter')} on this broker, and its data lives in that process: a "
+                    "second one would split the state. Stop one of them, give each its own "
+                    "broker (or queue), or use the RedisAdapter to run several workers."
+                )
+                logger.critical("state_tasks cannot start: %s", message)
+                sys.stderr.write(f"state_tasks cannot start: {message}\n")
+                worker_state.should_stop = 1  # the consumer stops, and the worker exits with 1
+                return
+
+
+def _lock_embedded_broker(config_source: str) -> None:
+    """With the embedded broker, the broker folder names the deployment: one owner per folder."""
+    folder = (app.conf.broker_transport_options or {}).get("data_folder_in")
+    if not _embedded_broker() or not folder:
+        return
+    global _broker_lock_fd
+    path = os.path.join(os.path.dirname(folder), "kvstore-owner.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise ConfigError(
+            f"{config_source}: another worker (pid {owner}) already serves the embedded broker "
+            f"in {os.path.dirname(folder)} with a store that lives in its process; a second one "
+            "would split the state. Stop it, run this one in another folder, or use Redis."
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    _broker_lock_fd = fd
+
+
+_broker_lock_fd: int | None = None
+
+
+def _embedded_broker() -> bool:
+    return str(app.conf.broker_url).startswith(("statefs://", "filesystem://"))
 
 
 @signals.worker_process_init.connect

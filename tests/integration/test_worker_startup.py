@@ -64,3 +64,28 @@ def test_kvstore_refuses_the_prefork_pool(deployment_factory: Any) -> None:
 
 def test_kvstore_worker_defaults_to_the_threads_pool(kv_deployment: Any) -> None:
     assert "(thread)" in kv_deployment.workers[0].log()
+
+
+def test_a_second_in_memory_worker_on_the_same_broker_is_refused(deployment_factory: Any) -> None:
+    # Given a worker serving an in-memory KvStore on a broker
+    deployment = deployment_factory()
+    owner = deployment.worker()
+    # When a second one starts on the same broker
+    code, log = deployment.worker(start=False).run_to_exit()
+    # Then it stops with a message naming the first, which keeps serving
+    assert code != 0
+    assert f"worker {owner.name}@" in log and "already serves a KvStore on this broker" in log
+    deployment.call("state::set", scope="s", key="k", value=1)
+    assert deployment.call("state::get", scope="s", key="k") == 1
+
+
+def test_a_second_worker_on_the_same_embedded_broker_is_refused(tmp_path: Path) -> None:
+    first = Worker(tmp_path, {}).start()
+    assert first.process is not None
+    pid = first.process.pid
+    try:
+        code, log = Worker(tmp_path, {}).run_to_exit()
+    finally:
+        first.stop()
+    assert code != 0
+    assert f"another worker (pid {pid}) already serves the embedded broker" in log
