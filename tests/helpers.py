@@ -65,13 +65,19 @@ class Deployment:
     a fresh RabbitMQ vhost; results always go to the Redis db.
     """
 
-    def __init__(self, redis_server: RedisServer, workdir: Path, state_yaml: str | None) -> None:
+    def __init__(
+        self,
+        redis_server: RedisServer,
+        workdir: Path,
+        state_yaml: str | None,
+        broker_kind: str = BROKER_KIND,
+    ) -> None:
         self.redis_server = redis_server
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.db = next(_dbs)
         self.backend_url = redis_server.url(self.db)
-        self.vhost = RabbitVhost() if BROKER_KIND == "amqp" else None
+        self.vhost = RabbitVhost() if broker_kind == "amqp" else None
         self.broker_url = self.vhost.url if self.vhost is not None else self.backend_url
         self.env = {"CELERY_BROKER_URL": self.broker_url, "CELERY_RESULT_BACKEND": self.backend_url}
         if state_yaml is not None:

@@ -173,3 +173,25 @@ def test_state_redis_killed_and_restarted_mid_load_loses_and_doubles_nothing(
     finally:
         deployment.close()
         state_redis.stop()
+
+
+def test_broker_redis_killed_and_restarted_the_same_worker_serves_again(tmp_path: Path) -> None:
+    # Given a worker whose broker is a Redis of its own (results there too)
+    broker = RedisServer(tmp_path / "broker", persistent=True)
+    deployment = Deployment(broker, tmp_path / "d", None, broker_kind="redis")
+    try:
+        worker = deployment.worker()
+        deployment.call("state::set", scope="b", key="k", value=1)
+        # When the broker dies and comes back
+        broker.stop(signal.SIGKILL)
+        time.sleep(2)
+        broker.start()
+        # Then the same worker (no crash loop, no restart) serves again, state intact
+        wait_until(lambda: worker.log().count("Connected to redis://") >= 2, 60, "the reconnect")
+        assert deployment.client.call(
+            "state::update", timeout_s=60, scope="b", key="k", ops=[{"set": 2}]
+        ) == {"old_value": 1, "new_value": 2}
+        assert worker.process is not None and worker.process.poll() is None
+    finally:
+        deployment.close()
+        broker.stop()
