@@ -96,7 +96,9 @@ def read_back(event: dict[str, Any]) -> dict[str, Any]:
             },
         }
     )
-    record("readback", {**event, "read": current})
+    # A registered function called and waited for from inside a handler runs in-process.
+    echo = iii.trigger({"function_id": "conditions::truthy", "payload": event})
+    record("readback", {**event, "read": current, "echo": echo})
     return {}
 
 

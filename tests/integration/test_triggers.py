@@ -158,6 +158,7 @@ def test_handler_reads_and_writes_state_while_handling(setup: Any) -> None:
     deployment.call("state::set", scope="readback", key=key, value={"hello": "world"})
     events = recorded.wait_for("readback", 1)
     assert events[0]["read"] == {"hello": "world"}
+    assert events[0]["echo"] == {"anything": "but false"}
     wait_until(
         lambda: deployment.call("state::get", scope="readback-results", key=key) is not None,
         10,
