@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from helpers import OUR_VARIABLES, REPO, Worker
+from helpers import OUR_VARIABLES, REPO, Client, Worker
 
 
 def test_embedded_default_runs_the_user_profile_example_with_no_server(tmp_path: Path) -> None:
@@ -89,3 +89,23 @@ def test_a_second_worker_on_the_same_embedded_broker_is_refused(tmp_path: Path) 
         first.stop()
     assert code != 0
     assert f"another worker (pid {pid}) already serves the embedded broker" in log
+
+
+def test_only_redis_url_makes_redis_the_broker_and_backend(
+    redis_server: Any, tmp_path: Path
+) -> None:
+    url = redis_server.url(57)
+    worker = Worker(tmp_path, {"REDIS_URL": url}).start()
+    try:
+        client = Client(url, url)
+        assert client.call("state::set", scope="r", key="k", value=1) == {
+            "old_value": None,
+            "new_value": 1,
+        }
+        assert client.call("state::get", scope="r", key="k") == 1
+        client.close()
+        assert f"Connected to redis://:**@127.0.0.1:{redis_server.port}/57" in worker.log()
+        assert f"results:     redis://127.0.0.1:{redis_server.port}/57" in worker.log()
+        assert not (tmp_path / "data").exists()  # nothing of the embedded default
+    finally:
+        worker.stop()
