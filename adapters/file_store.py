@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import builtins
 import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -61,6 +60,7 @@ from typing import Any, Literal
 from adapters.base import DEFAULT_MAX_VALUE_BYTES
 from adapters.kv_store import KvStore, OpRecord
 from state_tasks.errors import AdapterError
+from state_tasks.ownership import OwnedElsewhere, take_ownership
 
 logger = logging.getLogger(__name__)
 
@@ -181,23 +181,16 @@ class FileKvStore(KvStore):
 
     def _take_ownership(self) -> None:
         lock_path = self.path / "LOCK"
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.EACCES):
-                os.close(fd)
-                raise AdapterError(f"cannot lock {str(lock_path)!r}: {e.strerror}") from e
-            owner = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
-            os.close(fd)
+            self._lock_fd = take_ownership(lock_path)
+        except OwnedElsewhere as e:
             raise AdapterError(
                 f"the KvStore at {str(self.path)!r} is already open in another process "
-                f"(pid {owner}). A KvStore lives in one process: stop that one, give this one "
+                f"(pid {e.owner}). A KvStore lives in one process: stop that one, give this one "
                 "another file_path, or use the RedisAdapter to share state between processes."
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-        self._lock_fd = fd
+        except OSError as e:
+            raise AdapterError(f"cannot lock {str(lock_path)!r}: {e.strerror}") from e
 
     def _release_ownership(self) -> None:
         if self._lock_fd is not None:

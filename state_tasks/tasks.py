@@ -9,7 +9,6 @@ not as a ``TypeError``.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import random
@@ -22,6 +21,7 @@ from celery.worker.control import inspect_command
 
 from state_tasks.celery_app import app
 from state_tasks.errors import AdapterUnavailable, ConfigError, StateError
+from state_tasks.ownership import OwnedElsewhere, take_ownership
 from state_tasks.runtime import (
     close_runtime,
     current_runtime,
@@ -224,21 +224,16 @@ def _lock_embedded_broker(config_source: str) -> None:
     if not _embedded_broker() or not folder:
         return
     global _broker_lock_fd
-    path = os.path.join(os.path.dirname(folder), "kvstore-owner.lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-        os.close(fd)
+        _broker_lock_fd = take_ownership(
+            os.path.join(os.path.dirname(folder), "kvstore-owner.lock")
+        )
+    except OwnedElsewhere as e:
         raise ConfigError(
-            f"{config_source}: another worker (pid {owner}) already serves the embedded broker "
+            f"{config_source}: another worker (pid {e.owner}) already serves the embedded broker "
             f"in {os.path.dirname(folder)} with a store that lives in its process; a second one "
             "would split the state. Stop it, run this one in another folder, or use Redis."
         ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-    _broker_lock_fd = fd
 
 
 _broker_lock_fd: int | None = None
