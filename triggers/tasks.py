@@ -11,6 +11,7 @@ from typing import Any
 from state_tasks.celery_app import app
 from state_tasks.errors import ValidationError
 from state_tasks.runtime import GATE_TASK, get_runtime
+from state_tasks.tasks import StateTask
 
 
 @app.task(name=GATE_TASK)
@@ -22,13 +23,13 @@ def gate(condition_result: Any, event: dict[str, Any], function_id: str) -> dict
     return {"fired": True, "function_id": function_id, "event_id": event.get("event_id")}
 
 
-@app.task(name="triggers::register")
+@app.task(base=StateTask, name="triggers::register")
 def register(trigger: dict[str, Any]) -> dict[str, Any]:
     """Store a trigger (idempotent); return it with its id."""
     return get_runtime(app).registry.register(trigger).to_dict()
 
 
-@app.task(name="triggers::unregister")
+@app.task(base=StateTask, name="triggers::unregister")
 def unregister(trigger_id: str) -> bool:
     """Remove a trigger by id; ``False`` if there was none."""
     if not isinstance(trigger_id, str) or not trigger_id:
@@ -38,7 +39,7 @@ def unregister(trigger_id: str) -> bool:
     return get_runtime(app).registry.unregister(trigger_id)
 
 
-@app.task(name="triggers::list")
+@app.task(base=StateTask, name="triggers::list")
 def list_triggers() -> list[dict[str, Any]]:
     """Every registered trigger."""
     return [trigger.to_dict() for trigger in get_runtime(app).registry.list()]
