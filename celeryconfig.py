@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import os
 
+from state_tasks.urls import is_embedded_broker
+
 _redis_url = os.environ.get("REDIS_URL") or None
 
 #: Where the embedded broker and result files live when no server is configured.
@@ -33,7 +35,7 @@ result_backend = (
     or "file://" + os.path.join(DATA_DIR, "results")
 )
 
-if broker_url.startswith(("statefs://", "filesystem://")):
+if is_embedded_broker(broker_url):
     # kombu's filesystem transport, kept in order (state_tasks.embedded_broker).
     # One folder holds the queue files, written and read by every process in the
     # same working directory; polling every 20 ms keeps a round trip well under

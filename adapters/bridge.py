@@ -18,23 +18,20 @@ a key that held JSON ``null``, so a change of a key that held ``null`` fires
 from __future__ import annotations
 
 import builtins
-import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from adapters.base import DEFAULT_MAX_VALUE_BYTES, StateAdapter
 from adapters.kv_store import KvStore
-from state_tasks.codec import decode
+from state_tasks.codec import decode, dumps
 from state_tasks.ops import Op
 
 #: Runs one remote state function: ``(function_id, payload, op_id or None) -> result``.
 RemoteCall = Callable[[str, Mapping[str, Any], str | None], Any]
 
-_encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-
 
 def _text(value: Any) -> str | None:
-    return None if value is None else _encoder.encode(value)
+    return None if value is None else dumps(value)
 
 
 class Bridge(StateAdapter):
@@ -87,11 +84,11 @@ class Bridge(StateAdapter):
     ) -> tuple[str | None, str]:
         payload = {"scope": scope, "key": key, "ops": [op.to_engine_form() for op in ops]}
         result = self.remote("state::update", payload, op_id)
-        return _text(result["old_value"]), _encoder.encode(result["new_value"])
+        return _text(result["old_value"]), dumps(result["new_value"])
 
     def list(self, scope: str) -> builtins.list[str]:
         values = self.remote("state::list", {"scope": scope}, None)
-        return [_encoder.encode(value) for value in values]
+        return [dumps(value) for value in values]
 
     def list_groups(self) -> builtins.list[str]:
         return builtins.list(self.remote("state::list_groups", {}, None)["groups"])

@@ -59,6 +59,7 @@ from typing import Any, Literal
 
 from adapters.base import DEFAULT_MAX_VALUE_BYTES
 from adapters.kv_store import KvStore, OpRecord
+from state_tasks.codec import dumps
 from state_tasks.errors import AdapterError
 from state_tasks.ownership import OwnedElsewhere, take_ownership
 
@@ -77,7 +78,6 @@ MAX_ENCODED_NAME = 180
 
 _SAFE = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789-_")
 _SEGMENT = re.compile(r"^journal-(\d{12})\.log$")
-_encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
 def scope_file_name(scope: str) -> str:
@@ -219,7 +219,7 @@ class FileKvStore(KvStore):
                 if document.get("version") != FORMAT_VERSION:
                     raise ValueError(f"unsupported version {document.get('version')!r}")
                 scope = document["scope"]
-                entries = {str(k): _encoder.encode(v) for k, v in document["entries"]}
+                entries = {str(k): dumps(v) for k, v in document["entries"]}
                 if not isinstance(scope, str) or scope_file_name(scope) != path.name:
                     raise ValueError(f"holds scope {scope!r}, which does not belong in this file")
             except (ValueError, KeyError, TypeError, AttributeError) as e:
@@ -285,14 +285,12 @@ class FileKvStore(KvStore):
     def _apply_record(self, record: dict[str, Any]) -> None:
         kind = record["op"]
         if "id" in record:
-            new = _encoder.encode(record["value"]) if kind == "set" else None
+            new = dumps(record["value"]) if kind == "set" else None
             expires = time.monotonic() + (record["exp"] - time.time())
             self._ops[record["id"]] = (record["old"], new, expires)
             self._ops_dirty = True
         if kind == "set":
-            self._scopes.setdefault(record["scope"], {})[record["key"]] = _encoder.encode(
-                record["value"]
-            )
+            self._scopes.setdefault(record["scope"], {})[record["key"]] = dumps(record["value"])
             self._dirty_scopes.add(record["scope"])
         elif kind == "del":
             entries = self._scopes.get(record["scope"], {})
@@ -341,14 +339,14 @@ class FileKvStore(KvStore):
         op_id: str | None = None,
         op: OpRecord | None = None,
     ) -> None:
-        scope_json, key_json = _encoder.encode(scope), _encoder.encode(key)
+        scope_json, key_json = dumps(scope), dumps(key)
         applied = ""
         if op_id is not None and op is not None:
             # The operation's id and result travel with the change, so a task redelivered
             # after a crash and a restart is still recognised.
-            old = "null" if op[0] is None else _encoder.encode(op[0])
+            old = "null" if op[0] is None else dumps(op[0])
             expires = time.time() + (op[2] - time.monotonic())
-            applied = f',"id":{_encoder.encode(op_id)},"old":{old},"exp":{expires:.3f}'
+            applied = f',"id":{dumps(op_id)},"old":{old},"exp":{expires:.3f}'
         if value_json is None:
             self._append(f'{{"op":"del","scope":{scope_json},"key":{key_json}{applied}}}')
         else:
@@ -360,11 +358,11 @@ class FileKvStore(KvStore):
             self._ops_dirty = True
 
     def _triggers_changed(self, trigger_id: str, trigger_json: str | None) -> None:
-        id_json = _encoder.encode(trigger_id)
+        id_json = dumps(trigger_id)
         if trigger_json is None:
             self._append(f'{{"op":"tdel","id":{id_json}}}')
         else:
-            self._append(f'{{"op":"tset","id":{id_json},"value":{_encoder.encode(trigger_json)}}}')
+            self._append(f'{{"op":"tset","id":{id_json},"value":{dumps(trigger_json)}}}')
         self._triggers_dirty = True
 
     # -- saving ----------------------------------------------------------------------
@@ -425,9 +423,7 @@ class FileKvStore(KvStore):
                 elif path.exists():
                     path.unlink()
             if triggers is not None:
-                text = _encoder.encode(
-                    {"format": "state_tasks.triggers", "version": 1, "triggers": triggers}
-                )
+                text = dumps({"format": "state_tasks.triggers", "version": 1, "triggers": triggers})
                 _write_atomically(self.path / "triggers.json", text)
                 written += 1
             if ops is not None:
@@ -440,10 +436,10 @@ class FileKvStore(KvStore):
 
 
 def _scope_document(scope: str, entries: dict[str, str]) -> str:
-    body = ",".join(f"[{_encoder.encode(key)},{value}]" for key, value in entries.items())
+    body = ",".join(f"[{dumps(key)},{value}]" for key, value in entries.items())
     return (
         f'{{"format":"{FORMAT_NAME}","version":{FORMAT_VERSION},'
-        f'"scope":{_encoder.encode(scope)},"entries":[{body}]}}'
+        f'"scope":{dumps(scope)},"entries":[{body}]}}'
     )
 
 
@@ -455,7 +451,7 @@ def _ops_document(ops: dict[str, OpRecord]) -> str:
         for op_id, (old, new, expires) in ops.items()
         if expires > now
     }
-    return _encoder.encode({"format": "state_tasks.applied_ops", "version": 1, "ops": records})
+    return dumps({"format": "state_tasks.applied_ops", "version": 1, "ops": records})
 
 
 def _parse_record(line: bytes) -> dict[str, Any] | None:

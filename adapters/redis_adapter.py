@@ -39,7 +39,6 @@ import builtins
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, cast
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.commands.core import Script
@@ -48,6 +47,7 @@ from adapters.base import DEFAULT_MAX_VALUE_BYTES, DEFAULT_OP_TTL_S, StateAdapte
 from state_tasks.codec import apply_ops_json
 from state_tasks.errors import AdapterError, AdapterUnavailable, ConfigError, StateError
 from state_tasks.ops import Op
+from state_tasks.urls import redact_url
 
 DEFAULT_REDIS_URL = "redis://localhost:6379"
 DEFAULT_KEY_PREFIX = "state"
@@ -151,21 +151,6 @@ local removed = redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('INCR', KEYS[2])
 return removed
 """
-
-
-def redact_url(url: str) -> str:
-    """The URL with its password replaced by ``***`` (safe for logs and errors)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def _escape(scope: str) -> str:

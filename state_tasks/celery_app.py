@@ -8,6 +8,7 @@ from typing import Any
 from celery import Celery
 
 import state_tasks.embedded_broker  # noqa: F401  (registers the statefs:// scheme)
+from state_tasks.urls import is_embedded_broker
 
 #: Modules holding the state and trigger tasks; imported by every worker.
 TASK_MODULES = ("state_tasks.tasks", "triggers.tasks")
@@ -28,7 +29,7 @@ def create_app(name: str = "state_tasks", **settings: Any) -> Celery:
     @app.on_after_configure.connect(weak=False)
     def _make_broker_folders(sender: Celery, **_: Any) -> None:
         options = sender.conf.broker_transport_options or {}
-        if str(sender.conf.broker_url).startswith(("statefs://", "filesystem://")):
+        if is_embedded_broker(sender.conf.broker_url):
             for option in ("data_folder_in", "data_folder_out", "control_folder"):
                 if options.get(option):
                     os.makedirs(options[option], exist_ok=True)

@@ -16,6 +16,10 @@ from state_tasks.ops import Op, apply_ops
 
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
+#: Compact JSON text of a value already known to be JSON (no size check): how values,
+#: names and records are written everywhere in storage.
+dumps = _encoder.encode
+
 
 def encode(value: Any, max_bytes: int, *, what: str = "value") -> str:
     """Encode a JSON value; raise ``ValidationError`` or ``ValueTooLarge``."""

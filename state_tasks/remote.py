@@ -12,8 +12,8 @@ from celery.app import backends
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from kombu.exceptions import OperationalError
 
-from adapters.redis_adapter import redact_url
 from state_tasks.errors import AdapterError, StateError
+from state_tasks.urls import redact_url
 
 #: How often a waiting call polls a polling result backend.
 POLL_INTERVAL_S = 0.01

@@ -28,6 +28,7 @@ from state_tasks.runtime import (
     forget_runtime_after_fork,
     get_runtime,
 )
+from state_tasks.urls import is_embedded_broker
 
 logger = logging.getLogger(__name__)
 
@@ -240,7 +241,7 @@ _broker_lock_fd: int | None = None
 
 
 def _embedded_broker() -> bool:
-    return str(app.conf.broker_url).startswith(("statefs://", "filesystem://"))
+    return is_embedded_broker(app.conf.broker_url)
 
 
 @signals.worker_process_init.connect

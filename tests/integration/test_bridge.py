@@ -13,8 +13,8 @@ import pytest
 import redis
 from helpers import Deployment, RedisServer, adapter_yaml, wait_until
 
-from adapters.redis_adapter import redact_url
 from state_tasks import AdapterError, UpdateOpError
+from state_tasks.urls import redact_url
 
 
 class Pair:
