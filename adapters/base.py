@@ -3,7 +3,7 @@
 Values cross this boundary as JSON text (``str``), already validated and
 size-checked by the core; ``None`` means "no such key" (the JSON value null is
 the text ``"null"``). Every method may raise
-:class:`~state_tasks.errors.AdapterError` when the storage fails; no other
+:class:`~state_tasks.core.errors.AdapterError` when the storage fails; no other
 exception may escape an adapter.
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from state_tasks.ops import Op
+    from state_tasks.core.ops import Op
 
 DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
 #: How long an applied operation id is remembered: longer than a broker takes to redeliver
@@ -76,10 +76,10 @@ class StateAdapter(ABC):
         """Apply parsed update ops atomically; return ``(old_json or None, new_json)``.
 
         Implementations compute the new value with
-        :func:`state_tasks.codec.apply_ops_json` so every adapter shares one
+        :func:`state_tasks.core.codec.apply_ops_json` so every adapter shares one
         definition of the ops. It raises
-        :class:`~state_tasks.errors.UpdateOpError` or
-        :class:`~state_tasks.errors.ValueTooLarge`; then nothing is written.
+        :class:`~state_tasks.core.errors.UpdateOpError` or
+        :class:`~state_tasks.core.errors.ValueTooLarge`; then nothing is written.
         """
 
     @abstractmethod

@@ -2,7 +2,7 @@
 
 The adapter knows nothing of Celery: it is handed a ``remote`` callable that runs one
 remote state function (``remote("state::get", {"scope": ..., "key": ...})``) and returns
-its JSON result or raises a :class:`~state_tasks.errors.StateError`. The Celery client
+its JSON result or raises a :class:`~state_tasks.core.errors.StateError`. The Celery client
 behind it lives in :mod:`state_tasks.remote`.
 
 Each operation costs one round trip to the remote. The remote fires its own triggers;
@@ -23,8 +23,8 @@ from typing import Any
 
 from adapters.base import DEFAULT_MAX_VALUE_BYTES, StateAdapter
 from adapters.kv_store import KvStore
-from state_tasks.codec import decode, dumps
-from state_tasks.ops import Op
+from state_tasks.core.codec import decode, dumps
+from state_tasks.core.ops import Op
 
 #: Runs one remote state function: ``(function_id, payload, op_id or None) -> result``.
 RemoteCall = Callable[[str, Mapping[str, Any], str | None], Any]

@@ -59,9 +59,9 @@ from typing import Any, Literal
 
 from adapters.base import DEFAULT_MAX_VALUE_BYTES
 from adapters.kv_store import KvStore, OpRecord
-from state_tasks.codec import dumps
-from state_tasks.errors import AdapterError
-from state_tasks.ownership import OwnedElsewhere, take_ownership
+from state_tasks.core.codec import dumps
+from state_tasks.core.errors import AdapterError
+from state_tasks.core.ownership import OwnedElsewhere, take_ownership
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ class FileKvStore(KvStore):
                 f"the KvStore at {str(self.path)!r} is already open in another process "
                 f"(pid {e.owner}). A KvStore lives in one process: stop that one, give this one "
                 "another file_path, or use the RedisAdapter to share state between processes."
-            ) from None
+            ) from e
         except OSError as e:
             raise AdapterError(f"cannot lock {str(lock_path)!r}: {e.strerror}") from e
 

@@ -8,8 +8,8 @@ import time
 from collections.abc import Sequence
 
 from adapters.base import DEFAULT_MAX_VALUE_BYTES, DEFAULT_OP_TTL_S, StateAdapter
-from state_tasks.codec import apply_ops_json
-from state_tasks.ops import Op
+from state_tasks.core.codec import apply_ops_json
+from state_tasks.core.ops import Op
 
 #: How many applied operation ids a KvStore remembers at most (the oldest go first).
 DEFAULT_MAX_OPS = 100_000

@@ -18,7 +18,7 @@ to a per-slot index there.
 
 Atomicity: ``set`` and ``delete`` are one Lua script each (the old value is read and
 replaced in the same step, and the groups index moves with the data). ``update`` runs
-the shared Python ops (:func:`state_tasks.codec.apply_ops_json`, one definition for every
+the shared Python ops (:func:`state_tasks.core.codec.apply_ops_json`, one definition for every
 adapter; Lua's cjson would lose big integers and confuse ``[]`` with ``{}``) inside a
 compare-and-set loop: read the old text, compute, and write only if the text is still
 the same (a Lua check-and-set); on a conflict the script returns the current text and
@@ -44,10 +44,10 @@ import redis
 from redis.commands.core import Script
 
 from adapters.base import DEFAULT_MAX_VALUE_BYTES, DEFAULT_OP_TTL_S, StateAdapter
-from state_tasks.codec import apply_ops_json
-from state_tasks.errors import AdapterError, AdapterUnavailable, ConfigError, StateError
-from state_tasks.ops import Op
-from state_tasks.urls import redact_url
+from state_tasks.core.codec import apply_ops_json
+from state_tasks.core.errors import AdapterError, AdapterUnavailable, ConfigError, StateError
+from state_tasks.core.ops import Op
+from state_tasks.core.urls import redact_url
 
 DEFAULT_REDIS_URL = "redis://localhost:6379"
 DEFAULT_KEY_PREFIX = "state"
@@ -239,12 +239,12 @@ class RedisAdapter(StateAdapter):
                 f"{what}{where}: cannot reach Redis at {self.safe_url}: {e.__class__.__name__}. "
                 "Check that the server runs and the URL is right; calls succeed again once "
                 "it is back."
-            ) from None
+            ) from e
         except redis.RedisError as e:
             where = f" (scope {scope!r})" if scope is not None else ""
             raise AdapterError(
                 f"{what}{where}: Redis at {self.safe_url} answered with an error: {e}"
-            ) from None
+            ) from e
 
     def _script(self, name: str) -> Script:
         self.client  # noqa: B018 - registers the scripts on first use

@@ -28,9 +28,9 @@ from adapters.file_store import FileKvStore
 from adapters.kv_store import KvStore
 from adapters.redis_adapter import RedisAdapter
 from bench.harness import BenchDeployment, adapter_yaml, median, timed_ops_per_s
-from state_tasks.ops import parse_ops
-from state_tasks.service import StateService
-from state_tasks.testing import RedisServer
+from state_tasks.contrib.servers import RedisServer
+from state_tasks.core.ops import parse_ops
+from state_tasks.core.service import StateService
 from triggers.registry import TriggerRegistry
 
 VALUE = {"name": "Alice", "email": "alice@example.com", "preferences": {"theme": "dark"}}

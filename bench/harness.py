@@ -11,7 +11,7 @@ from typing import Any
 from celery import Celery
 
 from state_tasks import III, create_app
-from state_tasks.testing import RedisServer, Worker, adapter_yaml
+from state_tasks.contrib.servers import RedisServer, Worker, adapter_yaml
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -3,10 +3,26 @@
 ``celery -A state_tasks worker`` finds :data:`app` here; services use the six
 ``state::*`` tasks by name (``app.send_task("state::get", kwargs=...)``), the
 task objects in :mod:`state_tasks.tasks`, or the iii-style facade :data:`iii`.
+
+The flow, one folder each::
+
+    state_tasks/core/   the contract: errors, ops, codec, models, config, service (no Celery)
+    adapters/           where state is kept (imports only state_tasks.core)
+    triggers/           what reacts: registry (no Celery), dispatch, gate, decorator
+    state_tasks/        the Celery transport: app, tasks, worker, facade, cli, remote
+
+Importing this package, or anything under :mod:`state_tasks.core`, loads no Celery:
+the Celery-bound names (``app``, ``iii``, ...) are imported on first use
+(PEP 562), so a pure function such as :func:`state_tasks.core.ops.apply_ops` costs
+no app and no broker configuration.
 """
 
-from state_tasks.celery_app import app, create_app
-from state_tasks.errors import (
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from state_tasks.core.errors import (
     AdapterError,
     AdapterUnavailable,
     CallTimeout,
@@ -16,8 +32,7 @@ from state_tasks.errors import (
     ValidationError,
     ValueTooLarge,
 )
-from state_tasks.facade import III, state_trigger
-from state_tasks.models import (
+from state_tasks.core.models import (
     DecrementOp,
     IncrementOp,
     MergeOp,
@@ -28,7 +43,35 @@ from state_tasks.models import (
     ops_json,
 )
 
-iii = III(app)
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from state_tasks.celery_app import create_app
+    from state_tasks.facade import III
+    from triggers.declarations import state_trigger
+
+    app: Celery
+    iii: III
+
+#: Names imported on first use, and their modules: the Celery layer, and the trigger
+#: decorator (whose package imports this one's core; eager, it would be a cycle).
+_LAZY = {
+    "app": "state_tasks.celery_app",
+    "create_app": "state_tasks.celery_app",
+    "III": "state_tasks.facade",
+    "iii": "state_tasks.facade",
+    "state_trigger": "triggers.declarations",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'state_tasks' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "III",

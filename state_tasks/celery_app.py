@@ -1,29 +1,56 @@
-"""The Celery app of state_tasks, built by a factory and configured from ``celeryconfig``."""
+"""The Celery app of state_tasks: the package's settings, then the user's overrides."""
 
 from __future__ import annotations
 
+import importlib
 import os
+import types
 from typing import Any
 
 from celery import Celery
 
 import state_tasks.embedded_broker  # noqa: F401  (registers the statefs:// scheme)
-from state_tasks.urls import is_embedded_broker
+from state_tasks.core.errors import ConfigError
+from state_tasks.core.urls import is_embedded_broker
 
-#: Modules holding the state and trigger tasks; imported by every worker.
-TASK_MODULES = ("state_tasks.tasks", "triggers.tasks")
+#: Modules every worker imports: the state tasks, the trigger tasks, the worker's checks.
+TASK_MODULES = ("state_tasks.tasks", "triggers.tasks", "state_tasks.worker")
+#: The package's own settings.
+SETTINGS_MODULE = "state_tasks.settings"
+#: The environment variable naming a module of the user's Celery overrides.
+OVERRIDES_VARIABLE = "CELERY_CONFIG_MODULE"
+
+
+def user_overrides() -> dict[str, Any]:
+    """The public settings of the module named by ``$CELERY_CONFIG_MODULE`` (none if unset)."""
+    name = os.environ.get(OVERRIDES_VARIABLE)
+    if not name:
+        return {}
+    try:
+        module = importlib.import_module(name)
+    except ImportError as e:
+        raise ConfigError(
+            f"{OVERRIDES_VARIABLE}={name!r}: cannot import the module of Celery overrides: {e}; "
+            "put it on the Python path (PYTHONPATH) or unset the variable"
+        ) from e
+    return {
+        setting: value
+        for setting, value in vars(module).items()
+        if not setting.startswith("_") and not isinstance(value, types.ModuleType)
+    }
 
 
 def create_app(name: str = "state_tasks", **settings: Any) -> Celery:
-    """Build a Celery app with the settings of ``celeryconfig`` plus ``settings``.
+    """Build a Celery app: the package's settings, the user's overrides, then ``settings``.
 
     No connection is opened here. With the embedded filesystem broker, its
     folders are created when the configuration is first read.
     """
     app = Celery(name)
-    app.config_from_object("celeryconfig")
-    if settings:
-        app.conf.update(settings)
+    app.config_from_object(SETTINGS_MODULE)
+    overrides = {**user_overrides(), **settings}
+    if overrides:
+        app.conf.update(overrides)
     app.conf.include = list(TASK_MODULES)
 
     @app.on_after_configure.connect(weak=False)

@@ -30,9 +30,9 @@ from typing import Any
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
-from state_tasks.errors import CallTimeout, StateError
+from state_tasks.core.errors import CallTimeout, StateError
+from state_tasks.core.urls import redact_url
 from state_tasks.facade import III
-from state_tasks.urls import redact_url
 
 EXIT_STATE_ERROR = 1
 EXIT_USAGE = 2

@@ -18,21 +18,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 
-from state_tasks.errors import CallTimeout, ValidationError
-from state_tasks.runtime import current_runtime, declare, get_runtime
-from state_tasks.service import STATE_FUNCTIONS
+from state_tasks.celery_app import app
+from state_tasks.core.errors import CallTimeout, ValidationError
+from state_tasks.core.service import STATE_FUNCTIONS
+from state_tasks.runtime import current_runtime, get_runtime
+from triggers.declarations import declare
 from triggers.registry import Trigger, trigger_from_spec
 
 DEFAULT_TIMEOUT_MS = 30_000
 #: How often a waiting caller polls a polling result backend (the file backend).
 RESULT_POLL_INTERVAL_S = 0.02
-
-TaskT = TypeVar("TaskT")
 
 
 @dataclass(frozen=True)
@@ -183,45 +183,14 @@ class III:
         result = self.app.send_task(task_name, args=args, kwargs=dict(kwargs or {}))
         try:
             value = result.get(timeout=timeout_ms / 1000, interval=RESULT_POLL_INTERVAL_S)
-        except CeleryTimeoutError:
+        except CeleryTimeoutError as e:
             raise CallTimeout(
                 f"{task_name} did not answer within {timeout_ms} ms; is a worker running "
                 "(celery -A state_tasks worker) on the same broker?"
-            ) from None
+            ) from e
         result.forget()  # the file backend keeps a file per result until forgotten
         return value
 
 
-def state_trigger(
-    *,
-    scope: str | None = None,
-    key: str | None = None,
-    condition: str | None = None,
-) -> Callable[[TaskT], TaskT]:
-    """Declare a Celery task as the handler of a ``state`` trigger.
-
-    Stack it on ``@app.task``; the trigger is stored when a worker imports the
-    module (``celery -A state_tasks worker -I mymodule``)::
-
-        @state_trigger(scope="users", key="profile", condition="conditions::emailChanged")
-        @app.task(name="users::onEmailChange")
-        def on_email_change(event): ...
-    """
-
-    def wrap(task: TaskT) -> TaskT:
-        function_id = getattr(task, "name", None)
-        if not isinstance(function_id, str):
-            raise ValidationError(f"state_trigger: stack it on a Celery task, got {task!r}")
-        config = {"scope": scope, "key": key, "condition_function_id": condition}
-        declare(
-            trigger_from_spec(
-                {
-                    "type": "state",
-                    "function_id": function_id,
-                    "config": {k: v for k, v in config.items() if v is not None},
-                }
-            )
-        )
-        return task
-
-    return wrap
+#: The facade on this package's app: ``from state_tasks import iii``.
+iii = III(app)

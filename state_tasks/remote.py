@@ -12,8 +12,8 @@ from celery.app import backends
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from kombu.exceptions import OperationalError
 
-from state_tasks.errors import AdapterError, StateError
-from state_tasks.urls import redact_url
+from state_tasks.core.errors import AdapterError, StateError
+from state_tasks.core.urls import redact_url
 
 #: How often a waiting call polls a polling result backend.
 POLL_INTERVAL_S = 0.01
@@ -120,16 +120,16 @@ class RemoteDeployment:
             # (same derived task id) is answered afresh.
             result.forget()
             raise
-        except CeleryTimeoutError:
+        except CeleryTimeoutError as e:
             raise AdapterError(
                 f"{function_id}: {self.name} did not answer within {self.timeout_s * 1000:.0f} ms "
                 "(is a worker running there, on the queue the Bridge sends to?)"
-            ) from None
+            ) from e
         except (OperationalError, OSError, ConnectionError) as e:
             raise AdapterError(
                 f"{function_id}: cannot reach {self.name}: {type(e).__name__}: "
                 f"{str(e).replace(self.broker_url, redact_url(self.broker_url))}"
-            ) from None
+            ) from None  # the driver's own text may carry the password; shown redacted above
         result.forget()
         return value
 

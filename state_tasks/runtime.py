@@ -1,4 +1,4 @@
-"""The per-process runtime of a worker: the adapter, the service, the trigger registry.
+"""The per-process runtime of a worker: the adapter, the service, the triggers.
 
 Built lazily, once per process (a prefork child builds its own), by
 :func:`get_runtime`; the worker builds it at start-up so that a bad
@@ -7,36 +7,16 @@ Built lazily, once per process (a prefork child builds its own), by
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
-from typing import Any
 
 from celery import Celery
 
-from state_tasks.config import StateConfig, load_config
-from state_tasks.service import StateService
-from triggers.registry import Trigger, TriggerRegistry
-
-logger = logging.getLogger(__name__)
-
-#: The task that gates a handler on its condition's result.
-GATE_TASK = "triggers::gate"
-
-#: Test-only fault hook: the first change of this scope kills the process after the change
-#: is stored and before its trigger work is sent (once: a marker file records it).
-FAULT_SCOPE = os.environ.get("STATE_TASKS_TEST_CRASH_AFTER_STORE") or None
-
-
-def _crash_once_for_tests() -> None:
-    marker = os.environ.get("STATE_TASKS_TEST_CRASH_MARKER", "")
-    try:
-        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except OSError:
-        return  # crashed once already
-    os.close(fd)
-    logger.critical("test fault hook: dying between storing a change and sending its triggers")
-    os._exit(70)
+from state_tasks.core.config import StateConfig, load_config
+from state_tasks.core.service import StateService
+from triggers import declarations
+from triggers.dispatch import Dispatcher
+from triggers.registry import TriggerRegistry
 
 
 class Runtime:
@@ -49,29 +29,8 @@ class Runtime:
         self.adapter = config.build_adapter()
         self.adapter.open()
         self.registry = TriggerRegistry(self.adapter)
-        self.service = StateService(self.adapter, on_change=self.dispatch)
-
-    def dispatch(self, event: dict[str, Any]) -> None:
-        """Enqueue the handlers (or condition → gate chains) of every matching trigger.
-
-        Matching costs four dictionary look-ups; a change that matches nothing
-        enqueues nothing.
-        """
-        if FAULT_SCOPE is not None and event["scope"] == FAULT_SCOPE:
-            _crash_once_for_tests()
-        for trigger in self.registry.match(event["scope"], event["key"]):
-            self.enqueue(trigger, event)
-
-    def enqueue(self, trigger: Trigger, event: dict[str, Any]) -> None:
-        """Send one trigger's work for one event: the handler, or its condition first."""
-        if trigger.condition_function_id is None:
-            self.app.send_task(trigger.function_id, args=(event,))
-            return
-        condition = self.app.signature(trigger.condition_function_id, args=(event,))
-        gate = self.app.signature(
-            GATE_TASK, kwargs={"event": event, "function_id": trigger.function_id}
-        )
-        (condition | gate).apply_async()
+        self.dispatcher = Dispatcher(app, self.registry)
+        self.service = StateService(self.adapter, on_change=self.dispatcher)
 
     def close(self) -> None:
         """Flush and release the adapter."""
@@ -80,26 +39,19 @@ class Runtime:
 
 _runtime: Runtime | None = None
 _runtime_lock = threading.Lock()
-#: Triggers declared in this process (decorator or facade) before the runtime existed.
-_declared: dict[str, Trigger] = {}
-
-
-def declare(trigger: Trigger) -> None:
-    """Remember a trigger declared at import; register it now if the runtime runs."""
-    _declared[trigger.id] = trigger
-    if _runtime is not None:
-        _runtime.registry.register(trigger)
 
 
 def get_runtime(app: Celery) -> Runtime:
-    """This process's runtime, built on first use from the configured ``state.yaml``."""
+    """This process's runtime, built on first use from the configured ``state.yaml``.
+
+    Triggers declared in this process (decorator, facade) are stored once it exists.
+    """
     global _runtime
     if _runtime is None:
         with _runtime_lock:
             if _runtime is None:
                 runtime = Runtime(app, load_config())
-                for trigger in list(_declared.values()):
-                    runtime.registry.register(trigger)
+                declarations.attach(runtime.registry)
                 _runtime = runtime
     return _runtime
 
@@ -114,6 +66,7 @@ def close_runtime() -> None:
     global _runtime
     with _runtime_lock:
         if _runtime is not None:
+            declarations.detach()
             _runtime.close()
             _runtime = None
 
@@ -122,4 +75,5 @@ def forget_runtime_after_fork() -> None:
     """Drop an inherited runtime in a forked child without closing the parent's resources."""
     global _runtime
     if _runtime is not None and _runtime.pid != os.getpid():
+        declarations.detach()
         _runtime = None

@@ -1,4 +1,7 @@
-"""Fixtures: a private redis-server for the session, and deployments of workers on it."""
+"""Fixtures: deployments of workers on the session's private redis-server.
+
+The server itself (``redis_server``) comes from the plugin users get too.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +12,7 @@ from typing import Any
 import pytest
 from helpers import REMOTE_STATE_DB, Deployment, RedisServer, redis_state_yaml
 
-
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
+pytest_plugins = ["state_tasks.contrib.pytest"]
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from state_tasks import III, create_app
-from state_tasks.testing import (
+from state_tasks.contrib.servers import (
     OUR_VARIABLES,
     RabbitVhost,
     RedisServer,

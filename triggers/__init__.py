@@ -1,5 +1,7 @@
-"""State triggers: the registry and match index (pure), and their Celery tasks."""
+"""State triggers: what reacts to a stored change.
 
-from triggers.registry import MatchIndex, Trigger, TriggerRegistry, trigger_from_spec
-
-__all__ = ["MatchIndex", "Trigger", "TriggerRegistry", "trigger_from_spec"]
+- :mod:`triggers.registry`: stored registrations and the match index (no Celery);
+- :mod:`triggers.declarations`: the ``state_trigger`` decorator and import-time declarations;
+- :mod:`triggers.dispatch`: matching a change and sending its trigger work;
+- :mod:`triggers.tasks`: the gate and the registration tasks.
+"""

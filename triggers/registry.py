@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from adapters.base import StateAdapter
-from state_tasks.models import TriggerSpec, parse
+from state_tasks.core.models import TriggerSpec, parse
 
 
 @dataclass(frozen=True)
@@ -84,9 +84,6 @@ class MatchIndex:
         for trigger in sorted(triggers, key=lambda t: t.id):
             buckets[(trigger.scope, trigger.key)].append(trigger)
         self._buckets = dict(buckets)
-
-    def __len__(self) -> int:
-        return sum(len(bucket) for bucket in self._buckets.values())
 
     def match(self, scope: str, key: str) -> builtins.list[Trigger]:
         """Every trigger whose filters accept a change of ``(scope, key)``."""

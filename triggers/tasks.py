@@ -8,15 +8,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from kombu.exceptions import OperationalError
+
 from state_tasks.celery_app import app
-from state_tasks.errors import ValidationError
-from state_tasks.runtime import GATE_TASK, get_runtime
+from state_tasks.core.errors import ValidationError
+from state_tasks.runtime import get_runtime
 from state_tasks.tasks import StateTask
+from triggers.dispatch import GATE_TASK
 
 
-@app.task(name=GATE_TASK)
+@app.task(base=StateTask, name=GATE_TASK, autoretry_for=(OperationalError, ConnectionError))
 def gate(condition_result: Any, event: dict[str, Any], function_id: str) -> dict[str, Any]:
-    """Run after a condition: send the handler unless the condition returned JSON ``false``."""
+    """Run after a condition: send the handler unless the condition returned JSON ``false``.
+
+    A broker that cannot take the handler's message (a blip) is retried with backoff like
+    the state tasks' storage errors, so the handler is not lost.
+    """
     if condition_result is False:
         return {"fired": False, "function_id": function_id, "event_id": event.get("event_id")}
     app.send_task(function_id, args=(event,))

@@ -15,8 +15,8 @@ from adapters.bridge import Bridge
 from adapters.file_store import FileKvStore
 from adapters.kv_store import KvStore
 from adapters.redis_adapter import RedisAdapter
+from state_tasks.core.service import StateService
 from state_tasks.remote import RemoteDeployment
-from state_tasks.service import StateService
 
 ADAPTERS = ["kv_memory", "kv_file", "redis", "bridge"]
 

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from adapters.base import StateAdapter
-from state_tasks.errors import StateError
-from state_tasks.service import StateService
+from state_tasks.core.errors import StateError
+from state_tasks.core.service import StateService
 
 
 def call(service: StateService, function_id: str, **payload: Any) -> Any:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from adapters.file_store import FileKvStore, scope_file_name
-from state_tasks.errors import AdapterError
-from state_tasks.ops import parse_ops
-from state_tasks.service import StateService
+from state_tasks.core.errors import AdapterError
+from state_tasks.core.ops import parse_ops
+from state_tasks.core.service import StateService
 from triggers.registry import TriggerRegistry
 
 

@@ -8,8 +8,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from state_tasks.errors import StateError
-from state_tasks.service import STATE_FUNCTIONS, StateService
+from state_tasks.core.errors import StateError
+from state_tasks.core.service import STATE_FUNCTIONS, StateService
 
 names = st.one_of(
     st.sampled_from(["s", "k", "", " ", "..", "a:b", "{x}", "\x00", "\ud800", "x" * 1025]),

@@ -14,7 +14,7 @@ import redis
 from helpers import Deployment, RedisServer, adapter_yaml, wait_until
 
 from state_tasks import AdapterError, UpdateOpError
-from state_tasks.urls import redact_url
+from state_tasks.core.urls import redact_url
 
 
 class Pair:

@@ -12,7 +12,7 @@ from typing import Any
 
 from helpers import OUR_VARIABLES
 
-from state_tasks.testing import free_port, wait_until
+from state_tasks.contrib.servers import free_port, wait_until
 
 
 def fetch(url: str) -> Any:

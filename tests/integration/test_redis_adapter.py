@@ -14,8 +14,8 @@ from helpers import Deployment, RedisServer, redis_state_yaml, wait_until
 
 from adapters.redis_adapter import RedisAdapter
 from state_tasks import AdapterError, UpdateOpError
-from state_tasks.ops import parse_ops
-from state_tasks.urls import redact_url
+from state_tasks.core.ops import parse_ops
+from state_tasks.core.urls import redact_url
 
 
 def test_a_thousand_concurrent_increments_end_at_exactly_a_thousand(redis_deployment: Any) -> None:

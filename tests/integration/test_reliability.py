@@ -85,10 +85,10 @@ def test_a_crash_between_storing_and_dispatching_still_runs_the_handler(
         worker = deployment.worker(
             "--concurrency",
             "1",
-            includes=("trigger_handlers",),
+            includes=("trigger_handlers", "crash_hook"),
             RECORD_REDIS_URL=record_url,
-            STATE_TASKS_TEST_CRASH_AFTER_STORE="fragile",
-            STATE_TASKS_TEST_CRASH_MARKER=str(marker),
+            CRASH_AFTER_STORE_SCOPE="fragile",
+            CRASH_MARKER=str(marker),
         )
         deployment.client.iii.register_trigger(
             {"type": "state", "function_id": "test::onScope", "config": {"scope": "fragile"}}

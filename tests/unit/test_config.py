@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from adapters.kv_store import KvStore
-from state_tasks.config import load_config, parse_config
-from state_tasks.errors import ConfigError
+from state_tasks.core.config import load_config, parse_config
+from state_tasks.core.errors import ConfigError
 
 ENGINE_SAMPLE = """
 modules:

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from state_tasks.errors import UpdateOpError
-from state_tasks.ops import apply_ops, parse_ops
+from state_tasks.core.errors import UpdateOpError
+from state_tasks.core.ops import apply_ops, parse_ops
 
 
 def run(current: Any, ops: list[Any], exists: bool = True) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from adapters.kv_store import KvStore
-from state_tasks.errors import ValidationError
+from state_tasks.core.errors import ValidationError
 from triggers.registry import MatchIndex, TriggerRegistry, trigger_from_spec
 
 

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from state_tasks.errors import UpdateOpError
+from state_tasks.core.errors import UpdateOpError
 
 OP_NAMES = ("set", "merge", "increment", "decrement", "remove")
 _ENGINE_KEYS = {

@@ -36,10 +36,6 @@ class StateError(Exception):
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.message, self.code))
 
-    def to_dict(self) -> dict[str, str]:
-        """The error as JSON-safe data: ``{"code": ..., "message": ...}``."""
-        return {"code": self.code, "message": self.message}
-
 
 class ValidationError(StateError):
     """A scope, key, value or payload that the state functions do not accept."""
@@ -83,21 +79,3 @@ class CallTimeout(StateError):
     """A function called and waited for did not answer within its timeout."""
 
     default_code = "TIMEOUT"
-
-
-ERROR_CLASSES: dict[str, type[StateError]] = {
-    cls.default_code: cls
-    for cls in (
-        ValidationError,
-        UpdateOpError,
-        ValueTooLarge,
-        AdapterError,
-        ConfigError,
-        CallTimeout,
-    )
-}
-
-
-def error_from_code(code: str, message: str) -> StateError:
-    """Rebuild the right :class:`StateError` subclass from its code."""
-    return ERROR_CLASSES.get(code, StateError)(message, code)

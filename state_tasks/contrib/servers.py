@@ -2,7 +2,7 @@
 
 Used by this project's test suite and benchmarks, and usable by yours::
 
-    from state_tasks.testing import RedisServer, Worker
+    from state_tasks.contrib.servers import RedisServer, Worker
 
     server = RedisServer(tmp_path / "redis")           # a free port, nothing on disk
     worker = Worker(tmp_path, {"REDIS_URL": server.url()}, includes=("myhandlers",)).start()
@@ -151,7 +151,8 @@ class Worker:
             "info",
             "-n",
             f"{self.name}@%h",
-            *[arg for mod in includes for arg in ("-I", mod)],
+            # One -I with a comma-separated list: Celery keeps only the last of several -I.
+            *(("-I", ",".join(includes)) if includes else ()),
             *args,
         ]
         self.process: subprocess.Popen[bytes] | None = None

@@ -29,7 +29,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapters.base import DEFAULT_MAX_VALUE_BYTES, StateAdapter
-from state_tasks.errors import ConfigError
+from state_tasks.core.errors import ConfigError
 
 STATE_MODULE_CLASS = "modules::state::StateModule"
 DEFAULT_CONFIG_FILE = "state.yaml"

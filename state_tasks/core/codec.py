@@ -11,8 +11,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from state_tasks.errors import UpdateOpError, ValidationError, ValueTooLarge
-from state_tasks.ops import Op, apply_ops
+from state_tasks.core.errors import UpdateOpError, ValidationError, ValueTooLarge
+from state_tasks.core.ops import Op, apply_ops
 
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 

@@ -29,7 +29,7 @@ def take_ownership(path: str | os.PathLike[str]) -> int:
         owner = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
         os.close(fd)
         if e.errno in (errno.EAGAIN, errno.EACCES):
-            raise OwnedElsewhere(os.fspath(path), owner) from None
+            raise OwnedElsewhere(os.fspath(path), owner) from e
         raise
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)

@@ -1,7 +1,7 @@
 """Pydantic models at the edges: task payloads, the state event, trigger configs.
 
 Inside the core, plain typed Python is used; these models validate what comes
-in over the wire and turn every problem into a :class:`~state_tasks.errors.ValidationError`
+in over the wire and turn every problem into a :class:`~state_tasks.core.errors.ValidationError`
 that names the field and the offending value.
 """
 
@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import pydantic
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from state_tasks.errors import ValidationError
+from state_tasks.core.errors import ValidationError
 
 MAX_NAME_BYTES = 1024
 

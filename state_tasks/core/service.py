@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from adapters.base import StateAdapter
-from state_tasks import codec
-from state_tasks.errors import AdapterError, AdapterUnavailable, StateError, ValidationError
-from state_tasks.models import (
+from state_tasks.core import codec
+from state_tasks.core.errors import AdapterError, AdapterUnavailable, StateError, ValidationError
+from state_tasks.core.models import (
     KeyPayload,
     ListGroupsPayload,
     ScopePayload,
@@ -26,7 +26,7 @@ from state_tasks.models import (
     UpdatePayload,
     parse,
 )
-from state_tasks.ops import parse_ops
+from state_tasks.core.ops import parse_ops
 
 logger = logging.getLogger(__name__)
 
