@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -48,6 +49,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (10,000 higher) is free too."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20_000, 55_000)
+        try:
+            for candidate in (port, port + 10_000):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
 def wait_until(
     predicate: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.05
 ) -> None:
@@ -57,6 +73,42 @@ def wait_until(
             return
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def _redis_binary() -> str:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed; run ./scripts/test, which installs it")
+    return binary
+
+
+def _launch_redis(workdir: Path, port: int, *args: str) -> subprocess.Popen[bytes]:
+    """Start one redis-server on ``127.0.0.1:port`` with its files in ``workdir``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [
+            _redis_binary(),
+            *args,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(workdir),
+            "--logfile",
+            str(workdir / f"redis-{port}.log"),
+        ],
+    )
+
+
+def _stop(process: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM) -> None:
+    if process is not None and process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
 
 
 class RedisServer:
@@ -69,52 +121,198 @@ class RedisServer:
         after ``kill -9``) keeps every acknowledged write."""
         self.password = password
         self.persistent = persistent
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError(
-                "redis-server is not installed; run ./scripts/test, which installs it"
-            )
-        self.binary = binary
         self.workdir = workdir
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.start()
 
     def start(self) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes" if self.persistent else "no",
-                "--appendfsync",
-                "always",
-                "--databases",
-                "256",
-                "--dir",
-                str(self.workdir),
-                "--logfile",
-                str(self.workdir / "redis.log"),
-            ],
+        self.process = _launch_redis(
+            self.workdir,
+            self.port,
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.persistent else "no",
+            "--appendfsync",
+            "always",
+            "--databases",
+            "256",
         )
         client = redis.Redis(port=self.port)
         wait_until(lambda: _pings(client), 10, f"redis-server on port {self.port}")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process is not None:
-            self.process.send_signal(sig)
-            self.process.wait(10)
-            self.process = None
+        _stop(self.process, sig)
+        self.process = None
 
     def url(self, db: int = 0) -> str:
         auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}127.0.0.1:{self.port}/{db}"
+
+
+class RedisCluster:
+    """A local Redis Cluster: ``masters`` masters with ``replicas`` replicas each.
+
+    Every node is a redis-server on a free loopback port with ``--cluster-enabled yes``;
+    ``redis-cli --cluster create`` assigns the slots. ``node_timeout_ms`` is how long the
+    others wait before failing a silent master over to its replica (short in tests).
+    """
+
+    def __init__(
+        self, workdir: Path, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 2000
+    ) -> None:
+        self.workdir = workdir
+        self.ports = [free_cluster_port() for _ in range(masters * (1 + replicas))]
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}
+        for port in self.ports:
+            self.processes[port] = _launch_redis(
+                workdir / str(port),
+                port,
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                f"nodes-{port}.conf",
+                "--cluster-node-timeout",
+                str(node_timeout_ms),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            )
+        for port in self.ports:
+            client = redis.Redis(port=port)
+            wait_until(lambda c=client: _pings(c), 10, f"cluster node on port {port}")  # type: ignore[misc]
+        created = subprocess.run(
+            [
+                shutil.which("redis-cli") or "redis-cli",
+                "--cluster",
+                "create",
+                *[f"127.0.0.1:{port}" for port in self.ports],
+                "--cluster-replicas",
+                str(replicas),
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if created.returncode != 0:
+            self.stop()
+            raise RuntimeError(
+                f"redis-cli --cluster create failed: {created.stdout}{created.stderr}"
+            )
+        wait_until(self._all_ok, 60, "the cluster to be ok and every replica synced")
+
+    def _all_ok(self) -> bool:
+        for port in self.live_ports():
+            try:
+                info = redis.Redis(port=port, decode_responses=True).cluster("info")
+            except redis.RedisError:
+                return False
+            if info.get("cluster_state") != "ok":
+                return False
+            # A replica that has not synced once cannot take over from its master.
+            replication = redis.Redis(port=port, decode_responses=True).info("replication")
+            if replication.get("role") == "slave" and replication.get("master_link_status") != "up":
+                return False
+        return True
+
+    def live_ports(self) -> list[int]:
+        return [port for port, process in self.processes.items() if process.poll() is None]
+
+    def url(self) -> str:
+        """A seed node's URL (any live node lets a cluster client find the others)."""
+        return f"redis://127.0.0.1:{self.live_ports()[0]}"
+
+    def master_of(self, key: str) -> int:
+        """The port of the master that owns ``key``'s slot now."""
+        client = redis.RedisCluster(host="127.0.0.1", port=self.live_ports()[0])
+        try:
+            node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
+            return int(node.port)
+        finally:
+            client.close()
+
+    def kill(self, port: int, sig: int = signal.SIGKILL) -> None:
+        """Stop one node (SIGKILL by default: a crash, as a failover test wants)."""
+        _stop(self.processes[port], sig)
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            _stop(process)
+
+
+class RedisSentinelGroup:
+    """A master, one replica and three sentinels watching it as ``master_name``."""
+
+    def __init__(
+        self, workdir: Path, master_name: str = "mymaster", down_after_ms: int = 1000
+    ) -> None:
+        self.workdir = workdir
+        self.master_name = master_name
+        self.master_port, self.replica_port = free_port(), free_port()
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        common = ("--save", "", "--appendonly", "no")
+        self.processes = {
+            self.master_port: _launch_redis(workdir / "master", self.master_port, *common),
+            self.replica_port: _launch_redis(
+                workdir / "replica",
+                self.replica_port,
+                *common,
+                "--replicaof",
+                "127.0.0.1",
+                str(self.master_port),
+            ),
+        }
+        for port in self.sentinel_ports:
+            folder = workdir / f"sentinel-{port}"
+            folder.mkdir(parents=True, exist_ok=True)
+            config = folder / "sentinel.conf"  # sentinels rewrite their config: one each
+            config.write_text(
+                f"sentinel monitor {master_name} 127.0.0.1 {self.master_port} 2\n"
+                f"sentinel down-after-milliseconds {master_name} {down_after_ms}\n"
+                f"sentinel failover-timeout {master_name} {max(3 * down_after_ms, 3000)}\n"
+                f"sentinel parallel-syncs {master_name} 1\n"
+            )
+            self.processes[port] = _launch_redis(folder, port, str(config), "--sentinel")
+        for port in self.processes:
+            client = redis.Redis(port=port)
+            wait_until(lambda c=client: _pings(c), 10, f"redis on port {port}")  # type: ignore[misc]
+        wait_until(self._ready, 60, "the replica to sync and the sentinels to know everyone")
+
+    def _ready(self) -> bool:
+        info = redis.Redis(port=self.replica_port).info("replication")
+        if info.get("master_link_status") != "up":
+            return False
+        for port in self.sentinel_ports:  # a failover needs the replica and a quorum known
+            sentinel = redis.Redis(port=port, decode_responses=True)
+            replicas = sentinel.execute_command("SENTINEL", "REPLICAS", self.master_name)  # type: ignore[no-untyped-call]
+            others = sentinel.execute_command("SENTINEL", "SENTINELS", self.master_name)  # type: ignore[no-untyped-call]
+            if not replicas or len(others) < len(self.sentinel_ports) - 1:
+                return False
+        return True
+
+    def sentinel_url(self) -> str:
+        """kombu's convention: every sentinel, ``;``-separated (``master_name`` goes apart)."""
+        return ";".join(f"sentinel://127.0.0.1:{port}" for port in self.sentinel_ports)
+
+    def master_port_now(self) -> int:
+        """The port of the master the sentinels name now."""
+        sentinel = redis.Redis(port=self.sentinel_ports[0], decode_responses=True)
+        _host, port = sentinel.execute_command(  # type: ignore[no-untyped-call]
+            "SENTINEL", "get-master-addr-by-name", self.master_name
+        )
+        return int(port)
+
+    def failover(self) -> None:
+        """Ask a sentinel for a failover (``SENTINEL FAILOVER``), as an operator would."""
+        sentinel = redis.Redis(port=self.sentinel_ports[0])
+        sentinel.execute_command("SENTINEL", "FAILOVER", self.master_name)  # type: ignore[no-untyped-call]
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            _stop(process)
 
 
 def _pings(client: redis.Redis) -> bool:
