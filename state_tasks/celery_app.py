@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import types
 from typing import Any
 
 from celery import Celery
+from celery.utils.imports import import_from_cwd
 
 import state_tasks.embedded_broker  # noqa: F401  (registers the statefs:// scheme)
 from state_tasks.core.errors import ConfigError
@@ -22,12 +22,17 @@ OVERRIDES_VARIABLE = "CELERY_CONFIG_MODULE"
 
 
 def user_overrides() -> dict[str, Any]:
-    """The public settings of the module named by ``$CELERY_CONFIG_MODULE`` (none if unset)."""
+    """The public settings of the module named by ``$CELERY_CONFIG_MODULE`` (none if unset).
+
+    The module is looked up in the current folder first, as Celery looks up its own
+    ``celeryconfig``: the app is built lazily, after the ``celery`` command has taken the
+    current folder off ``sys.path`` again.
+    """
     name = os.environ.get(OVERRIDES_VARIABLE)
     if not name:
         return {}
     try:
-        module = importlib.import_module(name)
+        module = import_from_cwd(name)
     except ImportError as e:
         raise ConfigError(
             f"{OVERRIDES_VARIABLE}={name!r}: cannot import the module of Celery overrides: {e}; "

@@ -15,7 +15,7 @@ from typing import Any, Final
 from celery import Task
 
 from state_tasks.celery_app import app
-from state_tasks.core.errors import AdapterUnavailable
+from state_tasks.core.errors import AdapterUnavailable, StateError
 from state_tasks.runtime import get_runtime
 
 
@@ -50,6 +50,9 @@ class StateTask(Task):  # type: ignore[misc]
 
     autoretry_for = (AdapterUnavailable,)
     max_retries = MAX_RETRIES
+    #: Expected failures (bad input, storage errors) are the caller's answer: the worker
+    #: logs them on one line at INFO, not as an unexpected error with a traceback.
+    throws = (StateError,)
 
     def retry(
         self, *args: Any, countdown: float | None = None, eta: Any = None, **kwargs: Any

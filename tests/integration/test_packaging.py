@@ -13,7 +13,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 from helpers import HANDLERS, OUR_VARIABLES, Client, Deployment, RedisServer, Worker, wait_until
 
@@ -112,12 +111,6 @@ def test_a_celery_config_module_that_cannot_be_imported_stops_the_worker(
     assert " ready." not in log
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the `celery` command resolves state_tasks.app (lazy, PEP 562) after Celery took "
-    "the current folder off sys.path again, so a CELERY_CONFIG_MODULE in ./ is not found; "
-    "`python -m celery` works. Remove this mark once the README's command works.",
-)
 def test_the_readme_command_finds_overrides_in_the_current_folder(tmp_path: Path) -> None:
     # README: CELERY_CONFIG_MODULE=celeryconfig celery -A state_tasks worker   # ./celeryconfig.py
     (tmp_path / "my_folder_overrides.py").write_text("result_expires = 4321\n")
