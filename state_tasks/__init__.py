@@ -33,6 +33,7 @@ from state_tasks.core.errors import (
     ValueTooLarge,
 )
 from state_tasks.core.models import (
+    AppendOp,
     DecrementOp,
     IncrementOp,
     MergeOp,
@@ -77,6 +78,7 @@ __all__ = [
     "III",
     "AdapterError",
     "AdapterUnavailable",
+    "AppendOp",
     "CallTimeout",
     "ConfigError",
     "DecrementOp",

@@ -4,7 +4,8 @@ Every failure a caller can see is a :class:`StateError` with a machine-readable
 ``code`` and a message a person can act on. The classes survive Celery's JSON
 result backend: the worker stores ``exc_module``/``exc_type``/``exc_message``
 and the caller's ``AsyncResult.get()`` rebuilds the same class with the same
-message and code, because ``args`` is exactly ``(message, code)``.
+message, code and details, because ``args`` is exactly ``(message, code, details)``
+(``details`` is ``None`` or a JSON object, so the JSON backend stores it as it is).
 """
 
 from __future__ import annotations
@@ -18,23 +19,30 @@ class StateError(Exception):
     ``code`` is one of ``VALIDATION_ERROR``, ``UPDATE_OP_ERROR``,
     ``VALUE_TOO_LARGE``, ``ADAPTER_ERROR`` (the state functions) or
     ``CONFIG_ERROR`` (start-up).
+
+    ``details`` is ``None`` or a JSON-safe dict of machine-readable facts; an
+    :class:`UpdateOpError` raised by an update op carries
+    ``{"op_index": i, "reason": "increment.not_number"}``.
     """
 
     default_code = "STATE_ERROR"
 
-    def __init__(self, message: str, code: str | None = None) -> None:
+    def __init__(
+        self, message: str, code: str | None = None, details: dict[str, Any] | None = None
+    ) -> None:
         code = code or self.default_code
         if not message:
             message = f"{code} (no detail given)"
-        super().__init__(message, code)
+        super().__init__(message, code, details)
         self.message = message
         self.code = code
+        self.details = details
 
     def __str__(self) -> str:
         return f"[{self.code}] {self.message}"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.message, self.code))
+        return (type(self), (self.message, self.code, self.details))
 
 
 class ValidationError(StateError):
@@ -44,7 +52,12 @@ class ValidationError(StateError):
 
 
 class UpdateOpError(StateError):
-    """An update op that cannot be applied; nothing was written."""
+    """An update op that cannot be applied; nothing was written.
+
+    Raised by the ops, ``details`` is ``{"op_index": i, "reason": r}``: the index of the
+    failing op in ``ops`` (``None`` when ``ops`` itself is not an array) and a stable reason
+    name such as ``increment.not_number`` (the engine's names, see the README).
+    """
 
     default_code = "UPDATE_OP_ERROR"
 

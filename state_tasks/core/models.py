@@ -7,7 +7,7 @@ that names the field and the offending value.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import pydantic
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -80,59 +80,101 @@ class ListGroupsPayload(_Payload):
     pass
 
 
+#: Where a typed op acts: a field name (``""``: the whole value) or an array of
+#: literal segments (``["profile", "city"]``; ``[]``: the whole value).
+OpPath = str | list[str]
+
+
 class _Op(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     def to_json(self) -> dict[str, Any]:
-        """The op in its seed form, ready for ``state::update``'s ``ops``."""
+        """The op in its seed form (its engine form when given a ``path``), ready for
+        ``state::update``'s ``ops``."""
         raise NotImplementedError
 
 
 class SetOp(_Op):
-    """``{"set": value}``: replace the whole value."""
+    """``{"set": value}``: replace the whole value; with ``path``, set the value there."""
 
     value: Any
+    path: OpPath | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"set": self.value}
+        if self.path is None:
+            return {"set": self.value}
+        return {"type": "set", "path": self.path, "value": self.value}
 
 
 class MergeOp(_Op):
-    """``{"merge": {...}}``: shallow-merge an object into the current object."""
+    """``{"merge": {...}}``: shallow-merge an object into the current object (with
+    ``path``, into the object there)."""
 
     value: dict[str, Any]
+    path: OpPath | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"merge": self.value}
+        if self.path is None:
+            return {"merge": self.value}
+        return {"type": "merge", "path": self.path, "value": self.value}
 
 
-class IncrementOp(_Op):
+class _FieldOp(_Op):
+    """An op on one field (``field``, the seed form) or at a ``path`` (the engine form)."""
+
+    field: Annotated[str, Field(min_length=1)] | None = None
+    path: OpPath | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> _FieldOp:
+        if (self.field is None) == (self.path is None):
+            raise ValueError(
+                "give exactly one of 'field' (one top-level field) and 'path' (a field name, or "
+                "an array of field names for a nested field)"
+            )
+        return self
+
+
+class IncrementOp(_FieldOp):
     """``{"increment": {"field": f, "by": n}}``: add ``by`` to a numeric field."""
 
-    field: Annotated[str, Field(min_length=1)]
+    kind: ClassVar[str] = "increment"
     by: int | float = 1
 
     def to_json(self) -> dict[str, Any]:
-        return {"increment": {"field": self.field, "by": self.by}}
+        if self.path is None:
+            return {self.kind: {"field": self.field, "by": self.by}}
+        return {"type": self.kind, "path": self.path, "by": self.by}
 
 
 class DecrementOp(IncrementOp):
     """``{"decrement": {"field": f, "by": n}}``: subtract ``by`` from a numeric field."""
 
+    kind: ClassVar[str] = "decrement"
+
+
+class AppendOp(_FieldOp):
+    """``{"append": {"field": f, "value": v}}``: push ``value`` onto an array, or add a
+    string to a string."""
+
+    value: Any
+
     def to_json(self) -> dict[str, Any]:
-        return {"decrement": {"field": self.field, "by": self.by}}
+        if self.path is None:
+            return {"append": {"field": self.field, "value": self.value}}
+        return {"type": "append", "path": self.path, "value": self.value}
 
 
-class RemoveOp(_Op):
+class RemoveOp(_FieldOp):
     """``{"remove": f}``: remove a field (a missing field is a no-op)."""
 
-    field: Annotated[str, Field(min_length=1)]
-
     def to_json(self) -> dict[str, Any]:
-        return {"remove": self.field}
+        if self.path is None:
+            return {"remove": self.field}
+        return {"type": "remove", "path": self.path}
 
 
-UpdateOp = SetOp | MergeOp | IncrementOp | DecrementOp | RemoveOp
+UpdateOp = SetOp | MergeOp | IncrementOp | DecrementOp | AppendOp | RemoveOp
 
 
 def ops_json(*ops: UpdateOp | dict[str, Any]) -> list[dict[str, Any]]:
