@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from state_tasks.core.errors import UpdateOpError
@@ -106,6 +106,9 @@ class Op:
     path: Path = ()
     value: Any = None
     by: int | float = 1
+    #: Engine-form ops are held to the engine's bounds (path depth and segments, merge
+    #: values); seed-form ops keep accepting what they always accepted.
+    engine_bounds: bool = field(default=False, compare=False)
 
     def to_engine_form(self) -> dict[str, Any]:
         """The op as the engine spells it, e.g. to forward it to another deployment.
@@ -170,7 +173,7 @@ def _seed_field(index: int, raw: Any, name: str, value: Any, what: str) -> Path:
         raise _fail(
             index, raw, reason, f"{what} must be a non-empty string, got {_describe(value)}"
         )
-    return _check_path(index, raw, name, (value,))
+    return (value,)
 
 
 def _engine_path(index: int, raw: Any, name: str, path: Any) -> Path:
@@ -320,10 +323,11 @@ def _parse_engine(index: int, raw: dict[str, Any]) -> Op:
     _check_keys(index, raw, raw, _ENGINE_KEYS[name], _REQUIRED_ENGINE_KEYS[name])
     path = _engine_path(index, raw, name, raw.get("path", ""))
     if name in ("set", "merge", "append"):
-        return Op(name, path=path, value=raw["value"])
+        return Op(name, path=path, value=raw["value"], engine_bounds=True)
     if name == "remove":
-        return Op("remove", path=path)
-    return Op(name, path=path, by=_amount(index, raw, name, raw.get("by", 1)))
+        return Op("remove", path=path, engine_bounds=True)
+    by = _amount(index, raw, name, raw.get("by", 1))
+    return Op(name, path=path, by=by, engine_bounds=True)
 
 
 def parse_ops(raw_ops: Any) -> list[Op]:
@@ -403,6 +407,8 @@ def _check_merge_value(index: int, op: Op) -> dict[str, Any]:
         raise _fail(
             index, op, "merge.value.not_an_object", f"merge takes an object, got {_describe(value)}"
         )
+    if not op.engine_bounds:
+        return value
     if len(value) > MAX_VALUE_KEYS:
         raise _fail(
             index,

@@ -467,9 +467,19 @@ REASON_CASES: list[tuple[Any, Any, int | None, str]] = [
     ({}, [{"remove": ""}], 0, "remove.path.empty_segment"),
     ({}, [{"increment": {"field": ""}}], 0, "increment.path.empty_segment"),
     ({}, [{"merge": [1]}], 0, "merge.value.not_an_object"),
-    ({}, [{"merge": {str(i): i for i in range(1025)}}], 0, "merge.value.too_many_keys"),
-    ({}, [{"merge": {"constructor": 1}}], 0, "merge.value.proto_polluted"),
-    ({}, [{"merge": {"a": json.loads("[" * 16 + "]" * 16)}}], 0, "merge.value.too_deep"),
+    (
+        {},
+        [{"type": "merge", "value": {str(i): i for i in range(1025)}}],
+        0,
+        "merge.value.too_many_keys",
+    ),
+    ({}, [{"type": "merge", "value": {"constructor": 1}}], 0, "merge.value.proto_polluted"),
+    (
+        {},
+        [{"type": "merge", "value": {"a": json.loads("[" * 16 + "]" * 16)}}],
+        0,
+        "merge.value.too_deep",
+    ),
     ([1], [{"merge": {"a": 1}}], 0, "merge.target_not_object"),
     (5, [{"type": "set", "path": "a", "value": 1}], 0, "set.target_not_object"),
     ("s", [{"increment": {"field": "a"}}], 0, "increment.target_not_object"),
@@ -578,14 +588,27 @@ def test_path_bounds_are_the_engines() -> None:
     value = run({}, [deepest, longest])
     assert value["é" * 128] == 1
     # 16 levels of nesting is the most a merge value may have
-    assert run({}, [{"merge": {"a": json.loads("[" * 15 + "]" * 15)}}])
-    assert run({}, [{"merge": {str(i): i for i in range(1024)}}])
-    # the sinks are refused as field names in the seed forms too, but a set value may hold them
-    assert reason_of({}, [{"increment": {"field": "__proto__"}}]) == (
+    assert run({}, [{"type": "merge", "value": {"a": json.loads("[" * 15 + "]" * 15)}}])
+    assert run({}, [{"type": "merge", "value": {str(i): i for i in range(1024)}}])
+    # the sinks are refused as engine-form field names, but a set value may hold them
+    assert reason_of({}, [{"type": "increment", "path": "__proto__"}]) == (
         0,
         "increment.path.proto_polluted",
     )
     assert run({}, [{"set": {"__proto__": 1}}]) == {"__proto__": 1}
+
+
+def test_the_seed_forms_keep_accepting_what_they_always_did() -> None:
+    # The engine's bounds came with its engine form; calls in the seed form are unchanged.
+    assert run({}, [{"increment": {"field": "constructor"}}]) == {"constructor": 1}
+    assert run({}, [{"merge": {"prototype": 1, "__proto__": 2}}]) == {
+        "prototype": 1,
+        "__proto__": 2,
+    }
+    assert run({}, [{"merge": {str(i): i for i in range(2000)}}])["1999"] == 1999
+    deep = json.loads("[" * 40 + "]" * 40)
+    assert run({}, [{"merge": {"a": deep}}]) == {"a": deep}
+    assert run({}, [{"remove": "x" * 300}]) == {}
 
 
 def test_the_message_names_the_op_and_why() -> None:
