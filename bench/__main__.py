@@ -28,6 +28,7 @@ from adapters.file_store import FileKvStore
 from adapters.kv_store import KvStore
 from adapters.redis_adapter import RedisAdapter
 from bench.harness import BenchDeployment, adapter_yaml, median, timed_ops_per_s
+from bench.soak import soak
 from state_tasks.contrib.servers import RedisServer
 from state_tasks.core.ops import parse_ops
 from state_tasks.core.service import StateService
@@ -46,6 +47,7 @@ class Sizes:
     adapter_ops: int  # in-process operations per round
     groups_keys: int  # keys per scope in the big list_groups store
     memory_keys: int
+    soak_ops: int  # mutations of 10 KB values in the soak, per deployment
 
 
 QUICK = Sizes(
@@ -55,6 +57,7 @@ QUICK = Sizes(
     adapter_ops=3000,
     groups_keys=10_000,
     memory_keys=1_000_000,
+    soak_ops=2_000,
 )
 FULL = Sizes(
     rounds=5,
@@ -63,6 +66,7 @@ FULL = Sizes(
     adapter_ops=20_000,
     groups_keys=10_000,
     memory_keys=1_000_000,
+    soak_ops=10_000,
 )
 
 
@@ -497,6 +501,9 @@ FIGURES: dict[str, Callable[[Bench], Figure | list[Figure]]] = {
     "trigger_match_10k": Bench.trigger_match_10k,
     "trigger_latency_vs_noop": Bench.trigger_latency_vs_noop,
     "bridge_get_vs_direct": Bench.bridge_get_vs_direct,
+    # redis_op_record_bytes, kv_op_record_bytes, results_bytes_per_op,
+    # embedded_files_after_10k, soak_rss_growth_mb (bench/soak.py)
+    "soak": lambda b: [Figure(*row) for row in soak(b)],
 }
 
 
@@ -515,7 +522,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller rounds (under 3 minutes)")
     parser.add_argument("--only", help="comma-separated figure names (see bench/README.md)")
     args = parser.parse_args(argv)
-    for variable in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "REDIS_URL", "STATE_CONFIG"):
+    for variable in (
+        "CELERY_BROKER_URL",
+        "CELERY_RESULT_BACKEND",
+        "REDIS_URL",
+        "STATE_CONFIG",
+        "CELERY_RESULT_EXPIRES",
+        "STATE_TASKS_CLEANUP_INTERVAL",
+    ):
         os.environ.pop(variable, None)
     selected = list(FIGURES)
     if args.only:

@@ -8,7 +8,7 @@ from typing import Any
 
 import redis
 
-from state_tasks import app
+from state_tasks import app, iii
 
 _record_url = os.environ.get("BENCH_RECORD_URL")
 _record = redis.Redis.from_url(_record_url) if _record_url else None
@@ -26,3 +26,25 @@ def handler(event: dict[str, Any]) -> dict[str, Any]:
     if _record is not None:
         _record.rpush("bench:started", f"{event['key']} {time.time()!r}")
     return {}
+
+
+#: Where the soak's handlers count the changes they handled (see bench/soak.py).
+SOAK_COUNT = {"scope": "soak-count", "key": "handled"}
+
+
+@app.task(name="bench::soakHandler")
+def soak_handler(event: dict[str, Any]) -> dict[str, Any]:
+    """The soak's handler: counts itself in state, in-process (no broker round trip)."""
+    iii.trigger(
+        {
+            "function_id": "state::update",
+            "payload": {**SOAK_COUNT, "ops": [{"increment": {"field": "n", "by": 1}}]},
+        }
+    )
+    return {"handled": event["event_id"]}
+
+
+@app.task(name="bench::soakCondition")
+def soak_condition(event: dict[str, Any]) -> bool:
+    """The soak's condition: true for every other change it sees."""
+    return bool((event["new_value"]["i"] // 100) % 2 == 0)

@@ -16,6 +16,7 @@ the broker, so a worker can never deadlock on itself, even with one thread.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -117,7 +118,8 @@ class III:
         """Call a function: ``{"function_id", "payload", "action"?, "timeout_ms"?}``.
 
         With ``action: {"type": "void"}`` the call is sent and ``None`` returned
-        at once; otherwise this waits for and returns the result.
+        at once, and its result is never stored; otherwise this waits for the result,
+        removes it from the result backend, and returns it (or raises its error).
         """
         function_id, payload, void, timeout_ms = self._parse_request(request)
         if function_id in STATE_FUNCTIONS:
@@ -125,11 +127,11 @@ class III:
                 result = get_runtime(self.app).service.call(function_id, payload)
                 return None if void else result
             if void:
-                self.app.send_task(function_id, kwargs=payload)
+                self.app.send_task(function_id, kwargs=payload, ignore_result=True)
                 return None
             return self._send_and_wait(function_id, kwargs=payload, timeout_ms=timeout_ms)
         if void:
-            self.app.send_task(function_id, args=(payload,))
+            self.app.send_task(function_id, args=(payload,), ignore_result=True)
             return None
         local = self.app.tasks.get(function_id) if self._in_worker() else None
         if local is not None:
@@ -182,14 +184,18 @@ class III:
         timeout_ms = timeout_ms or self.timeout_ms
         result = self.app.send_task(task_name, args=args, kwargs=dict(kwargs or {}))
         try:
-            value = result.get(timeout=timeout_ms / 1000, interval=RESULT_POLL_INTERVAL_S)
+            return result.get(timeout=timeout_ms / 1000, interval=RESULT_POLL_INTERVAL_S)
         except CeleryTimeoutError as e:
             raise CallTimeout(
                 f"{task_name} did not answer within {timeout_ms} ms; is a worker running "
                 "(celery -A state_tasks worker) on the same broker?"
             ) from e
-        result.forget()  # the file backend keeps a file per result until forgotten
-        return value
+        finally:
+            # Read once, never again: the result (a value or an error) leaves the backend now
+            # instead of at its expiry. (After a timeout there may be nothing to remove yet;
+            # a late result then expires with result_expires.)
+            with contextlib.suppress(Exception):
+                result.forget()
 
 
 #: The facade on this package's app: ``from state_tasks import iii``.

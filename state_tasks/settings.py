@@ -16,6 +16,9 @@ variable                   default
 ``STATE_CONFIG``           ``./state.yaml`` if it exists, else built-in defaults
 ``CELERY_WORKER_POOL``     ``threads`` for the KvStore (its data lives in one
                            process), else ``prefork``
+``CELERY_RESULT_EXPIRES``  seconds a state task's result is kept: ``3600``
+``STATE_TASKS_CLEANUP_``   seconds between two sweeps of the embedded default's
+``INTERVAL``               data folder by the worker: ``60``
 =========================  =====================================================
 """
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import os
 
+from state_tasks.core.errors import ConfigError
 from state_tasks.core.urls import is_embedded_broker
 
 _redis_url = os.environ.get("REDIS_URL") or None
@@ -40,17 +44,10 @@ result_backend = (
 if is_embedded_broker(broker_url):
     # kombu's filesystem transport, kept in order (state_tasks.embedded_broker).
     # One folder holds the queue files, written and read by every process in the
-    # same working directory; polling every 20 ms keeps a round trip well under
-    # a second while costing an idle worker almost nothing.
-    import state_tasks.embedded_broker  # noqa: F401  (registers the statefs:// scheme)
+    # same working directory; it is polled every 20 ms.
+    from state_tasks.embedded_broker import transport_options
 
-    broker_transport_options = {
-        "data_folder_in": os.path.join(DATA_DIR, "broker", "queue"),
-        "data_folder_out": os.path.join(DATA_DIR, "broker", "queue"),
-        "control_folder": os.path.join(DATA_DIR, "broker", "control"),
-        "polling_interval": 0.02,
-        "store_processed": False,
-    }
+    broker_transport_options = transport_options(DATA_DIR)
 
 # JSON only, in both directions: a pickle message is refused, never executed.
 task_serializer = "json"
@@ -79,7 +76,37 @@ if broker_url.startswith(("redis://", "rediss://")):
         "visibility_timeout": int(os.environ.get("CELERY_VISIBILITY_TIMEOUT") or 3600)
     }
 
-result_expires = 24 * 3600
+#: How long a state task's result is kept, by default: one hour. A caller that waits for its
+#: result reads it within its timeout (30 s by default), and ``iii.trigger`` removes it once
+#: read; what is left is the result nobody read (a ``.delay()`` whose caller never calls
+#: ``.get()``), and it holds the old *and* the new value, up to 2 MiB. Kept a day, as
+#: Celery's default does, that is a day of such calls in the result backend; an hour
+#: still lets a caller come back for an ``AsyncResult`` after a hiccup. Handlers,
+#: conditions, gates and ``void`` calls store no result at all.
+DEFAULT_RESULT_EXPIRES_S = 3600
+#: How often a worker removes expired result files and broker leftovers from the data
+#: folder of the embedded default (``state_tasks.worker``), by default.
+DEFAULT_CLEANUP_INTERVAL_S = 60
+
+
+def _positive_seconds(variable: str, default: int) -> int:
+    raw = os.environ.get(variable)
+    if not raw:
+        return default
+    try:
+        seconds = int(raw)
+    except ValueError:
+        seconds = 0
+    if seconds <= 0:
+        raise ConfigError(f"{variable}={raw!r}: expected a positive whole number of seconds")
+    return seconds
+
+
+result_expires = _positive_seconds("CELERY_RESULT_EXPIRES", DEFAULT_RESULT_EXPIRES_S)
+#: Read by the worker's cleanup thread (not a Celery setting).
+state_tasks_cleanup_interval = _positive_seconds(
+    "STATE_TASKS_CLEANUP_INTERVAL", DEFAULT_CLEANUP_INTERVAL_S
+)
 
 # print() in a handler goes to the worker's own output as whole lines, instead of
 # being logged as a WARNING one fragment at a time.

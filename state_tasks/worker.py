@@ -5,6 +5,11 @@ the worker loads ``state.yaml`` and opens the adapter before it consumes anythin
 bad configuration stops it with one clear message; a store that lives in one process
 (the KvStore, the Bridge's local triggers) refuses a second worker on the same broker; a
 prefork child opens its own connections; a warm shutdown flushes the adapter.
+
+A worker on the embedded default also cleans its data folder as it runs (no celery beat
+needed): a daemon thread, every ``state_tasks_cleanup_interval`` seconds
+(``STATE_TASKS_CLEANUP_INTERVAL``), removes result files older than ``result_expires``
+and the broker's leftovers (:func:`state_tasks.embedded_broker.remove_leftovers`).
 """
 
 from __future__ import annotations
@@ -12,9 +17,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
+import time
 from typing import Any
 
-from celery import signals
+from celery import Celery, signals
+from celery.backends.filesystem import FilesystemBackend
 from celery.worker import state as worker_state
 from celery.worker.control import inspect_command
 
@@ -22,6 +30,7 @@ from state_tasks.celery_app import app
 from state_tasks.core.errors import ConfigError, StateError
 from state_tasks.core.ownership import OwnedElsewhere, take_ownership
 from state_tasks.core.urls import is_embedded_broker
+from state_tasks.embedded_broker import remove_leftovers
 from state_tasks.runtime import (
     close_runtime,
     current_runtime,
@@ -149,4 +158,128 @@ def _start_child(**_: Any) -> None:
 @signals.worker_shutdown.connect
 def _stop_worker(sender: Any = None, **_: Any) -> None:
     """Flush the adapter on a clean (warm) shutdown."""
+    global _cleaner
+    if _cleaner is not None:
+        _cleaner.stop()
+        _cleaner = None
     close_runtime()
+
+
+# -- the data folder of the embedded default cleans itself ---------------------------------
+
+#: Broker leftovers are removed when older than result_expires, but never younger than
+#: this: a message being written or read lives for microseconds, never for seconds.
+MIN_BROKER_LEFTOVER_AGE_S = 10.0
+
+
+def remove_expired_result_files(backend: FilesystemBackend, expires_s: float) -> int:
+    """Remove the result files older than ``expires_s``; return how many.
+
+    Like Celery's ``FilesystemBackend.cleanup``, but a file that a client removes meanwhile
+    (``iii.trigger`` forgets every result it reads) does not end the sweep.
+    """
+    folder = os.fsdecode(backend.path)
+    prefixes = tuple(
+        os.fsdecode(prefix)
+        for prefix in (backend.task_keyprefix, backend.group_keyprefix, backend.chord_keyprefix)
+    )
+    cutoff = time.time() - expires_s
+    removed = 0
+    for name in os.listdir(folder):
+        if not name.startswith(prefixes):
+            continue
+        path = os.path.join(folder, name)
+        try:
+            if os.stat(path).st_mtime < cutoff:
+                os.remove(path)
+                removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+class DataFolderCleaner:
+    """A daemon thread that keeps the embedded default's data folder bounded.
+
+    Every ``interval_s`` it removes the result files older than ``result_expires`` (file
+    result backend) and the broker's leftovers (embedded broker). Each sweep is one
+    listing of each folder; what it removed is logged at debug, a failure at warning, and
+    nothing it meets stops the thread or the worker.
+    """
+
+    def __init__(self, app: Celery, interval_s: float) -> None:
+        self.app = app
+        self.interval_s = interval_s
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="state_tasks-cleaner", daemon=True)
+
+    @staticmethod
+    def wanted(app: Celery) -> bool:
+        """Whether ``app`` keeps files that need removing: file results, the embedded broker."""
+        backend = str(app.conf.result_backend or "")
+        return backend.startswith("file://") or is_embedded_broker(app.conf.broker_url)
+
+    def start(self) -> DataFolderCleaner:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=5)
+
+    def expires_s(self) -> float | None:
+        expires = self.app.conf.result_expires
+        if expires is None:
+            return None
+        seconds = expires.total_seconds() if hasattr(expires, "total_seconds") else expires
+        return float(seconds) if seconds and seconds > 0 else None
+
+    def sweep(self) -> tuple[int, int]:
+        """One pass: (result files removed, broker files removed)."""
+        expires_s = self.expires_s()
+        results = 0
+        backend = self.app.backend
+        if isinstance(backend, FilesystemBackend) and expires_s is not None:
+            results = remove_expired_result_files(backend, expires_s)
+        broker = 0
+        if is_embedded_broker(self.app.conf.broker_url):
+            age = max(expires_s or 0.0, MIN_BROKER_LEFTOVER_AGE_S)
+            broker = remove_leftovers(dict(self.app.conf.broker_transport_options or {}), age)
+        return results, broker
+
+    def _run(self) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                results, broker = self.sweep()
+            except Exception as e:  # never let a sweep end the thread, or the worker
+                logger.warning("state_tasks: cleaning the data folder failed: %r", e)
+            else:
+                logger.debug(
+                    "state_tasks: removed %d expired result files and %d broker leftovers "
+                    "in %.1f ms",
+                    results,
+                    broker,
+                    (time.monotonic() - started) * 1000,
+                )
+            if self._stopped.wait(self.interval_s):
+                return
+
+
+_cleaner: DataFolderCleaner | None = None
+
+
+def _ours(sender: Any) -> bool:
+    """Whether a worker signal comes from a worker of this package's app."""
+    return getattr(sender, "app", None) is app
+
+
+@signals.worker_ready.connect
+def _start_cleaner(sender: Any = None, **_: Any) -> None:
+    """Start the data folder's cleaner in the worker's main process."""
+    global _cleaner
+    if not _ours(sender) or _cleaner is not None:
+        return
+    if DataFolderCleaner.wanted(app):
+        interval = float(app.conf.get("state_tasks_cleanup_interval") or 60)
+        _cleaner = DataFolderCleaner(app, interval).start()

@@ -5,6 +5,12 @@ finds the triggers with the registry's match index (four dictionary look-ups) an
 for each, the handler task, or the condition task chained into :data:`GATE_TASK`, which
 sends the handler unless the condition returned JSON ``false``. It only sends messages:
 the caller of a state function never waits for a handler.
+
+Nobody reads what a handler, a condition or the gate returns (the condition's value
+reaches the gate inside the chain's message, not through the result backend), so all of
+them are sent with ``ignore_result``: they leave nothing in the result backend, failures
+included (they show in the worker's log and in Flower, which see task events). They are
+not added to the state task's result either (``add_to_parent=False``).
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ if TYPE_CHECKING:
 
 #: The task that gates a handler on its condition's result.
 GATE_TASK = "triggers::gate"
+#: How trigger work is sent: its results are never stored (nobody reads them).
+TRIGGER_WORK_OPTIONS: dict[str, Any] = {"ignore_result": True}
 
 
 class Dispatcher:
@@ -35,10 +43,16 @@ class Dispatcher:
     def enqueue(self, trigger: Trigger, event: dict[str, Any]) -> None:
         """Send one trigger's work for one event: the handler, or its condition first."""
         if trigger.condition_function_id is None:
-            self.app.send_task(trigger.function_id, args=(event,))
+            self.app.send_task(
+                trigger.function_id, args=(event,), add_to_parent=False, **TRIGGER_WORK_OPTIONS
+            )
             return
-        condition = self.app.signature(trigger.condition_function_id, args=(event,))
-        gate = self.app.signature(
-            GATE_TASK, kwargs={"event": event, "function_id": trigger.function_id}
+        condition = self.app.signature(
+            trigger.condition_function_id, args=(event,), **TRIGGER_WORK_OPTIONS
         )
-        (condition | gate).apply_async()
+        gate = self.app.signature(
+            GATE_TASK,
+            kwargs={"event": event, "function_id": trigger.function_id},
+            **TRIGGER_WORK_OPTIONS,
+        )
+        (condition | gate).apply_async(add_to_parent=False)

@@ -14,19 +14,25 @@ from state_tasks.celery_app import app
 from state_tasks.core.errors import ValidationError
 from state_tasks.runtime import get_runtime
 from state_tasks.tasks import StateTask
-from triggers.dispatch import GATE_TASK
+from triggers.dispatch import GATE_TASK, TRIGGER_WORK_OPTIONS
 
 
-@app.task(base=StateTask, name=GATE_TASK, autoretry_for=(OperationalError, ConnectionError))
+@app.task(
+    base=StateTask,
+    name=GATE_TASK,
+    autoretry_for=(OperationalError, ConnectionError),
+    ignore_result=True,
+)
 def gate(condition_result: Any, event: dict[str, Any], function_id: str) -> dict[str, Any]:
     """Run after a condition: send the handler unless the condition returned JSON ``false``.
 
     A broker that cannot take the handler's message (a blip) is retried with backoff like
-    the state tasks' storage errors, so the handler is not lost.
+    the state tasks' storage errors, so the handler is not lost. Its return value shows in
+    the worker's log and in Flower; it is not stored (nor is the handler's).
     """
     if condition_result is False:
         return {"fired": False, "function_id": function_id, "event_id": event.get("event_id")}
-    app.send_task(function_id, args=(event,))
+    app.send_task(function_id, args=(event,), add_to_parent=False, **TRIGGER_WORK_OPTIONS)
     return {"fired": True, "function_id": function_id, "event_id": event.get("event_id")}
 
 
