@@ -4,7 +4,23 @@ Values cross this boundary as JSON text (``str``), already validated and
 size-checked by the core; ``None`` means "no such key" (the JSON value null is
 the text ``"null"``). Every method may raise
 :class:`~state_tasks.core.errors.AdapterError` when the storage fails; no other
-exception may escape an adapter.
+exception may escape an adapter, apart from :class:`OperationSettled`, the answer
+to a repeat of an operation whose record was settled.
+
+Applied operations. Each ``set``/``delete``/``update`` with an ``op_id`` (the Celery
+task id, which a redelivered or retried task keeps) is recorded atomically with its
+change, in two phases:
+
+1. *Whole*: the record holds the result (the old and the new JSON text). A repeat
+   returns that result and changes nothing; the service then sends the change's
+   trigger work again, with the same ``event_id``.
+2. *Settled*: once the service has sent the trigger work it calls :meth:`StateAdapter.settle`,
+   and the record shrinks to a marker of a fixed size (no values). A repeat changes
+   nothing and raises :class:`OperationSettled`: the service sends nothing (the work
+   was sent) and answers with what it knows without the values.
+
+A record is kept for ``op_window_s`` seconds (see
+:func:`state_tasks.core.config.default_op_window_s`) and then forgotten.
 """
 
 from __future__ import annotations
@@ -18,9 +34,29 @@ if TYPE_CHECKING:
     from state_tasks.core.ops import Op
 
 DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
-#: How long an applied operation id is remembered: longer than a broker takes to redeliver
-#: the task of a lost worker (Celery's Redis visibility timeout defaults to one hour).
-DEFAULT_OP_TTL_S = 2 * 3600
+
+
+class OperationSettled(Exception):
+    """A repeat of an operation that was applied and whose trigger work was sent.
+
+    Raised by ``set``/``delete``/``update`` when ``op_id`` names a settled record: nothing
+    was changed, and the record no longer holds the operation's result.
+    """
+
+    def __init__(self, op_id: str) -> None:
+        super().__init__(f"operation {op_id!r} was applied before and its record is settled")
+        self.op_id = op_id
+
+
+def default_op_window_s() -> float:
+    """How long an applied operation is remembered when ``op_window_s`` is not given.
+
+    Follows the broker's redelivery window (``CELERY_VISIBILITY_TIMEOUT``); see
+    :func:`state_tasks.core.config.default_op_window_s`.
+    """
+    from state_tasks.core.config import default_op_window_s as from_environment
+
+    return from_environment()
 
 
 class StateAdapter(ABC):
@@ -60,14 +96,20 @@ class StateAdapter(ABC):
         """Store ``value_json``; return the JSON text it replaced, or ``None`` if new.
 
         ``op_id`` (here and in ``delete`` and ``update``) names the operation: Celery's task
-        id, which a redelivered task keeps. An adapter records it atomically with the change
-        for :data:`DEFAULT_OP_TTL_S` at least, and a second call with the same id changes
-        nothing and returns what the first returned. ``None``: no record, no deduplication.
+        id, which a redelivered task keeps. An adapter records it atomically with the change,
+        whole, for ``op_window_s`` seconds at least (see the module docs); a second call with
+        the same id changes nothing and returns what the first returned while the record is
+        whole, or raises :class:`OperationSettled` once it is settled. ``None``: no record,
+        no deduplication.
         """
 
     @abstractmethod
     def delete(self, scope: str, key: str, op_id: str | None = None) -> str | None:
-        """Remove the key; return the JSON text it held, or ``None`` if it was absent."""
+        """Remove the key; return the JSON text it held, or ``None`` if it was absent.
+
+        The built-in adapters record a delete of an absent key under an ``op_id`` settled at
+        once (it has no trigger work), so that a repeat does not delete a value set since.
+        """
 
     @abstractmethod
     def update(
@@ -80,6 +122,19 @@ class StateAdapter(ABC):
         definition of the ops. It raises
         :class:`~state_tasks.core.errors.UpdateOpError` or
         :class:`~state_tasks.core.errors.ValueTooLarge`; then nothing is written.
+        """
+
+    def settle(self, op_ids: Sequence[str]) -> None:  # noqa: B027 - optional
+        """Shrink the records of ``op_ids`` to markers: their trigger work has been sent.
+
+        Called by the service once the change's trigger work was sent (or there was none
+        to send) and the thread that made the change has moved on to its next call. A
+        marker costs a small, fixed amount whatever the value's size, and still refuses a
+        repeat (:class:`OperationSettled`) until the record's window ends. Ids that are
+        unknown, expired or already settled are ignored. May raise
+        :class:`~state_tasks.core.errors.AdapterError`; the records then stay whole. The
+        default keeps every record whole until it expires: correct, but each costs the
+        size of its values.
         """
 
     @abstractmethod

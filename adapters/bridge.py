@@ -13,16 +13,29 @@ worker using the Bridge registers them at start-up like any KvStore worker.
 One limit of forwarding: the remote answers ``old_value: null`` both for a new key and for
 a key that held JSON ``null``, so a change of a key that held ``null`` fires
 ``state:created`` locally.
+
+Applied operations: the remote records them (see below). This side also keeps its own
+records in this process, like a KvStore: the remote's result while the local trigger work
+is not yet sent (so that a retry after a failed local dispatch sends the local triggers
+with the values the remote returned, even if the remote has settled its record since),
+then a marker. A remote that answers a repeat with ``replayed`` (its record is settled;
+this process had none, e.g. after a restart) makes the repeat a settled one here too.
 """
 
 from __future__ import annotations
 
 import builtins
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from adapters.base import DEFAULT_MAX_VALUE_BYTES, StateAdapter
-from adapters.kv_store import KvStore
+from adapters.base import (
+    DEFAULT_MAX_VALUE_BYTES,
+    OperationSettled,
+    StateAdapter,
+    default_op_window_s,
+)
+from adapters.kv_store import DEFAULT_MAX_OPS, KvStore, OpRecord, OpRecords
 from state_tasks.core.codec import decode, dumps
 from state_tasks.core.ops import Op
 
@@ -39,6 +52,7 @@ class Bridge(StateAdapter):
 
     :param remote: runs one remote state function and returns its result.
     :param remote_name: how errors name the remote (no password).
+    :param op_window_s: how long this side remembers an applied operation.
     """
 
     process_local = True  # the local trigger space lives in this process
@@ -50,13 +64,17 @@ class Bridge(StateAdapter):
         remote: RemoteCall,
         remote_name: str = "the remote deployment",
         max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+        op_window_s: float | None = None,
         on_close: Callable[[], None] | None = None,
     ) -> None:
         self.max_value_bytes = max_value_bytes
         self.remote = remote
         self._on_close = on_close
         self.remote_name = remote_name
-        self._local_triggers = KvStore()
+        self.op_window_s = default_op_window_s() if op_window_s is None else op_window_s
+        self._local_triggers = KvStore(op_window_s=self.op_window_s)
+        self._ops = OpRecords(self.op_window_s, DEFAULT_MAX_OPS)
+        self._ops_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Bridge(remote={self.remote_name!r})"
@@ -73,18 +91,59 @@ class Bridge(StateAdapter):
         return _text(self.remote("state::get", {"scope": scope, "key": key}, None))
 
     def set(self, scope: str, key: str, value_json: str, op_id: str | None = None) -> str | None:
+        done = self._recorded(op_id)
+        if done is not None:
+            return done[0]
         payload = {"scope": scope, "key": key, "value": decode(value_json)}
-        return _text(self.remote("state::set", payload, op_id)["old_value"])
+        result = self._applied(op_id, self.remote("state::set", payload, op_id))
+        old = _text(result["old_value"])
+        self._record(op_id, old, value_json)
+        return old
 
     def delete(self, scope: str, key: str, op_id: str | None = None) -> str | None:
-        return _text(self.remote("state::delete", {"scope": scope, "key": key}, op_id))
+        # A settled repeat answers null, like an absent key: neither has local work to send.
+        done = self._recorded(op_id)
+        if done is not None:
+            return done[0]
+        old = _text(self.remote("state::delete", {"scope": scope, "key": key}, op_id))
+        self._record(op_id, old, None)
+        return old
 
     def update(
         self, scope: str, key: str, ops: Sequence[Op], op_id: str | None = None
     ) -> tuple[str | None, str]:
+        done = self._recorded(op_id)
+        if done is not None and done[1] is not None:
+            return done[0], done[1]
         payload = {"scope": scope, "key": key, "ops": [op.to_engine_form() for op in ops]}
-        result = self.remote("state::update", payload, op_id)
-        return _text(result["old_value"]), dumps(result["new_value"])
+        result = self._applied(op_id, self.remote("state::update", payload, op_id))
+        old, new = _text(result["old_value"]), dumps(result["new_value"])
+        self._record(op_id, old, new)
+        return old, new
+
+    def settle(self, op_ids: Sequence[str]) -> None:
+        with self._ops_lock:
+            self._ops.settle(op_ids)
+
+    def _recorded(self, op_id: str | None) -> OpRecord | None:
+        with self._ops_lock:
+            return self._ops.find(op_id)
+
+    def _record(self, op_id: str | None, old: str | None, new: str | None) -> None:
+        if op_id is None:
+            return
+        with self._ops_lock:
+            if old is None and new is None:  # a delete of an absent key: nothing to send
+                self._ops.mark(op_id, self._ops.expiry())
+            else:
+                self._ops.add(op_id, self._ops.new(old, new))
+
+    @staticmethod
+    def _applied(op_id: str | None, result: Any) -> Any:
+        """The remote's result, unless it says the operation was applied and settled there."""
+        if isinstance(result, Mapping) and result.get("replayed") is True:
+            raise OperationSettled(op_id or "")
+        return result
 
     def list(self, scope: str) -> builtins.list[str]:
         values = self.remote("state::list", {"scope": scope}, None)

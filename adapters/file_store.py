@@ -5,6 +5,7 @@ Folder layout (``file_path``)::
     LOCK                      held (flock) by the one process that owns the store; holds its pid
     journal-<n>.log           write-ahead journal segments, replayed in order at start-up
     triggers.json             the stored triggers
+    ops.json                  applied operation ids still remembered (see below)
     scope-<name>.json         one file per scope
 
 Every mutation is applied in memory and appended to the current journal segment with
@@ -35,6 +36,22 @@ a ``/`` or differs from another only by case). A name that would be too long for
 file system keeps a prefix and ends in a hash of the scope. The scope itself is read
 back from the file's ``scope`` field.
 
+Applied operation ids (see :mod:`adapters.base`) travel in the journal record of their
+change as ``"id"`` and ``"exp"`` (wall-clock expiry, whole seconds), without the old
+value: replay derives it from the state the record is replayed over. Settling is not a
+write of its own: the ids settled since the last record ride in front of the next one, in
+the same ``write()``, as ``{"op": "settled", "ops": {id: exp, ...}}``. If a crash loses
+them, those records come back whole, which is the safe direction (the repeat re-sends the
+trigger work). A save writes ``ops.json`` first, when any record changed, as::
+
+    {"format": "state_tasks.applied_ops", "version": 2, "covered": <last journal segment>,
+     "settled": {id: exp, ...}, "whole": {id: [old text, new text, exp], ...}}
+
+Settled operations cost about 50 bytes each there; only those not yet settled carry their
+values. Journal segments up to ``covered`` are then described by ``ops.json``, so replay
+takes only their data, and derives old values only from later segments, whose records
+follow the scope files' state exactly.
+
 A journal record is one line: the CRC-32 of the JSON (8 hex digits), a space, the JSON.
 A torn last line (a crash mid-append) is cut off at start-up with a warning; a bad
 record before the end, or a scope file that cannot be parsed, stops start-up with a
@@ -49,6 +66,7 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -58,7 +76,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from adapters.base import DEFAULT_MAX_VALUE_BYTES
-from adapters.kv_store import KvStore, OpRecord
+from adapters.kv_store import DEFAULT_MAX_OPS, KvStore, OpRecord
 from state_tasks.core.codec import dumps
 from state_tasks.core.errors import AdapterError
 from state_tasks.core.ownership import OwnedElsewhere, take_ownership
@@ -71,6 +89,8 @@ DEFAULT_FILE_PATH = "./data/state_store"
 DEFAULT_SAVE_INTERVAL_MS = 5000
 FORMAT_NAME = "state_tasks.kv_scope"
 FORMAT_VERSION = 1
+OPS_FORMAT_NAME = "state_tasks.applied_ops"
+OPS_FORMAT_VERSION = 2
 #: ``fsync: interval`` syncs the journal at most this often.
 FSYNC_INTERVAL_S = 1.0
 #: Longest encoded scope kept whole in a file name (names stay under 255 bytes).
@@ -101,8 +121,10 @@ class FileKvStore(KvStore):
         fsync: FsyncPolicy = "interval",
         move_corrupt_aside: bool = False,
         max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+        op_window_s: float | None = None,
+        max_ops: int = DEFAULT_MAX_OPS,
     ) -> None:
-        super().__init__(max_value_bytes=max_value_bytes)
+        super().__init__(max_value_bytes=max_value_bytes, op_window_s=op_window_s, max_ops=max_ops)
         if save_interval_ms <= 0:
             raise AdapterError(
                 "save_interval_ms must be a positive number of milliseconds, "
@@ -121,6 +143,10 @@ class FileKvStore(KvStore):
         self._dirty_scopes: set[str] = set()
         self._triggers_dirty = False
         self._ops_dirty = False
+        # Journal segments up to this one are described by ops.json (set while loading).
+        self._ops_covered = 0
+        # Operations settled since the last journal record: (id, wall-clock expiry).
+        self._settled_unjournaled: builtins.list[tuple[str, int]] = []
         self._save_lock = threading.Lock()  # one save at a time
         self._stop = threading.Event()
         self._saver: threading.Thread | None = None
@@ -146,7 +172,9 @@ class FileKvStore(KvStore):
             self._load_ops()
             segments = self._segments()
             for number, segment in segments:
-                self._replay(segment, is_last=number == segments[-1][0])
+                self._replay(
+                    segment, is_last=number == segments[-1][0], ops=number > self._ops_covered
+                )
             self._segment = segments[-1][0] + 1 if segments else 1
             self._journal_fd = self._open_segment(self._segment)
         except BaseException:
@@ -234,10 +262,23 @@ class FileKvStore(KvStore):
             return
         try:
             document = json.loads(path.read_text(encoding="utf-8"))
-            now_wall, now = time.time(), time.monotonic()
-            for op_id, (old, new, expires_wall) in document["ops"].items():
-                if expires_wall > now_wall:
-                    self._ops[str(op_id)] = (old, new, now + (expires_wall - now_wall))
+            if document.get("format") != OPS_FORMAT_NAME:
+                raise ValueError(f"format is {document.get('format')!r}, not {OPS_FORMAT_NAME}")
+            version = document.get("version")
+            if version == 1:  # whole records only, no coverage
+                covered, settled, whole = 0, {}, document["ops"]
+            elif version == OPS_FORMAT_VERSION:
+                covered, settled = document["covered"], document["settled"]
+                whole = document["whole"]
+            else:
+                raise ValueError(f"unsupported version {version!r}")
+            for op_id, (old, new, expires_wall) in whole.items():
+                if _alive(expires_wall):
+                    self._ops.add(str(op_id), (old, new, _monotonic(expires_wall)))
+            for op_id, expires_wall in settled.items():
+                if _alive(expires_wall):
+                    self._ops.mark(str(op_id), _monotonic(expires_wall))
+            self._ops_covered = int(covered)
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             self._corrupt(path, str(e))
 
@@ -259,7 +300,8 @@ class FileKvStore(KvStore):
                 found.append((int(match.group(1)), path))
         return sorted(found)
 
-    def _replay(self, segment: Path, is_last: bool) -> None:
+    def _replay(self, segment: Path, is_last: bool, ops: bool) -> None:
+        """Apply a journal segment; ``ops``: take its operation records too."""
         data = segment.read_bytes()
         offset = 0
         while offset < len(data):
@@ -279,17 +321,25 @@ class FileKvStore(KvStore):
                     break
                 self._corrupt(segment, f"bad record at byte {offset}")
                 return
-            self._apply_record(record)  # marks what it touches dirty: the next save compacts it
+            # Marks what it touches dirty: the next save compacts it.
+            self._apply_record(record, ops)
             offset = end + 1
 
-    def _apply_record(self, record: dict[str, Any]) -> None:
+    def _apply_record(self, record: dict[str, Any], ops: bool) -> None:
         kind = record["op"]
-        if "id" in record:
+        if ops and kind in ("set", "del") and "id" in record and _alive(record["exp"]):
+            # The old value is what the key holds now (records of version 1 carry it).
+            old = record["old"] if "old" in record else self.get(record["scope"], record["key"])
             new = dumps(record["value"]) if kind == "set" else None
-            expires = time.monotonic() + (record["exp"] - time.time())
-            self._ops[record["id"]] = (record["old"], new, expires)
+            self._ops.add(record["id"], (old, new, _monotonic(record["exp"])))
             self._ops_dirty = True
-        if kind == "set":
+        if kind == "settled":
+            if ops:
+                for op_id, expires_wall in record["ops"].items():
+                    if _alive(expires_wall):
+                        self._ops.mark(op_id, _monotonic(expires_wall))
+                self._ops_dirty = True
+        elif kind == "set":
             self._scopes.setdefault(record["scope"], {})[record["key"]] = dumps(record["value"])
             self._dirty_scopes.add(record["scope"])
         elif kind == "del":
@@ -314,10 +364,14 @@ class FileKvStore(KvStore):
         return fd
 
     def _append(self, body: str) -> None:
+        """Append one record, after the settled ids waiting for a ride, in one ``write()``."""
         if self._journal_fd is None:
             raise AdapterError(f"the KvStore at {str(self.path)!r} is not open")
-        payload = body.encode("utf-8")
-        line = b"%08x %s\n" % (zlib.crc32(payload), payload)
+        bodies = [body]
+        if self._settled_unjournaled:
+            settled = ",".join(f"{dumps(op_id)}:{exp}" for op_id, exp in self._settled_unjournaled)
+            bodies.insert(0, f'{{"op":"settled","ops":{{{settled}}}}}')
+        line = b"".join(_frame(text) for text in bodies)
         try:
             written = os.write(self._journal_fd, line)
             if written != len(line):
@@ -326,6 +380,7 @@ class FileKvStore(KvStore):
                 os.fsync(self._journal_fd)
             else:
                 self._unsynced = True
+            self._settled_unjournaled = []
         except OSError as e:
             raise AdapterError(
                 f"cannot append to the journal in {str(self.path)!r}: {e.strerror or e}"
@@ -337,16 +392,14 @@ class FileKvStore(KvStore):
         key: str,
         value_json: str | None,
         op_id: str | None = None,
-        op: OpRecord | None = None,
+        op_expires: float = 0.0,
     ) -> None:
         scope_json, key_json = dumps(scope), dumps(key)
         applied = ""
-        if op_id is not None and op is not None:
-            # The operation's id and result travel with the change, so a task redelivered
-            # after a crash and a restart is still recognised.
-            old = "null" if op[0] is None else dumps(op[0])
-            expires = time.time() + (op[2] - time.monotonic())
-            applied = f',"id":{dumps(op_id)},"old":{old},"exp":{expires:.3f}'
+        if op_id is not None:
+            # The operation's id travels with the change, so a task redelivered after a
+            # crash and a restart is still recognised (its old value is derived on replay).
+            applied = f',"id":{dumps(op_id)},"exp":{_wall(op_expires)}'
         if value_json is None:
             self._append(f'{{"op":"del","scope":{scope_json},"key":{key_json}{applied}}}')
         else:
@@ -356,6 +409,15 @@ class FileKvStore(KvStore):
         self._dirty_scopes.add(scope)
         if applied:
             self._ops_dirty = True
+
+    def _settled_at_once(self, op_id: str, expires: float) -> None:
+        super()._settled_at_once(op_id, expires)
+        self._ops_settled([(op_id, expires)])
+
+    def _ops_settled(self, moved: builtins.list[tuple[str, float]]) -> None:
+        # Journaled with the next record: no write of its own (see the module docs).
+        self._settled_unjournaled.extend((op_id, _wall(expires)) for op_id, expires in moved)
+        self._ops_dirty = True
 
     def _triggers_changed(self, trigger_id: str, trigger_json: str | None) -> None:
         id_json = dumps(trigger_id)
@@ -403,10 +465,10 @@ class FileKvStore(KvStore):
                     scope: dict(self._scopes.get(scope, {})) for scope in self._dirty_scopes
                 }
                 triggers = dict(self._triggers) if self._triggers_dirty else None
-                ops = dict(self._ops) if self._ops_dirty else None
+                ops = (dict(self._ops.whole), dict(self._ops.settled)) if self._ops_dirty else None
+                self._ops_dirty = False
                 self._dirty_scopes = set()
                 self._triggers_dirty = False
-                self._ops_dirty = False
                 covered = self._segment
                 if self._journal_fd is not None:
                     old_fd = self._journal_fd
@@ -414,25 +476,42 @@ class FileKvStore(KvStore):
                     self._journal_fd = self._open_segment(self._segment)
                     os.fsync(old_fd)
                     os.close(old_fd)
-            written = 0
-            for scope, entries in snapshot.items():
-                path = self.path / scope_file_name(scope)
-                if entries:
-                    _write_atomically(path, _scope_document(scope, entries))
-                    written += 1
-                elif path.exists():
-                    path.unlink()
-            if triggers is not None:
-                text = dumps({"format": "state_tasks.triggers", "version": 1, "triggers": triggers})
-                _write_atomically(self.path / "triggers.json", text)
-                written += 1
-            if ops is not None:
-                _write_atomically(self.path / "ops.json", _ops_document(ops))
-            _fsync_dir(self.path)
+            try:
+                ops_text = None if ops is None else _ops_document(*ops, covered=covered)
+                written = self._write_files(snapshot, triggers, ops_text)
+            except BaseException:
+                with self._lock:  # written again by the next save; the journal keeps it all
+                    self._dirty_scopes |= set(snapshot)
+                    self._triggers_dirty |= triggers is not None
+                    self._ops_dirty |= ops is not None
+                raise
             for number, segment in self._segments():
                 if number <= covered:
                     segment.unlink()
             return written
+
+    def _write_files(
+        self, snapshot: dict[str, dict[str, str]], triggers: dict[str, str] | None, ops: str | None
+    ) -> int:
+        # ops.json first: once it says which segments it covers, replay takes their data
+        # only, whatever state the scope files were left in.
+        written = 0
+        if ops is not None:
+            _write_atomically(self.path / "ops.json", ops)
+            written += 1
+        for scope, entries in snapshot.items():
+            path = self.path / scope_file_name(scope)
+            if entries:
+                _write_atomically(path, _scope_document(scope, entries))
+                written += 1
+            elif path.exists():
+                path.unlink()
+        if triggers is not None:
+            text = dumps({"format": "state_tasks.triggers", "version": 1, "triggers": triggers})
+            _write_atomically(self.path / "triggers.json", text)
+            written += 1
+        _fsync_dir(self.path)
+        return written
 
 
 def _scope_document(scope: str, entries: dict[str, str]) -> str:
@@ -443,15 +522,41 @@ def _scope_document(scope: str, entries: dict[str, str]) -> str:
     )
 
 
-def _ops_document(ops: dict[str, OpRecord]) -> str:
-    """Applied operation ids still remembered, with wall-clock expiry times."""
-    now_wall, now = time.time(), time.monotonic()
-    records = {
-        op_id: [old, new, round(now_wall + (expires - now), 3)]
-        for op_id, (old, new, expires) in ops.items()
+def _ops_document(whole: dict[str, OpRecord], settled: dict[str, float], covered: int) -> str:
+    """Applied operation ids still remembered, with wall-clock expiry times (module docs)."""
+    now = time.monotonic()
+    whole_body = ",".join(
+        f"{dumps(op_id)}:[{dumps(old)},{dumps(new)},{_wall(expires)}]"
+        for op_id, (old, new, expires) in whole.items()
         if expires > now
-    }
-    return dumps({"format": "state_tasks.applied_ops", "version": 1, "ops": records})
+    )
+    settled_body = ",".join(
+        f"{dumps(op_id)}:{_wall(expires)}" for op_id, expires in settled.items() if expires > now
+    )
+    return (
+        f'{{"format":"{OPS_FORMAT_NAME}","version":{OPS_FORMAT_VERSION},"covered":{covered},'
+        f'"settled":{{{settled_body}}},"whole":{{{whole_body}}}}}'
+    )
+
+
+def _wall(expires: float) -> int:
+    """A monotonic expiry as wall-clock seconds (rounded up: never forgotten early)."""
+    return math.ceil(time.time() + (expires - time.monotonic()))
+
+
+def _monotonic(expires_wall: float) -> float:
+    """A wall-clock expiry as a monotonic one."""
+    return time.monotonic() + (expires_wall - time.time())
+
+
+def _alive(expires_wall: float) -> bool:
+    return bool(expires_wall > time.time())
+
+
+def _frame(body: str) -> bytes:
+    """One journal line: CRC-32 in hex, a space, the JSON, a newline."""
+    payload = body.encode("utf-8")
+    return b"%08x %s\n" % (zlib.crc32(payload), payload)
 
 
 def _parse_record(line: bytes) -> dict[str, Any] | None:

@@ -5,17 +5,101 @@ from __future__ import annotations
 import builtins
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
-from adapters.base import DEFAULT_MAX_VALUE_BYTES, DEFAULT_OP_TTL_S, StateAdapter
+from adapters.base import (
+    DEFAULT_MAX_VALUE_BYTES,
+    OperationSettled,
+    StateAdapter,
+    default_op_window_s,
+)
 from state_tasks.core.codec import apply_ops_json
 from state_tasks.core.ops import Op
 
 #: How many applied operation ids a KvStore remembers at most (the oldest go first).
 DEFAULT_MAX_OPS = 100_000
 
-#: An applied operation: (old JSON text, new JSON text or None for a delete, expiry).
+#: A whole record of an applied operation: (old JSON text, new JSON text or None for a
+#: delete, monotonic expiry).
 OpRecord = tuple[str | None, str | None, float]
+
+_R = TypeVar("_R")
+
+
+class OpRecords:
+    """Applied operation ids, bounded by time (``window_s``) and by count (``max_ops``).
+
+    Whole records (with the result) wait in one dict until they are settled; a settled
+    operation is a marker in another: its id and its expiry, about 150 bytes in all.
+    Both dicts are ordered oldest first. Not thread-safe: the owner holds its lock.
+    """
+
+    def __init__(self, window_s: float, max_ops: int) -> None:
+        self.window_s = window_s
+        self.max_ops = max_ops
+        #: op id -> whole record: applied, trigger work not yet known to be sent.
+        self.whole: dict[str, OpRecord] = {}
+        #: op id -> monotonic expiry: applied and settled.
+        self.settled: dict[str, float] = {}
+
+    def __len__(self) -> int:
+        return len(self.whole) + len(self.settled)
+
+    def find(self, op_id: str | None) -> OpRecord | None:
+        """The whole record of ``op_id``, or ``None`` if it is unknown or expired.
+
+        Raises :class:`OperationSettled` when it is settled and not yet expired.
+        """
+        if op_id is None:
+            return None
+        now = time.monotonic()
+        record = self.whole.get(op_id)
+        if record is not None and record[2] > now:
+            return record
+        expires = self.settled.get(op_id)
+        if expires is not None and expires > now:
+            raise OperationSettled(op_id)
+        return None
+
+    def expiry(self) -> float:
+        """The monotonic time until which an operation applied now is remembered."""
+        return time.monotonic() + self.window_s
+
+    def new(self, old: str | None, new: str | None) -> OpRecord:
+        """A whole record for an operation applied now."""
+        return (old, new, self.expiry())
+
+    def add(self, op_id: str, record: OpRecord) -> None:
+        """Remember a whole record (once its change is made)."""
+        _trim(self.whole, self.max_ops, lambda r: r[2])
+        self.whole[op_id] = record
+
+    def mark(self, op_id: str, expires: float) -> None:
+        """Remember ``op_id`` as settled until ``expires`` (monotonic), dropping its record."""
+        self.whole.pop(op_id, None)
+        _trim(self.settled, self.max_ops, lambda e: e)
+        self.settled[op_id] = expires
+
+    def settle(self, op_ids: Iterable[str]) -> builtins.list[tuple[str, float]]:
+        """Turn the whole records of ``op_ids`` into markers; return the ``(id, expiry)`` moved."""
+        moved = []
+        for op_id in op_ids:
+            record = self.whole.get(op_id)
+            if record is not None:
+                self.mark(op_id, record[2])
+                moved.append((op_id, record[2]))
+        return moved
+
+
+def _trim(records: dict[str, _R], max_ops: int, expiry: Callable[[_R], float]) -> None:
+    """Forget the expired records at the head, and the oldest beyond ``max_ops - 1``."""
+    now = time.monotonic()
+    while records:
+        oldest_id, oldest = next(iter(records.items()))
+        if expiry(oldest) > now and len(records) < max_ops:
+            return
+        del records[oldest_id]
 
 
 class KvStore(StateAdapter):
@@ -24,6 +108,10 @@ class KvStore(StateAdapter):
     Lives in one process: a worker using it must run a threads or solo pool
     (the default configuration does), never several prefork children, each of
     which would otherwise hold a separate store.
+
+    :param op_window_s: how long an applied operation id is remembered (default: the
+        broker's redelivery window, :func:`adapters.base.default_op_window_s`).
+    :param max_ops: how many applied operation ids are remembered at most.
     """
 
     ordered_list = True
@@ -33,14 +121,13 @@ class KvStore(StateAdapter):
         self,
         *,
         max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
-        op_ttl_s: float = DEFAULT_OP_TTL_S,
+        op_window_s: float | None = None,
         max_ops: int = DEFAULT_MAX_OPS,
     ) -> None:
         self.max_value_bytes = max_value_bytes
-        self.op_ttl_s = op_ttl_s
+        self.op_window_s = default_op_window_s() if op_window_s is None else op_window_s
         self.max_ops = max_ops
-        # op id -> (old text, new text, monotonic expiry), oldest first.
-        self._ops: dict[str, OpRecord] = {}
+        self._ops = OpRecords(self.op_window_s, max_ops)
         self._scopes: dict[str, dict[str, str]] = {}
         self._triggers: dict[str, str] = {}
         self._triggers_version = 0
@@ -53,46 +140,57 @@ class KvStore(StateAdapter):
 
     def set(self, scope: str, key: str, value_json: str, op_id: str | None = None) -> str | None:
         with self._lock:
-            done = self._applied(op_id)
+            done = self._ops.find(op_id)
             if done is not None:
                 return done[0]
             old = self.get(scope, key)
-            record = self._op_record(op_id, old, value_json)
-            self._changed(scope, key, value_json, op_id, record)
+            record = self._ops.new(old, value_json)
+            self._changed(scope, key, value_json, op_id, record[2])
             self._scopes.setdefault(scope, {})[key] = value_json
-            self._remember_op(op_id, record)
+            if op_id is not None:
+                self._ops.add(op_id, record)
             return old
 
     def delete(self, scope: str, key: str, op_id: str | None = None) -> str | None:
         with self._lock:
-            done = self._applied(op_id)
+            done = self._ops.find(op_id)
             if done is not None:
                 return done[0]
             entries = self._scopes.get(scope)
             if entries is None or key not in entries:
+                if op_id is not None:  # nothing to send: settled at once
+                    self._settled_at_once(op_id, self._ops.expiry())
                 return None
-            record = self._op_record(op_id, entries[key], None)
-            self._changed(scope, key, None, op_id, record)
+            record = self._ops.new(entries[key], None)
+            self._changed(scope, key, None, op_id, record[2])
             old = entries.pop(key)
             if not entries:
                 del self._scopes[scope]
-            self._remember_op(op_id, record)
+            if op_id is not None:
+                self._ops.add(op_id, record)
             return old
 
     def update(
         self, scope: str, key: str, ops: Sequence[Op], op_id: str | None = None
     ) -> tuple[str | None, str]:
         with self._lock:
-            done = self._applied(op_id)
+            done = self._ops.find(op_id)
             if done is not None and done[1] is not None:
                 return done[0], done[1]
             old = self.get(scope, key)
             new = apply_ops_json(old, ops, self.max_value_bytes)
-            record = self._op_record(op_id, old, new)
-            self._changed(scope, key, new, op_id, record)
+            record = self._ops.new(old, new)
+            self._changed(scope, key, new, op_id, record[2])
             self._scopes.setdefault(scope, {})[key] = new
-            self._remember_op(op_id, record)
+            if op_id is not None:
+                self._ops.add(op_id, record)
             return old, new
+
+    def settle(self, op_ids: Sequence[str]) -> None:
+        with self._lock:
+            moved = self._ops.settle(op_ids)
+            if moved:
+                self._ops_settled(moved)
 
     def list(self, scope: str) -> builtins.list[str]:
         with self._lock:
@@ -126,32 +224,8 @@ class KvStore(StateAdapter):
     def triggers_version(self) -> int:
         return self._triggers_version
 
-    # -- applied operation ids ------------------------------------------------------
-
-    def _applied(self, op_id: str | None) -> OpRecord | None:
-        """The recorded result of ``op_id`` if it was applied and not yet forgotten."""
-        if op_id is None:
-            return None
-        record = self._ops.get(op_id)
-        return record if record is not None and record[2] > time.monotonic() else None
-
-    def _op_record(self, op_id: str | None, old: str | None, new: str | None) -> OpRecord | None:
-        return None if op_id is None else (old, new, time.monotonic() + self.op_ttl_s)
-
-    def _remember_op(self, op_id: str | None, record: OpRecord | None) -> None:
-        """Remember an applied operation's result (under the lock, once the change is made)."""
-        if op_id is None or record is None:
-            return
-        now = time.monotonic()
-        while self._ops:  # forget the expired, and the oldest beyond max_ops
-            oldest_id, oldest = next(iter(self._ops.items()))
-            if oldest[2] > now and len(self._ops) < self.max_ops:
-                break
-            del self._ops[oldest_id]
-        self._ops[op_id] = record
-
-    # -- hooks for a persistent store: called under the lock before each change -------
-    # If a hook raises, the change is not made (the op record is dropped with it).
+    # -- hooks for a persistent store: called under the lock ---------------------------
+    # If _changed or _triggers_changed raises, the change is not made (nor its op record).
 
     def _changed(
         self,
@@ -159,9 +233,17 @@ class KvStore(StateAdapter):
         key: str,
         value_json: str | None,
         op_id: str | None = None,
-        op: OpRecord | None = None,
+        op_expires: float = 0.0,
     ) -> None:
-        """A key is about to be set (``value_json``) or deleted (``None``), by ``op_id``."""
+        """A key is about to be set (``value_json``) or deleted (``None``), by ``op_id``
+        (remembered until the monotonic time ``op_expires``)."""
+
+    def _settled_at_once(self, op_id: str, expires: float) -> None:
+        """``op_id`` changed nothing (a delete of an absent key): remember it settled."""
+        self._ops.mark(op_id, expires)
+
+    def _ops_settled(self, moved: builtins.list[tuple[str, float]]) -> None:
+        """These operations were just settled: ``(op id, monotonic expiry)``."""
 
     def _triggers_changed(self, trigger_id: str, trigger_json: str | None) -> None:
         """A trigger is about to be stored (``trigger_json``) or removed (``None``)."""

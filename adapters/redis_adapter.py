@@ -8,6 +8,8 @@ Key layout (``key_prefix`` defaults to ``state``)::
                                 which for UTF-8 is Unicode code point order)
     {prefix}:triggers           hash: trigger id -> JSON
     {prefix}:triggers:version   counter bumped by every trigger change
+    {prefix}:op:<op id>         an applied operation, for op_window_s seconds: a hash holding
+                                its result until it is settled, then the string '1'
 
 Inside the braces the scope is escaped (``%`` -> ``%25``, ``{`` -> ``%7B``, ``}`` ->
 ``%7D``), so the closing brace is always the last character: no two scopes share a key
@@ -43,7 +45,12 @@ from typing import Any, cast
 import redis
 from redis.commands.core import Script
 
-from adapters.base import DEFAULT_MAX_VALUE_BYTES, DEFAULT_OP_TTL_S, StateAdapter
+from adapters.base import (
+    DEFAULT_MAX_VALUE_BYTES,
+    OperationSettled,
+    StateAdapter,
+    default_op_window_s,
+)
 from state_tasks.core.codec import apply_ops_json
 from state_tasks.core.errors import AdapterError, AdapterUnavailable, ConfigError, StateError
 from state_tasks.core.ops import Op
@@ -61,21 +68,26 @@ RECENT_VALUE_MAX_CHARS = 16 * 1024
 # Every mutation script also returns the trigger version, read in the same atomic step,
 # so matching triggers after a change costs no extra round trip.
 #
-# Applied operations: with an operation id (the Celery task id), KEYS[4] is the hash
+# Applied operations: with an operation id (the Celery task id), KEYS[4] is
 # {prefix}:op:{id} and the last ARGV is its time to live in seconds. The script first
-# looks there: an operation already applied returns its recorded result and changes
-# nothing. Otherwise the record ('d' done, 'o' old text, 'n' new text) is written in the
-# same step as the change. Without an id the last ARGV is '' and KEYS[4] is not touched.
+# looks there. A hash is a whole record ('o' old text, 'n' new text, each present when
+# there is one): the operation was applied, and the script returns that result and
+# changes nothing. A string is a settled record (LUA_SETTLE made it): the script
+# changes nothing and says so. Otherwise the whole record is written in the same step as
+# the change. Without an id the last ARGV is '' and KEYS[4] is not touched.
 LUA_APPLIED = """
 local function applied()
   if ARGV[#ARGV] == '' then return nil end
-  local done = redis.call('HMGET', KEYS[4], 'd', 'o', 'n')
-  if done[1] then return done end
+  local kind = redis.call('TYPE', KEYS[4]).ok
+  if kind == 'hash' then
+    local done = redis.call('HMGET', KEYS[4], 'o', 'n')
+    return {'whole', done[1], done[2]}
+  end
+  if kind == 'string' then return {'settled'} end
   return nil
 end
 local function record(old, new)
   if ARGV[#ARGV] == '' then return end
-  redis.call('HSET', KEYS[4], 'd', '1')
   if old then redis.call('HSET', KEYS[4], 'o', old) end
   if new then redis.call('HSET', KEYS[4], 'n', new) end
   redis.call('EXPIRE', KEYS[4], ARGV[#ARGV])
@@ -84,12 +96,14 @@ end
 
 # KEYS[1] scope hash, KEYS[2] groups index, KEYS[3] trigger version, KEYS[4] op record;
 # ARGV[1] key, ARGV[2] JSON text, ARGV[3] scope, ARGV[4] op ttl or ''.
-# Returns {replaced JSON text or false when the key is new, trigger version}.
+# Returns {replaced JSON text or false when the key is new, trigger version}, or
+# {false, false} when the operation is settled.
 LUA_SET = (
     LUA_APPLIED
     + """
 local done = applied()
-if done then return {done[2] or false, redis.call('GET', KEYS[3]) or '0'} end
+if done and done[1] == 'settled' then return {false, false} end
+if done then return {done[2], redis.call('GET', KEYS[3]) or '0'} end
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 if not old then redis.call('ZADD', KEYS[2], 0, ARGV[3]) end
@@ -100,17 +114,22 @@ return {old or false, redis.call('GET', KEYS[3]) or '0'}
 
 # KEYS[1] scope hash, KEYS[2] groups index, KEYS[3] trigger version, KEYS[4] op record;
 # ARGV[1] key, ARGV[2] scope, ARGV[3] op ttl or ''.
-# Returns {deleted JSON text or false, trigger version}. A scope left empty leaves the index.
+# Returns {deleted JSON text or false, trigger version}, or {false, false} when the
+# operation is settled. A scope left empty leaves the index. A delete of an absent key
+# under an id is recorded settled at once: it has no trigger work.
 LUA_DELETE = (
     LUA_APPLIED
     + """
 local done = applied()
-if done then return {done[2] or false, redis.call('GET', KEYS[3]) or '0'} end
+if done and done[1] == 'settled' then return {false, false} end
+if done then return {done[2], redis.call('GET', KEYS[3]) or '0'} end
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if old then
   redis.call('HDEL', KEYS[1], ARGV[1])
   if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[2]) end
   record(old, false)
+elseif ARGV[#ARGV] ~= '' then
+  redis.call('SET', KEYS[4], '1', 'EX', ARGV[#ARGV])
 end
 return {old or false, redis.call('GET', KEYS[3]) or '0'}
 """
@@ -120,12 +139,14 @@ return {old or false, redis.call('GET', KEYS[3]) or '0'}
 # ARGV[1] key, ARGV[2] "1" if the key was absent else "0", ARGV[3] expected old text,
 # ARGV[4] new text, ARGV[5] scope, ARGV[6] op ttl or ''.
 # Returns {1, trigger version} when written, {0, current text or false} when the value
-# moved on, or {2, recorded old text or false, recorded new text} when already applied.
+# moved on, {2, recorded old text or false, recorded new text} when already applied,
+# or {3} when already applied and settled.
 LUA_CHECK_AND_SET = (
     LUA_APPLIED
     + """
 local done = applied()
-if done then return {2, done[2] or false, done[3] or false} end
+if done and done[1] == 'settled' then return {3} end
+if done then return {2, done[2], done[3]} end
 local current = redis.call('HGET', KEYS[1], ARGV[1])
 local expected_absent = ARGV[2] == '1'
 if (expected_absent and current) or (not expected_absent and current ~= ARGV[3]) then
@@ -137,6 +158,23 @@ record(current, ARGV[4])
 return {1, redis.call('GET', KEYS[3]) or '0'}
 """
 )
+
+# KEYS: op records {prefix}:op:{id}; no ARGV. Each whole record (a hash) becomes the
+# string '1' with the time to live it had left: a marker of about 150 bytes of Redis
+# memory, whatever the size of the values. Returns how many records were settled.
+LUA_SETTLE = """
+local settled = 0
+for _, key in ipairs(KEYS) do
+  if redis.call('TYPE', key).ok == 'hash' then
+    local ttl = redis.call('PTTL', key)
+    if ttl > 0 then
+      redis.call('SET', key, '1', 'PX', ttl)
+      settled = settled + 1
+    end
+  end
+end
+return settled
+"""
 
 # KEYS[1] triggers hash, KEYS[2] version; ARGV[1] id, ARGV[2] JSON. Returns 1 if new.
 LUA_TRIGGER_PUT = """
@@ -162,6 +200,8 @@ class RedisAdapter(StateAdapter):
 
     :param redis_url: ``redis://`` or ``rediss://``, with password and db number if needed.
     :param key_prefix: first part of every key (no braces).
+    :param op_window_s: how long an applied operation id is remembered (default: the
+        broker's redelivery window, :func:`adapters.base.default_op_window_s`).
     :param client: an existing ``redis.Redis`` to use instead of ``redis_url`` (tests).
     """
 
@@ -172,7 +212,7 @@ class RedisAdapter(StateAdapter):
         key_prefix: str = DEFAULT_KEY_PREFIX,
         max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
         socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S,
-        op_ttl_s: float = DEFAULT_OP_TTL_S,
+        op_window_s: float | None = None,
         client: redis.Redis | None = None,
     ) -> None:
         if "{" in key_prefix or "}" in key_prefix:
@@ -182,7 +222,7 @@ class RedisAdapter(StateAdapter):
                 f"redis_url {redact_url(redis_url)!r} must start with redis://, rediss:// or unix://"
             )
         self.max_value_bytes = max_value_bytes
-        self.op_ttl_s = op_ttl_s
+        self.op_window_s = default_op_window_s() if op_window_s is None else op_window_s
         self.redis_url = redis_url
         self.safe_url = redact_url(redis_url)
         self.key_prefix = key_prefix
@@ -220,6 +260,7 @@ class RedisAdapter(StateAdapter):
                         ("set", LUA_SET),
                         ("delete", LUA_DELETE),
                         ("cas", LUA_CHECK_AND_SET),
+                        ("settle", LUA_SETTLE),
                         ("trigger_put", LUA_TRIGGER_PUT),
                         ("trigger_delete", LUA_TRIGGER_DELETE),
                     ):
@@ -254,7 +295,7 @@ class RedisAdapter(StateAdapter):
         return f"{self.key_prefix}:op:{op_id or ''}"
 
     def _op_ttl(self, op_id: str | None) -> str:
-        return "" if op_id is None else str(int(self.op_ttl_s))
+        return "" if op_id is None else str(max(1, round(self.op_window_s)))
 
     def scope_key(self, scope: str) -> str:
         """The Redis key of a scope's hash."""
@@ -274,6 +315,8 @@ class RedisAdapter(StateAdapter):
         keys = [self.scope_key(scope), self._groups_key, self._version_key, self._op_key(op_id)]
         args = [key, value_json, scope, self._op_ttl(op_id)]
         old, version = self._run("set", scope, lambda: script(keys=keys, args=args))
+        if version is None:
+            raise OperationSettled(op_id or "")
         self._remember((scope, key), value_json)
         self._seen.version = int(version)
         return cast("str | None", old)
@@ -284,6 +327,8 @@ class RedisAdapter(StateAdapter):
         keys = [self.scope_key(scope), self._groups_key, self._version_key, self._op_key(op_id)]
         args = [key, scope, self._op_ttl(op_id)]
         old, version = self._run("delete", scope, lambda: script(keys=keys, args=args))
+        if version is None:
+            raise OperationSettled(op_id or "")
         self._remember((scope, key), None)
         self._seen.version = int(version)
         return cast("str | None", old)
@@ -318,6 +363,9 @@ class RedisAdapter(StateAdapter):
             if reply[0] == 2:  # applied before, by an earlier delivery of the same task
                 self._recent.pop(slot, None)
                 return reply[1] or None, reply[2]
+            if reply[0] == 3:  # ... and settled since
+                self._recent.pop(slot, None)
+                raise OperationSettled(op_id or "")
             guessed, old = False, reply[1] or None  # Lua false -> None: deleted meanwhile
 
     def _remember(self, slot: tuple[str, str], text: str | None) -> None:
@@ -329,6 +377,13 @@ class RedisAdapter(StateAdapter):
             self._recent[slot] = text
             if len(self._recent) > RECENT_MAX_ENTRIES:
                 del self._recent[next(iter(self._recent))]
+
+    def settle(self, op_ids: Sequence[str]) -> None:
+        if not op_ids:
+            return
+        script = self._script("settle")
+        keys = [self._op_key(op_id) for op_id in op_ids]
+        self._run("settle", None, lambda: script(keys=keys, args=[]))
 
     def list(self, scope: str) -> builtins.list[str]:
         return cast(

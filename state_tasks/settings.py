@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 
+from state_tasks.core.config import visibility_timeout_s
 from state_tasks.core.errors import ConfigError
 from state_tasks.core.urls import is_embedded_broker
 
@@ -72,9 +73,7 @@ task_send_sent_event = True
 # must be longer than the longest task, including its retries with backoff (at most
 # about 15 s for the state tasks), or a slow task would be delivered twice.
 if broker_url.startswith(("redis://", "rediss://")):
-    broker_transport_options = {
-        "visibility_timeout": int(os.environ.get("CELERY_VISIBILITY_TIMEOUT") or 3600)
-    }
+    broker_transport_options = {"visibility_timeout": visibility_timeout_s()}
 
 #: How long a state task's result is kept, by default: one hour. A caller that waits for its
 #: result reads it within its timeout (30 s by default), and ``iii.trigger`` removes it once

@@ -29,6 +29,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapters.base import DEFAULT_MAX_VALUE_BYTES, StateAdapter
+from adapters.kv_store import DEFAULT_MAX_OPS
 from state_tasks.core.errors import ConfigError
 
 STATE_MODULE_CLASS = "modules::state::StateModule"
@@ -37,14 +38,47 @@ DEFAULT_FILE_PATH = "./data/state_store"
 DEFAULT_SAVE_INTERVAL_MS = 5000
 DEFAULT_REDIS_URL = "redis://localhost:6379"
 DEFAULT_BRIDGE_TIMEOUT_MS = 30000
+#: Celery's Redis transport hands a task taken by a worker that vanished to another worker
+#: after this many seconds, unless ``CELERY_VISIBILITY_TIMEOUT`` says otherwise.
+DEFAULT_VISIBILITY_TIMEOUT_S = 3600
+#: Added to the visibility timeout to make the default ``op_window_s``: a redelivered task
+#: may still wait behind a backlog, and retry with backoff, before it runs.
+OP_WINDOW_MARGIN_S = 3600
 
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
+
+
+def visibility_timeout_s() -> int:
+    """``CELERY_VISIBILITY_TIMEOUT`` in seconds, else :data:`DEFAULT_VISIBILITY_TIMEOUT_S`."""
+    raw = os.environ.get("CELERY_VISIBILITY_TIMEOUT") or ""
+    if not raw:
+        return DEFAULT_VISIBILITY_TIMEOUT_S
+    try:
+        seconds = int(raw)
+    except ValueError:
+        seconds = 0
+    if seconds <= 0:
+        raise ConfigError(
+            f"CELERY_VISIBILITY_TIMEOUT must be a positive whole number of seconds, got {raw!r}"
+        )
+    return seconds
+
+
+def default_op_window_s() -> float:
+    """How long adapters remember an applied operation id unless ``op_window_s`` is set.
+
+    The broker's redelivery window plus :data:`OP_WINDOW_MARGIN_S`: a Redis broker hands
+    out a lost worker's task again after the visibility timeout; RabbitMQ at once when the
+    worker's connection drops.
+    """
+    return float(visibility_timeout_s() + OP_WINDOW_MARGIN_S)
 
 
 class _AdapterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_value_bytes: int = Field(DEFAULT_MAX_VALUE_BYTES, gt=0)
+    op_window_s: float = Field(default_factory=default_op_window_s, gt=0)
 
 
 class KvStoreConfig(_AdapterConfig):
@@ -53,6 +87,7 @@ class KvStoreConfig(_AdapterConfig):
     save_interval_ms: int = Field(DEFAULT_SAVE_INTERVAL_MS, gt=0)
     fsync: Literal["always", "interval", "never"] = "interval"
     move_corrupt_aside: bool = False
+    max_ops: int = Field(DEFAULT_MAX_OPS, gt=0)
 
 
 class RedisAdapterConfig(_AdapterConfig):
@@ -71,7 +106,11 @@ def _kv_store(config: KvStoreConfig) -> StateAdapter:
     if config.store_method == "in_memory":
         from adapters.kv_store import KvStore
 
-        return KvStore(max_value_bytes=config.max_value_bytes)
+        return KvStore(
+            max_value_bytes=config.max_value_bytes,
+            op_window_s=config.op_window_s,
+            max_ops=config.max_ops,
+        )
     from adapters.file_store import FileKvStore
 
     return FileKvStore(
@@ -80,6 +119,8 @@ def _kv_store(config: KvStoreConfig) -> StateAdapter:
         fsync=config.fsync,
         move_corrupt_aside=config.move_corrupt_aside,
         max_value_bytes=config.max_value_bytes,
+        op_window_s=config.op_window_s,
+        max_ops=config.max_ops,
     )
 
 
@@ -90,6 +131,7 @@ def _redis(config: RedisAdapterConfig) -> StateAdapter:
         redis_url=config.redis_url,
         key_prefix=config.key_prefix,
         max_value_bytes=config.max_value_bytes,
+        op_window_s=config.op_window_s,
     )
 
 
@@ -107,6 +149,7 @@ def _bridge(config: BridgeConfig) -> StateAdapter:
         remote=remote.call,
         remote_name=remote.name,
         max_value_bytes=config.max_value_bytes,
+        op_window_s=config.op_window_s,
         on_close=remote.close,
     )
 

@@ -5,17 +5,28 @@ and the in-process facade both call :meth:`StateService.call`. After a change
 is stored (never before, never for a failed change) the service hands a
 :data:`StateEvent`-shaped dict to its ``on_change`` callback, which the Celery
 layer wires to trigger dispatch.
+
+Applied operations are recorded whole by the adapter, atomically with the change (see
+:mod:`adapters.base`). Once a change's trigger work is sent, the service settles its
+record, shrinking it to a marker of a fixed size. It does so when the thread that ran
+the operation starts its next call: in a Celery worker (threads, prefork or solo pool)
+that thread has by then stored the task's result, so a task redelivered after a crash
+finds its record whole whenever its caller has not had a result yet. Records of an idle
+thread wait for its next call, or for any thread's call once
+:data:`SETTLE_ANY_THREAD_AFTER_S` has passed.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from adapters.base import StateAdapter
+from adapters.base import OperationSettled, StateAdapter
 from state_tasks.core import codec
 from state_tasks.core.errors import AdapterError, AdapterUnavailable, StateError, ValidationError
 from state_tasks.core.models import (
@@ -39,6 +50,10 @@ STATE_FUNCTIONS = (
     "state::list",
     "state::list_groups",
 )
+
+#: A change's record is settled by the next call of the thread that made it, or by the next
+#: call of any thread once this many seconds have passed since its trigger work was sent.
+SETTLE_ANY_THREAD_AFTER_S = 60.0
 
 ChangeListener = Callable[[dict[str, Any]], None]
 
@@ -82,6 +97,9 @@ class StateService:
             "state::list": self._list,
             "state::list_groups": self._list_groups,
         }
+        # (thread id, monotonic time, op id) of operations whose trigger work was sent.
+        self._sent: list[tuple[int, float, str]] = []
+        self._sent_lock = threading.Lock()
 
     def call(
         self, function_id: str, payload: Mapping[str, Any] | None = None, op_id: str | None = None
@@ -89,9 +107,13 @@ class StateService:
         """Run one state function with its payload; return its JSON-safe result.
 
         ``op_id`` names the operation (the Celery task id, which a redelivered task keeps):
-        a mutation already applied under it is not applied again; it returns the recorded
-        result and fires its triggers again with the same ``event_id`` (``op_id``), so that
-        a change whose trigger dispatch was cut short by a crash still gets it.
+        a mutation already applied under it is not applied again. While its trigger work is
+        not known to be sent, the repeat returns the recorded result and fires its triggers
+        again with the same ``event_id`` (``op_id``), so that a change whose dispatch was cut
+        short by a crash still gets it. Once it is settled, the repeat sends nothing and
+        returns what it knows without the stored values: ``set`` gives
+        ``{"old_value": None, "new_value": <value>, "replayed": True}``, ``update`` gives
+        ``{"old_value": None, "new_value": None, "replayed": True}``, ``delete`` ``None``.
 
         Raises :class:`StateError` (and nothing else) for bad input or a storage failure.
         """
@@ -105,6 +127,8 @@ class StateService:
             payload = {}
         if not isinstance(payload, Mapping):
             raise ValidationError(f"{function_id}: the payload must be an object, got {payload!r}")
+        if self._sent:
+            self.settle_sent(threading.get_ident())
         try:
             return handler(payload, op_id)
         except StateError:
@@ -118,7 +142,10 @@ class StateService:
     def _set(self, payload: Mapping[str, Any], op_id: str | None) -> dict[str, Any]:
         request = parse(SetPayload, payload, "state::set")
         text = codec.encode(request.value, self.adapter.max_value_bytes)
-        old_text = self.adapter.set(request.scope, request.key, text, op_id)
+        try:
+            old_text = self.adapter.set(request.scope, request.key, text, op_id)
+        except OperationSettled:
+            return {"old_value": None, "new_value": request.value, "replayed": True}
         old = codec.decode(old_text)
         event_type = "state:created" if old_text is None else "state:updated"
         self._changed(event_type, request.scope, request.key, old, request.value, op_id)
@@ -130,7 +157,10 @@ class StateService:
 
     def _delete(self, payload: Mapping[str, Any], op_id: str | None) -> Any:
         request = parse(KeyPayload, payload, "state::delete")
-        old_text = self.adapter.delete(request.scope, request.key, op_id)
+        try:
+            old_text = self.adapter.delete(request.scope, request.key, op_id)
+        except OperationSettled:
+            return None
         if old_text is None:
             return None
         old = codec.decode(old_text)
@@ -140,7 +170,10 @@ class StateService:
     def _update(self, payload: Mapping[str, Any], op_id: str | None) -> dict[str, Any]:
         request = parse(UpdatePayload, payload, "state::update")
         ops = parse_ops(request.ops)
-        old_text, new_text = self.adapter.update(request.scope, request.key, ops, op_id)
+        try:
+            old_text, new_text = self.adapter.update(request.scope, request.key, ops, op_id)
+        except OperationSettled:
+            return {"old_value": None, "new_value": None, "replayed": True}
         old, new = codec.decode(old_text), codec.decode(new_text)
         event_type = "state:created" if old_text is None else "state:updated"
         self._changed(event_type, request.scope, request.key, old, new, op_id)
@@ -154,26 +187,58 @@ class StateService:
         parse(ListGroupsPayload, payload, "state::list_groups")
         return {"groups": self.adapter.list_groups()}
 
+    def settle_sent(self, thread_id: int | None = None) -> None:
+        """Settle the records of changes whose trigger work was sent.
+
+        ``thread_id``: only those made by that thread, and those older than
+        :data:`SETTLE_ANY_THREAD_AFTER_S`; ``None``: all of them (e.g. before closing).
+        A storage failure is logged and leaves those records whole until they expire.
+        """
+        oldest_kept = time.monotonic() - SETTLE_ANY_THREAD_AFTER_S
+        due: list[str] = []
+        kept: list[tuple[int, float, str]] = []
+        with self._sent_lock:
+            for entry in self._sent:
+                if thread_id is None or entry[0] == thread_id or entry[1] <= oldest_kept:
+                    due.append(entry[2])
+                else:
+                    kept.append(entry)
+            if not due:
+                return
+            self._sent = kept
+        try:
+            self.adapter.settle(due)
+        except Exception as e:
+            logger.warning(
+                "could not settle %d operation records (they stay whole until they expire): %s",
+                len(due),
+                e,
+            )
+
     def _changed(
         self, event_type: str, scope: str, key: str, old: Any, new: Any, op_id: str | None
     ) -> None:
-        if self.on_change is None:
-            return
-        event = make_event(event_type, scope, key, old, new, op_id)
-        try:
-            self.on_change(event)
-        except Exception as e:
-            # The change is stored, its trigger work is not sent. Fail the call as a
-            # connection problem: the task is retried under the same id, which does not
-            # apply the change again but does dispatch its triggers.
-            logger.warning(
-                "stored %s for scope=%r key=%r but could not send its trigger work: %s",
-                event_type,
-                scope,
-                key,
-                e,
-            )
-            raise AdapterUnavailable(
-                f"{event_type} of scope {scope!r} key {key!r} is stored, but its triggers "
-                f"could not be sent ({type(e).__name__}: {e}); retrying the call sends them"
-            ) from e
+        """Send the change's trigger work; then its record may be settled."""
+        if self.on_change is not None:
+            event = make_event(event_type, scope, key, old, new, op_id)
+            try:
+                self.on_change(event)
+            except Exception as e:
+                # The change is stored, its trigger work is not sent. Fail the call as a
+                # connection problem: the task is retried under the same id, which does not
+                # apply the change again (its record stays whole) but does dispatch its
+                # triggers.
+                logger.warning(
+                    "stored %s for scope=%r key=%r but could not send its trigger work: %s",
+                    event_type,
+                    scope,
+                    key,
+                    e,
+                )
+                raise AdapterUnavailable(
+                    f"{event_type} of scope {scope!r} key {key!r} is stored, but its triggers "
+                    f"could not be sent ({type(e).__name__}: {e}); retrying the call sends them"
+                ) from e
+        if op_id is not None:
+            with self._sent_lock:
+                self._sent.append((threading.get_ident(), time.monotonic(), op_id))

@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 
 from adapters.kv_store import KvStore
-from state_tasks.core.config import load_config, parse_config
+from state_tasks.core.config import (
+    DEFAULT_VISIBILITY_TIMEOUT_S,
+    OP_WINDOW_MARGIN_S,
+    default_op_window_s,
+    load_config,
+    parse_config,
+    visibility_timeout_s,
+)
 from state_tasks.core.errors import ConfigError
 
 ENGINE_SAMPLE = """
@@ -212,3 +219,55 @@ def test_bad_files_fail_with_one_clear_message(
 def test_unreadable_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"missing\.yaml: cannot read"):
         load_config(tmp_path / "missing.yaml")
+
+
+def _adapter(config: dict[str, object], name: str = "kv") -> object:
+    document = [
+        {
+            "class": "modules::state::StateModule",
+            "config": {"adapter": {"class": name, "config": config}},
+        }
+    ]
+    return parse_config(document, "x.yaml").build_adapter()
+
+
+def test_the_op_window_follows_the_brokers_visibility_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("CELERY_VISIBILITY_TIMEOUT", raising=False)
+    assert default_op_window_s() == DEFAULT_VISIBILITY_TIMEOUT_S + OP_WINDOW_MARGIN_S
+    monkeypatch.setenv("CELERY_VISIBILITY_TIMEOUT", "600")
+    expected = 600 + OP_WINDOW_MARGIN_S
+    assert default_op_window_s() == expected
+    for name in ("kv", "redis"):
+        assert _adapter({}, name).op_window_s == expected  # type: ignore[attr-defined]
+    assert KvStore().op_window_s == expected  # built without a config, too
+
+
+def test_op_window_and_max_ops_reach_the_adapter(tmp_path: Path) -> None:
+    memory = _adapter({"op_window_s": 90, "max_ops": 7})
+    assert (memory.op_window_s, memory.max_ops) == (90, 7)  # type: ignore[attr-defined]
+    stored = _adapter(
+        {"store_method": "file_based", "file_path": str(tmp_path), "op_window_s": 30.5}
+    )
+    assert stored.op_window_s == 30.5  # type: ignore[attr-defined]
+    assert _adapter({"op_window_s": 5}, "redis").op_window_s == 5  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"op_window_s": 0}, r"config\.op_window_s: Input should be greater than 0"),
+        ({"max_ops": -1}, r"config\.max_ops: Input should be greater than 0"),
+    ],
+)
+def test_bad_op_window_or_max_ops_is_refused(config: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _adapter(config)
+
+
+@pytest.mark.parametrize("raw", ["soon", "0", "-5", "1.5"])
+def test_a_bad_visibility_timeout_is_named(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+    monkeypatch.setenv("CELERY_VISIBILITY_TIMEOUT", raw)
+    with pytest.raises(ConfigError, match=rf"CELERY_VISIBILITY_TIMEOUT .*got '{raw}'"):
+        visibility_timeout_s()
