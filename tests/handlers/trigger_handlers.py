@@ -127,3 +127,11 @@ def decorated_cond(event: dict[str, Any]) -> dict[str, Any]:
 def never_runs(event: dict[str, Any]) -> dict[str, Any]:
     record("never", event)
     return {}
+
+
+@state_trigger(scope="sentinel-cond", condition="conditions::truthy")
+@app.task(name="test::sentinelCond")
+def sentinel_cond(event: dict[str, Any]) -> dict[str, Any]:
+    """A conditional handler that must run: a test's sentinel after one that must not."""
+    record("sentinel-cond", event)
+    return {}

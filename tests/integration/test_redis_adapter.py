@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from pathlib import Path
@@ -10,12 +11,25 @@ from typing import Any
 
 import pytest
 import redis
-from helpers import Deployment, RedisServer, redis_state_yaml, wait_until
+from helpers import Deployment, RedisServer, Worker, redis_state_yaml, wait_until
 
 from adapters.redis_adapter import RedisAdapter
 from state_tasks import AdapterError, UpdateOpError
 from state_tasks.core.ops import parse_ops
 from state_tasks.core.urls import redact_url
+
+
+def finished_all_received(workers: list[Worker], task_name: str) -> bool:
+    """True when every ``task_name`` task the workers have taken has finished (their logs
+    say ``Task <name>[<id>] received`` when a worker takes one, and ``succeeded``, ``raised
+    ...`` or ``retry`` when it ends)."""
+    pattern = re.compile(rf"Task {re.escape(task_name)}\[([^\]]+)\] (\w+)")
+    received: set[str] = set()
+    ended: set[str] = set()
+    for worker in workers:
+        for task_id, what in pattern.findall(worker.log()):
+            (received if what == "received" else ended).add(task_id)
+    return received <= ended
 
 
 def test_a_thousand_concurrent_increments_end_at_exactly_a_thousand(redis_deployment: Any) -> None:
@@ -157,10 +171,27 @@ def test_triggers_are_shared_and_each_handler_fires_once_per_change(
         )
         for i in range(30):
             deployment.call("state::set", scope="fanout", key=f"k{i}", value=i)
-        # Then the handler ran exactly once for each change, wherever it ran
-        wait_until(lambda: record.llen("record:any") >= 30, 30, "30 handler runs")
-        time.sleep(1.0)
+        # Then the handler ran exactly once for each change, wherever it ran. Every handler
+        # message of those changes was queued before the last set answered; a sentinel
+        # change made after it queues its handler behind them all. The queue hands messages
+        # out in order, so once the sentinel's handler has run, each earlier one has been
+        # taken by some worker, and once every handler run the workers took has ended,
+        # none of the 30 changes can cause another.
+        deployment.call("state::set", scope="fanout", key="sentinel", value=-1)
+        wait_until(
+            lambda: any(
+                json.loads(raw)["key"] == "sentinel" for raw in record.lrange("record:any", 0, -1)
+            ),
+            30,
+            "the sentinel's handler",
+        )
+        wait_until(
+            lambda: finished_all_received(deployment.workers, "test::onAny"),
+            30,
+            "every handler run the workers took to end",
+        )
         events = [json.loads(raw) for raw in record.lrange("record:any", 0, -1)]
+        events = [e for e in events if e["key"] != "sentinel"]
         assert sorted(e["new_value"] for e in events) == list(range(30))
         assert len({e["event_id"] for e in events}) == 30
         handle.unregister()

@@ -17,6 +17,11 @@ import redis
 from helpers import Deployment, RedisServer, redis_state_yaml, wait_until
 
 
+def recorded(record: redis.Redis, name: str) -> list[dict[str, Any]]:
+    """The events the test handler ``name`` recorded, in the order it recorded them."""
+    return [json.loads(raw) for raw in record.lrange(f"record:{name}", 0, -1)]
+
+
 def children(pid: int) -> list[int]:
     done = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
     return [int(line) for line in done.stdout.split()]
@@ -104,9 +109,17 @@ def test_a_crash_between_storing_and_dispatching_still_runs_the_handler(
         assert marker.exists(), "the fault hook did not fire"
         assert "test fault hook: dying" in worker.log()
         assert value == {"old_value": None, "new_value": {"n": 1}}
-        wait_until(lambda: record.llen("record:scope") >= 1, 30, "the handler")
-        time.sleep(0.5)
-        events = [json.loads(raw) for raw in record.lrange("record:scope", 0, -1)]
+        # Sentinel: a second change of the scope (no crash now), made after the first one's
+        # answer. The worker's one child takes tasks in queue order, and every dispatch of
+        # the first change (each run of its task) was queued before that answer, so once the
+        # sentinel's handler has run, every handler run the first change caused has too.
+        deployment.call("state::set", scope="fragile", key="sentinel", value=0)
+        wait_until(
+            lambda: any(e["key"] == "sentinel" for e in recorded(record, "scope")),
+            30,
+            "the sentinel's handler",
+        )
+        events = [e for e in recorded(record, "scope") if e["key"] != "sentinel"]
         assert len(events) == 1
         assert events[0]["new_value"] == {"n": 1} and events[0]["event_id"] == result.id
         assert deployment.call("state::get", scope="fragile", key="k") == {"n": 1}

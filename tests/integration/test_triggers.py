@@ -1,10 +1,21 @@
-"""Triggers through real workers on a real Redis broker (SPEC §4, §5)."""
+"""Triggers through real workers on a real Redis broker (SPEC §4, §5).
+
+A test that must show a handler did *not* run proves it with a sentinel instead of a
+pause: after the change that must fire nothing, it makes a change whose handler must run,
+and waits for that handler. The ``triggered`` worker runs one task at a time, in the order
+the tasks were queued (one thread, prefetch 1, late acks), and a change's trigger work is
+queued while its state task runs, before the caller gets the answer. So every task queued
+for the earlier change (the handler, or the condition, then the gate it chains into, then
+the handler the gate sends: each step queued when the previous one ends) runs before the
+same step of the sentinel's: once the sentinel's handler has recorded its event, a handler
+that the earlier change wrongly fired has recorded its event too.
+"""
 
 from __future__ import annotations
 
 import json
-import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -12,6 +23,9 @@ import redis
 from helpers import Deployment, wait_until
 
 from state_tasks import StateEvent, UpdateOpError
+
+#: The key of a sentinel change: one that must fire, made after one that must not.
+SENTINEL = "sentinel"
 
 
 class Recorded:
@@ -25,6 +39,25 @@ class Recorded:
         wait_until(lambda: len(self.events(name)) >= count, timeout_s, f"{count} events in {name}")
         return self.events(name)
 
+    def wait_for_event(
+        self,
+        name: str,
+        wanted: Callable[[dict[str, Any]], bool],
+        what: str,
+        timeout_s: float = 20,
+    ) -> list[dict[str, Any]]:
+        """Wait until ``name`` recorded an event that is ``wanted``; return all its events."""
+        wait_until(lambda: any(wanted(e) for e in self.events(name)), timeout_s, what)
+        return self.events(name)
+
+    def wait_for_sentinel(self, name: str, timeout_s: float = 20) -> list[dict[str, Any]]:
+        """Wait for ``name`` to record the change of key :data:`SENTINEL`; return the other
+        events it recorded (everything queued before the sentinel has run by then)."""
+        events = self.wait_for_event(
+            name, lambda e: e["key"] == SENTINEL, f"the sentinel event in {name}", timeout_s
+        )
+        return [e for e in events if e["key"] != SENTINEL]
+
     def clear(self) -> None:
         for key in self.client.scan_iter("record:*"):
             self.client.delete(key)
@@ -35,7 +68,9 @@ def triggered(redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> An
     """One deployment on the default KvStore: one worker loading the test handlers."""
     deployment = Deployment(redis_server, tmp_path_factory.mktemp("triggers"), None)
     record_url = redis_server.url(63)
-    deployment.worker(includes=("trigger_handlers",), RECORD_REDIS_URL=record_url)
+    worker = deployment.worker(includes=("trigger_handlers",), RECORD_REDIS_URL=record_url)
+    # The sentinels of these tests rely on one worker thread taking tasks in queue order.
+    assert "concurrency: 1 (thread)" in worker.log(), worker.tail()
     recorded = Recorded(record_url)
     yield deployment, recorded
     deployment.close()
@@ -67,9 +102,8 @@ def test_lifecycle_events_with_exact_payloads(setup: Any) -> None:
         deployment.call("state::update", scope=scope, key="k", ops=[{"increment": {"field": "v"}}])
         deployment.call("state::delete", scope=scope, key="k")
         deployment.call("state::delete", scope=scope, key="k")  # absent: fires nothing
-        events = recorded.wait_for("scope", 3)
-        time.sleep(0.5)
-        events = recorded.events("scope")
+        deployment.call("state::set", scope=scope, key=SENTINEL, value=0)
+        events = recorded.wait_for_sentinel("scope")
     finally:
         handle.unregister()
     assert [e["event_type"] for e in sorted(events, key=lambda e: e["timestamp"])] == [
@@ -101,10 +135,11 @@ def test_scope_and_key_filters(setup: Any) -> None:
     try:
         deployment.call("state::set", scope=scope, key="other", value=1)
         deployment.call("state::set", scope=scope + "x", key="wanted", value=1)
+        # The one change that fires is also the sentinel: queued after the two that must not.
         deployment.call("state::set", scope=scope, key="wanted", value=2)
-        events = recorded.wait_for("any", 1)
-        time.sleep(0.5)
-        events = recorded.events("any")
+        events = recorded.wait_for_event(
+            "any", lambda e: e["scope"] == scope and e["key"] == "wanted", "the wanted change"
+        )
     finally:
         handle.unregister()
     assert [(e["scope"], e["key"], e["new_value"]) for e in events] == [(scope, "wanted", 2)]
@@ -121,9 +156,13 @@ def test_conditional_email_example(setup: Any) -> None:
     deployment.call(
         "state::set", scope="people", key="profile", value={**profile, "email": "al@new.example"}
     )
-    events = recorded.wait_for("email", 1)
-    time.sleep(0.8)
-    events = recorded.events("email")
+    # The change that fires is also the sentinel: it goes through the same condition, gate
+    # and handler, queued after the changes whose condition must say no.
+    events = recorded.wait_for_event(
+        "email",
+        lambda e: (e["new_value"] or {}).get("email") == "al@new.example",
+        "the email change",
+    )
     assert len(events) == 1
     assert events[0]["new_value"]["email"] == "al@new.example"
     assert events[0]["old_value"]["email"] == "alice@example.com"
@@ -145,11 +184,15 @@ def test_run_time_registration_and_unregistration_from_a_client(setup: Any) -> N
     assert handle.unregister() is True
     assert handle.unregister() is False
     assert all(t["id"] != handle.id for t in deployment.client.iii.list_triggers())
-    deployment.call("state::set", scope=scope, key="after", value=2)
-    time.sleep(0.8)
-    assert [e["key"] for e in recorded.events("any")] == [
-        "during"
-    ]  # once, despite registering twice
+    # Sentinel: the same handler through another trigger, which must still fire.
+    sentinel = register(deployment, "test::onAny", scope=scope, key=SENTINEL)
+    try:
+        deployment.call("state::set", scope=scope, key="after", value=2)
+        deployment.call("state::set", scope=scope, key=SENTINEL, value=3)
+        events = recorded.wait_for_sentinel("any")
+    finally:
+        sentinel.unregister()
+    assert [e["key"] for e in events] == ["during"]  # once, despite registering twice
 
 
 def test_handler_reads_and_writes_state_while_handling(setup: Any) -> None:
@@ -194,7 +237,13 @@ def test_failing_condition_skips_the_handler_and_shows_as_failed_task(setup: Any
         20,
         "the condition's failure in the log",
     )
-    time.sleep(0.5)
+    # Sentinel: a change whose condition passes, through the same condition -> gate ->
+    # handler chain, queued after the failing condition.
+    sentinel_key = unique(SENTINEL)
+    deployment.call("state::set", scope="sentinel-cond", key=sentinel_key, value=1)
+    recorded.wait_for_event(
+        "sentinel-cond", lambda e: e["key"] == sentinel_key, "the sentinel's conditional handler"
+    )
     assert recorded.events("never") == []
     assert (
         "conditions::broken" in worker.log() and "raised unexpected: RuntimeError" in worker.log()
@@ -211,8 +260,8 @@ def test_failed_update_fires_nothing(setup: Any) -> None:
             deployment.call(
                 "state::update", scope=scope, key="k", ops=[{"increment": {"field": "n"}}]
             )
-        recorded.wait_for("any", 1)
-        time.sleep(0.8)
+        deployment.call("state::set", scope=scope, key=SENTINEL, value=0)
+        events = recorded.wait_for_sentinel("any")
     finally:
         handle.unregister()
-    assert [e["event_type"] for e in recorded.events("any")] == ["state:created"]
+    assert [e["event_type"] for e in events] == ["state:created"]
