@@ -382,11 +382,13 @@ def kv_op_record_bytes(ops: int) -> tuple[float, dict[str, Any]]:
             str(uuid.uuid4()),
         )
 
-    for i in range(SOAK_KEYS):  # the live data, at its full size
-        mutate(i)
-    gc.collect()
+    # Traced from before the live data is written: a value allocated before tracing began
+    # and freed under it would not be subtracted, and its replacement would count as growth.
     tracemalloc.start()
     try:
+        for i in range(SOAK_KEYS):  # the live data, at its full size
+            mutate(i)
+        gc.collect()
         before = tracemalloc.get_traced_memory()[0]
         for i in range(SOAK_KEYS, SOAK_KEYS + ops):
             mutate(i)
