@@ -38,6 +38,7 @@ the read 0.40-0.48 of its throughput, with the remembered value 0.7-0.8.
 from __future__ import annotations
 
 import builtins
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, cast
@@ -56,6 +57,8 @@ from state_tasks.core.errors import AdapterError, AdapterUnavailable, ConfigErro
 from state_tasks.core.ops import Op
 from state_tasks.core.urls import redact_url
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_REDIS_URL = "redis://localhost:6379"
 DEFAULT_KEY_PREFIX = "state"
 #: Connection and socket timeouts: a dead server is reported, not waited on forever.
@@ -64,6 +67,9 @@ DEFAULT_SOCKET_TIMEOUT_S = 5.0
 RECENT_MAX_ENTRIES = 4096
 #: Larger values are not remembered.
 RECENT_VALUE_MAX_CHARS = 16 * 1024
+#: Records to settle wait for the next write of this process to carry them (no round trip
+#: of their own) unless this many are waiting.
+SETTLE_BATCH_MAX = 64
 
 # Every mutation script also returns the trigger version, read in the same atomic step,
 # so matching triggers after a change costs no extra round trip.
@@ -75,7 +81,26 @@ RECENT_VALUE_MAX_CHARS = 16 * 1024
 # changes nothing. A string is a settled record (LUA_SETTLE made it): the script
 # changes nothing and says so. Otherwise the whole record is written in the same step as
 # the change. Without an id the last ARGV is '' and KEYS[4] is not touched.
-LUA_APPLIED = """
+#
+# Settling rides along: KEYS[5] onwards name records to settle (as LUA_SETTLE does) before
+# anything else, so that settling costs no round trip of its own.
+LUA_SETTLE_ONE = """
+local function settle(key)
+  if redis.call('TYPE', key).ok == 'hash' then
+    local ttl = redis.call('PTTL', key)
+    if ttl > 0 then
+      redis.call('SET', key, '1', 'PX', ttl)
+      return 1
+    end
+  end
+  return 0
+end
+"""
+
+LUA_APPLIED = (
+    LUA_SETTLE_ONE
+    + """
+for i = 5, #KEYS do settle(KEYS[i]) end
 local function applied()
   if ARGV[#ARGV] == '' then return nil end
   local kind = redis.call('TYPE', KEYS[4]).ok
@@ -93,9 +118,11 @@ local function record(old, new)
   redis.call('EXPIRE', KEYS[4], ARGV[#ARGV])
 end
 """
+)
 
-# KEYS[1] scope hash, KEYS[2] groups index, KEYS[3] trigger version, KEYS[4] op record;
-# ARGV[1] key, ARGV[2] JSON text, ARGV[3] scope, ARGV[4] op ttl or ''.
+# KEYS[1] scope hash, KEYS[2] groups index, KEYS[3] trigger version, KEYS[4] op record,
+# KEYS[5..] op records to settle; ARGV[1] key, ARGV[2] JSON text, ARGV[3] scope,
+# ARGV[4] op ttl or ''.
 # Returns {replaced JSON text or false when the key is new, trigger version}, or
 # {false, false} when the operation is settled.
 LUA_SET = (
@@ -112,8 +139,8 @@ return {old or false, redis.call('GET', KEYS[3]) or '0'}
 """
 )
 
-# KEYS[1] scope hash, KEYS[2] groups index, KEYS[3] trigger version, KEYS[4] op record;
-# ARGV[1] key, ARGV[2] scope, ARGV[3] op ttl or ''.
+# KEYS[1] scope hash, KEYS[2] groups index, KEYS[3] trigger version, KEYS[4] op record,
+# KEYS[5..] op records to settle; ARGV[1] key, ARGV[2] scope, ARGV[3] op ttl or ''.
 # Returns {deleted JSON text or false, trigger version}, or {false, false} when the
 # operation is settled. A scope left empty leaves the index. A delete of an absent key
 # under an id is recorded settled at once: it has no trigger work.
@@ -135,9 +162,9 @@ return {old or false, redis.call('GET', KEYS[3]) or '0'}
 """
 )
 
-# KEYS[1] scope hash, KEYS[2] groups index, KEYS[3] trigger version, KEYS[4] op record;
-# ARGV[1] key, ARGV[2] "1" if the key was absent else "0", ARGV[3] expected old text,
-# ARGV[4] new text, ARGV[5] scope, ARGV[6] op ttl or ''.
+# KEYS[1] scope hash, KEYS[2] groups index, KEYS[3] trigger version, KEYS[4] op record,
+# KEYS[5..] op records to settle; ARGV[1] key, ARGV[2] "1" if the key was absent else "0",
+# ARGV[3] expected old text, ARGV[4] new text, ARGV[5] scope, ARGV[6] op ttl or ''.
 # Returns {1, trigger version} when written, {0, current text or false} when the value
 # moved on, {2, recorded old text or false, recorded new text} when already applied,
 # or {3} when already applied and settled.
@@ -162,19 +189,14 @@ return {1, redis.call('GET', KEYS[3]) or '0'}
 # KEYS: op records {prefix}:op:{id}; no ARGV. Each whole record (a hash) becomes the
 # string '1' with the time to live it had left: a marker of about 150 bytes of Redis
 # memory, whatever the size of the values. Returns how many records were settled.
-LUA_SETTLE = """
+LUA_SETTLE = (
+    LUA_SETTLE_ONE
+    + """
 local settled = 0
-for _, key in ipairs(KEYS) do
-  if redis.call('TYPE', key).ok == 'hash' then
-    local ttl = redis.call('PTTL', key)
-    if ttl > 0 then
-      redis.call('SET', key, '1', 'PX', ttl)
-      settled = settled + 1
-    end
-  end
-end
+for _, key in ipairs(KEYS) do settled = settled + settle(key) end
 return settled
 """
+)
 
 # KEYS[1] triggers hash, KEYS[2] version; ARGV[1] id, ARGV[2] JSON. Returns 1 if new.
 LUA_TRIGGER_PUT = """
@@ -237,6 +259,9 @@ class RedisAdapter(StateAdapter):
         self._recent: dict[tuple[str, str], str | None] = {}
         self._recent_lock = threading.Lock()
         self._seen = threading.local()
+        # Op record keys to settle, carried by the next mutation script (see settle).
+        self._to_settle: builtins.list[str] = []
+        self._to_settle_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"RedisAdapter(redis_url={self.safe_url!r}, key_prefix={self.key_prefix!r})"
@@ -269,6 +294,10 @@ class RedisAdapter(StateAdapter):
 
     def close(self) -> None:
         if self._client is not None:
+            try:
+                self._flush_settles()
+            except StateError as e:  # they stay whole until they expire
+                logger.warning("could not settle operation records on close: %s", e)
             self._client.close()
 
     def _run(self, what: str, scope: str | None, call: Callable[[], Any]) -> Any:
@@ -311,10 +340,9 @@ class RedisAdapter(StateAdapter):
 
     def set(self, scope: str, key: str, value_json: str, op_id: str | None = None) -> str | None:
         self._seen.version = None
-        script = self._script("set")
         keys = [self.scope_key(scope), self._groups_key, self._version_key, self._op_key(op_id)]
         args = [key, value_json, scope, self._op_ttl(op_id)]
-        old, version = self._run("set", scope, lambda: script(keys=keys, args=args))
+        old, version = self._mutate("set", "set", scope, keys, args)
         if version is None:
             raise OperationSettled(op_id or "")
         self._remember((scope, key), value_json)
@@ -323,10 +351,9 @@ class RedisAdapter(StateAdapter):
 
     def delete(self, scope: str, key: str, op_id: str | None = None) -> str | None:
         self._seen.version = None
-        script = self._script("delete")
         keys = [self.scope_key(scope), self._groups_key, self._version_key, self._op_key(op_id)]
         args = [key, scope, self._op_ttl(op_id)]
-        old, version = self._run("delete", scope, lambda: script(keys=keys, args=args))
+        old, version = self._mutate("delete", "delete", scope, keys, args)
         if version is None:
             raise OperationSettled(op_id or "")
         self._remember((scope, key), None)
@@ -337,7 +364,6 @@ class RedisAdapter(StateAdapter):
         self, scope: str, key: str, ops: Sequence[Op], op_id: str | None = None
     ) -> tuple[str | None, str]:
         self._seen.version = None
-        script = self._script("cas")
         keys = [self.scope_key(scope), self._groups_key, self._version_key, self._op_key(op_id)]
         ttl = self._op_ttl(op_id)
         slot = (scope, key)
@@ -355,7 +381,7 @@ class RedisAdapter(StateAdapter):
                 guessed, old = False, self.get(scope, key)
                 continue
             args = [key, "1" if old is None else "0", old or "", new, scope, ttl]
-            reply: list[Any] = self._run("update", scope, lambda: script(keys=keys, args=args))  # noqa: B023
+            reply: list[Any] = self._mutate("update", "cas", scope, keys, args)
             if reply[0] == 1:
                 self._remember(slot, new)
                 self._seen.version = int(reply[1])
@@ -379,11 +405,55 @@ class RedisAdapter(StateAdapter):
                 del self._recent[next(iter(self._recent))]
 
     def settle(self, op_ids: Sequence[str]) -> None:
-        if not op_ids:
+        """Queue the records for the next mutation of this process to settle in its script.
+
+        A whole record meanwhile answers a repeat with its result (the safe direction).
+        More than :data:`SETTLE_BATCH_MAX` waiting are settled at once, and ``close``
+        settles the rest.
+        """
+        with self._to_settle_lock:
+            self._to_settle.extend(self._op_key(op_id) for op_id in op_ids)
+            full = len(self._to_settle) >= SETTLE_BATCH_MAX
+        if full:
+            self._flush_settles()
+
+    def _flush_settles(self) -> None:
+        keys = self._take_settles()
+        if not keys:
             return
         script = self._script("settle")
-        keys = [self._op_key(op_id) for op_id in op_ids]
-        self._run("settle", None, lambda: script(keys=keys, args=[]))
+        try:
+            self._run("settle", None, lambda: script(keys=keys, args=[]))
+        except BaseException:
+            self._requeue_settles(keys)
+            raise
+
+    def _take_settles(self) -> builtins.list[str]:
+        with self._to_settle_lock:
+            keys, self._to_settle = self._to_settle, []
+        return keys
+
+    def _requeue_settles(self, keys: builtins.list[str]) -> None:
+        if keys:
+            with self._to_settle_lock:
+                self._to_settle[:0] = keys
+
+    def _mutate(
+        self,
+        what: str,
+        script_name: str,
+        scope: str,
+        keys: builtins.list[str],
+        args: builtins.list[str],
+    ) -> Any:
+        """Run a mutation script, carrying the records waiting to be settled (KEYS[5..])."""
+        script = self._script(script_name)
+        settles = self._take_settles()
+        try:
+            return self._run(what, scope, lambda: script(keys=keys + settles, args=args))
+        except BaseException:
+            self._requeue_settles(settles)
+            raise
 
     def list(self, scope: str) -> builtins.list[str]:
         return cast(
