@@ -33,7 +33,12 @@ class Runtime:
         self.service = StateService(self.adapter, on_change=self.dispatcher)
 
     def close(self) -> None:
-        """Flush and release the adapter."""
+        """Settle the records of finished operations, then flush and release the adapter.
+
+        Called at a warm shutdown, once the running tasks have finished and stored their
+        results: no record needs to stay whole for a redelivery any more.
+        """
+        self.service.settle_sent()
         self.adapter.close()
 
 
