@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import builtins
 import logging
+import ssl
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, cast
@@ -63,6 +64,9 @@ DEFAULT_REDIS_URL = "redis://localhost:6379"
 DEFAULT_KEY_PREFIX = "state"
 #: Connection and socket timeouts: a dead server is reported, not waited on forever.
 DEFAULT_SOCKET_TIMEOUT_S = 5.0
+#: TLS (``rediss://``): the server's certificate must verify against the CA (redis-py's
+#: ``ssl_cert_reqs``: ``required``, ``optional`` or ``none``).
+DEFAULT_SSL_CERT_REQS = "required"
 #: How many recently updated values a process remembers to skip a read (see update).
 RECENT_MAX_ENTRIES = 4096
 #: Larger values are not remembered.
@@ -213,6 +217,16 @@ return removed
 """
 
 
+def _tls_refusal(error: BaseException) -> str | None:
+    """The reason, when a connection failed because a certificate did not verify."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"the server's certificate does not verify ({cause.verify_message})"
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def _escape(scope: str) -> str:
     return scope.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
 
@@ -224,6 +238,14 @@ class RedisAdapter(StateAdapter):
     :param key_prefix: first part of every key (no braces).
     :param op_window_s: how long an applied operation id is remembered (default: the
         broker's redelivery window, :func:`adapters.base.default_op_window_s`).
+    :param ssl_ca_certs: ``rediss://`` only: a PEM file of the CAs to trust (default: the
+        system's).
+    :param ssl_certfile: ``rediss://`` only: a client certificate (PEM), for a server that
+        asks for one (``tls-auth-clients``).
+    :param ssl_keyfile: ``rediss://`` only: the client certificate's key (PEM).
+    :param ssl_cert_reqs: ``rediss://`` only: ``required`` (the default: the server's
+        certificate must verify and name the host), ``optional`` or ``none`` (no checks:
+        encrypted, but anyone in the middle can read it).
     :param client: an existing ``redis.Redis`` to use instead of ``redis_url`` (tests).
     """
 
@@ -235,6 +257,10 @@ class RedisAdapter(StateAdapter):
         max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
         socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S,
         op_window_s: float | None = None,
+        ssl_ca_certs: str | None = None,
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
+        ssl_cert_reqs: str = DEFAULT_SSL_CERT_REQS,
         client: redis.Redis | None = None,
     ) -> None:
         if "{" in key_prefix or "}" in key_prefix:
@@ -243,6 +269,28 @@ class RedisAdapter(StateAdapter):
             raise ConfigError(
                 f"redis_url {redact_url(redis_url)!r} must start with redis://, rediss:// or unix://"
             )
+        if ssl_cert_reqs not in ("required", "optional", "none"):
+            raise ConfigError(
+                f"ssl_cert_reqs {ssl_cert_reqs!r} must be 'required', 'optional' or 'none'"
+            )
+        tls_files = {
+            "ssl_ca_certs": ssl_ca_certs,
+            "ssl_certfile": ssl_certfile,
+            "ssl_keyfile": ssl_keyfile,
+        }
+        # TLS options on a plain URL would be silently ignored: a deployment that believes
+        # it is encrypted must not run in clear text.
+        if not redis_url.startswith("rediss://") and any(tls_files.values()):
+            raise ConfigError(
+                f"redis_url {redact_url(redis_url)!r}: ssl_* options need a rediss:// URL"
+            )
+        self._tls_options: dict[str, Any] = {}
+        if redis_url.startswith("rediss://"):
+            self._tls_options = {
+                **{name: path for name, path in tls_files.items() if path},
+                "ssl_cert_reqs": ssl_cert_reqs,
+                "ssl_check_hostname": ssl_cert_reqs == "required",
+            }
         self.max_value_bytes = max_value_bytes
         self.op_window_s = default_op_window_s() if op_window_s is None else op_window_s
         self.redis_url = redis_url
@@ -280,6 +328,7 @@ class RedisAdapter(StateAdapter):
                         socket_timeout=self._socket_timeout_s,
                         socket_connect_timeout=self._socket_timeout_s,
                         health_check_interval=30,
+                        **self._tls_options,
                     )
                     for name, body in (
                         ("set", LUA_SET),
@@ -305,6 +354,14 @@ class RedisAdapter(StateAdapter):
             return call()
         except (redis.ConnectionError, redis.TimeoutError) as e:
             where = f" (scope {scope!r})" if scope is not None else ""
+            refused = _tls_refusal(e)
+            if refused is not None:
+                # A certificate that does not verify will not verify on a retry either.
+                raise AdapterError(
+                    f"{what}{where}: TLS with Redis at {self.safe_url} failed: {refused}. "
+                    "Check ssl_ca_certs (the CA that signed the server's certificate) and "
+                    "that the certificate names the host in redis_url."
+                ) from e
             raise AdapterUnavailable(
                 f"{what}{where}: cannot reach Redis at {self.safe_url}: {e.__class__.__name__}. "
                 "Check that the server runs and the URL is right; calls succeed again once "

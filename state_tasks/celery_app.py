@@ -12,6 +12,7 @@ from celery.utils.imports import import_from_cwd
 import state_tasks.embedded_broker  # noqa: F401  (registers the statefs:// scheme)
 from state_tasks.core.errors import ConfigError
 from state_tasks.core.urls import is_embedded_broker
+from state_tasks.security import setup_signing
 
 #: Modules every worker imports: the state tasks, the trigger tasks, the worker's checks.
 TASK_MODULES = ("state_tasks.tasks", "triggers.tasks", "state_tasks.worker")
@@ -57,6 +58,10 @@ def create_app(name: str = "state_tasks", **settings: Any) -> Celery:
     if overrides:
         app.conf.update(overrides)
     app.conf.include = list(TASK_MODULES)
+
+    @app.on_after_configure.connect(weak=False)
+    def _setup_signing(sender: Celery, **_: Any) -> None:
+        setup_signing(sender)
 
     @app.on_after_configure.connect(weak=False)
     def _make_broker_folders(sender: Celery, **_: Any) -> None:

@@ -29,6 +29,7 @@ import os
 from state_tasks.core.config import visibility_timeout_s
 from state_tasks.core.errors import ConfigError
 from state_tasks.core.urls import is_embedded_broker
+from state_tasks.security import backend_ssl_options, broker_ssl_options, signing_settings
 
 _redis_url = os.environ.get("REDIS_URL") or None
 
@@ -55,6 +56,15 @@ task_serializer = "json"
 result_serializer = "json"
 accept_content = ["json"]
 result_accept_content = ["json"]
+# Signed task messages when STATE_TASKS_SIGNING_KEY/_CERT/_CERT_STORE are set: the auth
+# serializer (JSON inside) replaces JSON for tasks, and unsigned tasks are refused.
+globals().update(signing_settings(os.environ))
+
+# TLS: a rediss:// or amqps:// broker and a rediss:// result backend verify the server's
+# certificate (CELERY_SSL_CA_CERTS, else the system's CAs), with a client certificate if
+# CELERY_SSL_CERTFILE/CELERY_SSL_KEYFILE are set (state_tasks.security).
+broker_use_ssl = broker_ssl_options(broker_url, os.environ)
+redis_backend_use_ssl = backend_ssl_options(result_backend, os.environ)
 
 # Reliability: a task is acknowledged only after it ran, and a task whose worker
 # died mid-way goes back to the queue instead of being lost. One message is

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
@@ -112,22 +113,100 @@ def _stop(process: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM) ->
             process.wait(10)
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for TLS tests: a CA, a server and a client certificate it signed, and a
+    second CA that signed nothing here (a client trusting only it must be refused)."""
+
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    other_ca_cert: Path
+
+
+def _openssl(*args: str | Path) -> None:
+    binary = shutil.which("openssl")
+    if binary is None:
+        raise RuntimeError("openssl is not installed; it makes the test certificates")
+    done = subprocess.run([binary, *map(str, args)], capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        raise RuntimeError(f"openssl {' '.join(map(str, args))} failed: {done.stderr.strip()}")
+
+
+def self_signed_certificate(folder: Path, name: str, days: int = 2) -> tuple[Path, Path]:
+    """A self-signed certificate and its key (``<name>.crt``, ``<name>.key``): a test CA,
+    or a message-signing identity. Returns ``(certificate, key)``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cert, key = folder / f"{name}.crt", folder / f"{name}.key"
+    _openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days", str(days),
+        "-subj", f"/CN={name}", "-keyout", key, "-out", cert,
+    )  # fmt: skip
+    return cert, key
+
+
+def _signed_certificate(folder: Path, name: str, ca: tuple[Path, Path]) -> tuple[Path, Path]:
+    """A certificate for ``127.0.0.1`` and ``localhost`` signed by ``ca``."""
+    cert, key, request = folder / f"{name}.crt", folder / f"{name}.key", folder / f"{name}.csr"
+    extensions = folder / f"{name}.ext"
+    extensions.write_text("subjectAltName = IP:127.0.0.1, DNS:localhost\n")
+    _openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-sha256", "-subj", f"/CN={name}",
+        "-keyout", key, "-out", request,
+    )  # fmt: skip
+    _openssl(
+        "x509", "-req", "-in", request, "-CA", ca[0], "-CAkey", ca[1], "-CAcreateserial",
+        "-days", "2", "-sha256", "-extfile", extensions, "-out", cert,
+    )  # fmt: skip
+    return cert, key
+
+
+def make_tls_files(folder: Path) -> TlsFiles:
+    """Make a test CA with a server and a client certificate (``openssl``), in ``folder``."""
+    ca = self_signed_certificate(folder, "ca")
+    server = _signed_certificate(folder, "server", ca)
+    client = _signed_certificate(folder, "client", ca)
+    other_ca, _ = self_signed_certificate(folder, "other-ca")
+    return TlsFiles(ca[0], server[0], server[1], client[0], client[1], other_ca)
+
+
 class RedisServer:
     """A redis-server of our own on a free port, keeping nothing on disk."""
 
     def __init__(
-        self, workdir: Path, password: str | None = None, persistent: bool = False
+        self,
+        workdir: Path,
+        password: str | None = None,
+        persistent: bool = False,
+        tls: TlsFiles | None = None,
     ) -> None:
         """``persistent``: an append-only file fsynced on every write, so a restart (even
-        after ``kill -9``) keeps every acknowledged write."""
+        after ``kill -9``) keeps every acknowledged write. ``password``: the default user
+        needs it (``--requirepass``). ``tls``: also listen with TLS on ``tls_port``,
+        requiring a client certificate signed by ``tls.ca_cert`` (see :meth:`tls_url`)."""
         self.password = password
         self.persistent = persistent
+        self.tls = tls
         self.workdir = workdir
         self.port = free_port()
+        self.tls_port = free_port() if tls is not None else None
         self.process: subprocess.Popen[bytes] | None = None
         self.start()
 
     def start(self) -> None:
+        extra: list[str] = []
+        if self.password:
+            extra += ["--requirepass", self.password]
+        if self.tls is not None:
+            extra += [
+                "--tls-port", str(self.tls_port),
+                "--tls-cert-file", str(self.tls.server_cert),
+                "--tls-key-file", str(self.tls.server_key),
+                "--tls-ca-cert-file", str(self.tls.ca_cert),
+                "--tls-auth-clients", "yes",
+            ]  # fmt: skip
         self.process = _launch_redis(
             self.workdir,
             self.port,
@@ -139,8 +218,9 @@ class RedisServer:
             "always",
             "--databases",
             "256",
+            *extra,
         )
-        client = redis.Redis(port=self.port)
+        client = redis.Redis(port=self.port, password=self.password)
         wait_until(lambda: _pings(client), 10, f"redis-server on port {self.port}")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
@@ -150,6 +230,13 @@ class RedisServer:
     def url(self, db: int = 0) -> str:
         auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}127.0.0.1:{self.port}/{db}"
+
+    def tls_url(self, db: int = 0) -> str:
+        """The ``rediss://`` URL of the TLS port (the server was started with ``tls``)."""
+        if self.tls_port is None:
+            raise RuntimeError("this RedisServer was started without tls")
+        auth = f":{self.password}@" if self.password else ""
+        return f"rediss://{auth}127.0.0.1:{self.tls_port}/{db}"
 
 
 class RedisCluster:

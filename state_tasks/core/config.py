@@ -93,6 +93,11 @@ class KvStoreConfig(_AdapterConfig):
 class RedisAdapterConfig(_AdapterConfig):
     redis_url: str = Field(default_factory=lambda: os.environ.get("REDIS_URL", DEFAULT_REDIS_URL))
     key_prefix: str = "state"
+    # TLS, for a rediss:// URL (redis-py's names); None leaves the adapter's default.
+    ssl_ca_certs: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_cert_reqs: Literal["required", "optional", "none"] | None = None
 
 
 class BridgeConfig(_AdapterConfig):
@@ -127,11 +132,17 @@ def _kv_store(config: KvStoreConfig) -> StateAdapter:
 def _redis(config: RedisAdapterConfig) -> StateAdapter:
     from adapters.redis_adapter import RedisAdapter
 
+    tls = {
+        name: getattr(config, name)
+        for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
+        if getattr(config, name) is not None
+    }
     return RedisAdapter(
         redis_url=config.redis_url,
         key_prefix=config.key_prefix,
         max_value_bytes=config.max_value_bytes,
         op_window_s=config.op_window_s,
+        **tls,
     )
 
 

@@ -1,0 +1,131 @@
+"""The Celery side of the security options: TLS to the broker and results, signed messages.
+
+Both are read from the environment by :mod:`state_tasks.settings` (so ``celery -A
+state_tasks worker`` and every client built by :func:`state_tasks.create_app` get them),
+and both can be set the Celery way instead, in the ``CELERY_CONFIG_MODULE``.
+
+==================================  ==================================================
+variable                            meaning
+==================================  ==================================================
+``CELERY_SSL_CA_CERTS``             PEM file of the CAs to trust (default: the
+                                    system's) for a ``rediss://`` or ``amqps://``
+                                    broker and a ``rediss://`` result backend
+``CELERY_SSL_CERTFILE``,            a client certificate and its key (PEM), for a
+``CELERY_SSL_KEYFILE``              server that asks for one
+``CELERY_SSL_CERT_REQS``            ``required`` (default), ``optional`` or ``none``
+``STATE_TASKS_SIGNING_KEY``,        sign every task message with this key and
+``STATE_TASKS_SIGNING_CERT``        certificate (Celery's ``auth`` serializer), and
+``STATE_TASKS_SIGNING_CERT_STORE``  accept only messages signed by a certificate in
+                                    this folder (all three, or none)
+==================================  ==================================================
+
+This module imports no Celery: :func:`setup_signing` is given the app.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Mapping
+from typing import Any
+
+from state_tasks.core.errors import ConfigError
+
+TLS_VARIABLES = ("CELERY_SSL_CA_CERTS", "CELERY_SSL_CERTFILE", "CELERY_SSL_KEYFILE")
+CERT_REQS_VARIABLE = "CELERY_SSL_CERT_REQS"
+SIGNING_VARIABLES = (
+    "STATE_TASKS_SIGNING_KEY",
+    "STATE_TASKS_SIGNING_CERT",
+    "STATE_TASKS_SIGNING_CERT_STORE",
+)
+#: The digest of message signatures (Celery's ``security_digest``).
+DEFAULT_SIGNING_DIGEST = "sha256"
+_CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
+
+
+def _cert_reqs(environ: Mapping[str, str]) -> ssl.VerifyMode:
+    raw = environ.get(CERT_REQS_VARIABLE) or "required"
+    if raw not in _CERT_REQS:
+        raise ConfigError(
+            f"{CERT_REQS_VARIABLE}={raw!r}: expected 'required', 'optional' or 'none'"
+        )
+    return _CERT_REQS[raw]
+
+
+def broker_ssl_options(broker_url: str, environ: Mapping[str, str]) -> dict[str, Any] | None:
+    """Celery's ``broker_use_ssl`` for a ``rediss://`` or ``amqps://`` broker, else ``None``.
+
+    A TLS broker always verifies the server's certificate unless ``CELERY_SSL_CERT_REQS``
+    says otherwise (kombu would refuse a ``rediss://`` URL without a choice).
+    """
+    ca, cert, key = (environ.get(name) or None for name in TLS_VARIABLES)
+    if broker_url.startswith("rediss://"):
+        return _redis_options(ca, cert, key, _cert_reqs(environ))
+    if broker_url.startswith("amqps://"):
+        options: dict[str, Any] = {"cert_reqs": _cert_reqs(environ)}
+        for name, value in (("ca_certs", ca), ("certfile", cert), ("keyfile", key)):
+            if value:
+                options[name] = value
+        return options
+    return None
+
+
+def backend_ssl_options(result_backend: str, environ: Mapping[str, str]) -> dict[str, Any] | None:
+    """Celery's ``redis_backend_use_ssl`` for a ``rediss://`` result backend, else ``None``."""
+    if not result_backend.startswith("rediss://"):
+        return None
+    ca, cert, key = (environ.get(name) or None for name in TLS_VARIABLES)
+    return _redis_options(ca, cert, key, _cert_reqs(environ))
+
+
+def _redis_options(
+    ca: str | None, cert: str | None, key: str | None, reqs: ssl.VerifyMode
+) -> dict[str, Any]:
+    options: dict[str, Any] = {"ssl_cert_reqs": reqs}
+    for name, value in (("ssl_ca_certs", ca), ("ssl_certfile", cert), ("ssl_keyfile", key)):
+        if value:
+            options[name] = value
+    return options
+
+
+def signing_settings(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The Celery settings that turn message signing on, or ``{}`` when it is off."""
+    given = {name: environ.get(name) or None for name in SIGNING_VARIABLES}
+    if not any(given.values()):
+        return {}
+    missing = [name for name, value in given.items() if value is None]
+    if missing:
+        raise ConfigError(
+            f"message signing needs {', '.join(SIGNING_VARIABLES)}; {', '.join(missing)} "
+            "not set (set all three, or none to turn signing off)"
+        )
+    key, cert, store = given.values()
+    return {
+        # Tasks are signed, and only signed tasks are accepted: an unsigned or altered
+        # message is refused by the worker, never run.
+        "task_serializer": "auth",
+        "accept_content": ["auth"],
+        "security_key": key,
+        "security_certificate": cert,
+        "security_cert_store": store,
+        "security_digest": DEFAULT_SIGNING_DIGEST,
+    }
+
+
+def setup_signing(app: Any) -> None:
+    """Register the ``auth`` serializer on ``app`` when its settings ask for it.
+
+    Results and remote-control messages stay plain JSON (Celery signs task messages
+    only), so ``json`` stays trusted beside ``auth``.
+    """
+    if app.conf.task_serializer != "auth":
+        return
+    try:
+        app.setup_security(
+            allowed_serializers=["application/data", "application/json"], serializer="json"
+        )
+    except Exception as e:  # ImproperlyConfigured, a missing file, a bad key
+        raise ConfigError(
+            f"message signing: {e.__class__.__name__}: {e} (check the files named by "
+            f"{', '.join(SIGNING_VARIABLES)} or the security_* settings; the auth "
+            "serializer needs the cryptography package: pip install 'state_tasks[security]')"
+        ) from e

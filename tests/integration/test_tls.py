@@ -1,0 +1,202 @@
+"""TLS on every link: a worker and a client on a redis-server that listens only with TLS
+(for them) and asks for client certificates, as broker, results and state."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from helpers import HANDLERS, Client, redis_state_yaml
+
+from adapters.redis_adapter import RedisAdapter
+from state_tasks.contrib.servers import RedisServer, TlsFiles, Worker, make_tls_files, wait_until
+from state_tasks.core.errors import AdapterError, ConfigError
+from state_tasks.security import backend_ssl_options, broker_ssl_options
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "tls-Secret-pw-91"
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    return make_tls_files(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture(scope="module")
+def tls_redis(tls: TlsFiles, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("tls-redis"), password=PASSWORD, tls=tls)
+    yield server
+    server.stop()
+
+
+def client_files(tls: TlsFiles, ca: Path | None = None) -> dict[str, str]:
+    return {
+        "ssl_ca_certs": str(ca or tls.ca_cert),
+        "ssl_certfile": str(tls.client_cert),
+        "ssl_keyfile": str(tls.client_key),
+    }
+
+
+def celery_tls_env(tls: TlsFiles) -> dict[str, str]:
+    return {
+        "CELERY_SSL_CA_CERTS": str(tls.ca_cert),
+        "CELERY_SSL_CERTFILE": str(tls.client_cert),
+        "CELERY_SSL_KEYFILE": str(tls.client_key),
+    }
+
+
+def tls_client(url: str, env: dict[str, str]) -> Client:
+    """A client with the TLS settings a service gets from the same environment."""
+    return Client(
+        url,
+        url,
+        broker_use_ssl=broker_ssl_options(url, env),
+        redis_backend_use_ssl=backend_ssl_options(url, env),
+    )
+
+
+def record_url(server: RedisServer, tls: TlsFiles, db: int) -> str:
+    """The handlers' record Redis, over TLS too (redis-py reads the files from the query)."""
+    query = "&".join(f"{name}={path}" for name, path in client_files(tls).items())
+    return f"{server.tls_url(db)}?{query}"
+
+
+def test_a_worker_and_a_client_round_trip_with_triggers_over_tls(
+    tls: TlsFiles, tls_redis: RedisServer, tmp_path: Path
+) -> None:
+    # Given a worker whose broker, results, state and handler records all use rediss://
+    # with the test CA and a client certificate
+    url = tls_redis.tls_url(1)
+    config = tmp_path / "state.yaml"
+    config.write_text(redis_state_yaml(tls_redis.tls_url(2), "tls", **client_files(tls)))
+    env = celery_tls_env(tls)
+    worker = Worker(
+        tmp_path,
+        {
+            "CELERY_BROKER_URL": url,
+            "CELERY_RESULT_BACKEND": url,
+            "STATE_CONFIG": str(config),
+            "RECORD_REDIS_URL": record_url(tls_redis, tls, 3),
+            **env,
+        },
+        ("--concurrency", "1"),
+        includes=("trigger_handlers",),
+        pythonpath=[HANDLERS],
+    ).start()
+    client = tls_client(url, env)
+    admin = redis.Redis(port=tls_redis.port, password=PASSWORD, decode_responses=True)
+    try:
+        client.iii.register_trigger(
+            {"type": "state", "function_id": "test::onAny", "config": {"scope": "tls-scope"}}
+        )
+        # When the client sets, updates and reads a value
+        assert client.call("state::set", scope="tls-scope", key="k", value={"n": 1}) == {
+            "old_value": None,
+            "new_value": {"n": 1},
+        }
+        client.call("state::update", scope="tls-scope", key="k", ops=[{"increment": {"field": "n"}}])
+        assert client.call("state::get", scope="tls-scope", key="k") == {"n": 2}
+        # Then the handler saw both changes
+        admin.select(3)
+        wait_until(lambda: admin.llen("record:any") >= 2, 20, "the handler to record two events")
+        events = [json.loads(item) for item in admin.lrange("record:any", 0, -1)]
+        assert [e["event_type"] for e in events] == ["state:created", "state:updated"]
+        # And the state is in Redis, written through the TLS port
+        admin.select(2)
+        assert admin.hget("tls:s:{tls-scope}", "k") == '{"n":2}'
+        # And no connection but this test's own admin one uses the plain port
+        connections = admin.client_list()
+        plain = [c for c in connections if c["laddr"].endswith(f":{tls_redis.port}")]
+        assert len(plain) == 1, plain
+        assert len(connections) > 3
+    finally:
+        client.close()
+        worker.stop()
+
+
+def test_a_certificate_that_does_not_verify_gives_adapter_error_at_once(
+    tls: TlsFiles, tls_redis: RedisServer, tmp_path: Path
+) -> None:
+    # Given a worker whose state adapter trusts another CA than the one that signed Redis's
+    url = tls_redis.tls_url(4)
+    config = tmp_path / "state.yaml"
+    config.write_text(
+        redis_state_yaml(tls_redis.tls_url(5), "bad", **client_files(tls, tls.other_ca_cert))
+    )
+    env = celery_tls_env(tls)
+    worker = Worker(
+        tmp_path,
+        {"CELERY_BROKER_URL": url, "CELERY_RESULT_BACKEND": url, "STATE_CONFIG": str(config), **env},
+        ("--concurrency", "1"),
+    ).start()
+    client = tls_client(url, env)
+    try:
+        # When a client calls a state function
+        started = time.monotonic()
+        with pytest.raises(AdapterError) as info:
+            client.call("state::set", scope="s", key="k", value=1)
+        # Then it fails with ADAPTER_ERROR naming the cause, without retries or the password
+        assert time.monotonic() - started < 5
+        assert info.value.code == "ADAPTER_ERROR"
+        assert "TLS with Redis at rediss://:***@127.0.0.1" in info.value.message
+        assert "certificate does not verify" in info.value.message
+        assert PASSWORD not in info.value.message and PASSWORD not in worker.log()
+        # And the worker still serves the calls that need no state
+        assert worker.process is not None and worker.process.poll() is None
+    finally:
+        client.close()
+        worker.stop()
+
+
+def test_the_adapter_alone_needs_the_right_ca_and_a_client_certificate(
+    tls: TlsFiles, tls_redis: RedisServer
+) -> None:
+    good = RedisAdapter(redis_url=tls_redis.tls_url(6), key_prefix="t", **client_files(tls))
+    assert good.set("s", "k", "1") is None and good.get("s", "k") == "1"
+    good.close()
+
+    wrong_ca = RedisAdapter(
+        redis_url=tls_redis.tls_url(6), **client_files(tls, tls.other_ca_cert)
+    )
+    with pytest.raises(AdapterError, match="certificate does not verify"):
+        wrong_ca.get("s", "k")
+
+    # Without a client certificate the server hangs up during the handshake: an
+    # ADAPTER_ERROR after the connect timeout at most, never a hang.
+    no_cert = RedisAdapter(
+        redis_url=tls_redis.tls_url(6), ssl_ca_certs=str(tls.ca_cert), socket_timeout_s=1
+    )
+    started = time.monotonic()
+    with pytest.raises(AdapterError):
+        no_cert.get("s", "k")
+    assert time.monotonic() - started < 3
+
+
+def test_tls_options_on_a_plain_url_are_refused() -> None:
+    # A deployment that believes it is encrypted must not run in clear text.
+    with pytest.raises(ConfigError, match="need a rediss:// URL"):
+        RedisAdapter(redis_url="redis://127.0.0.1:1/0", ssl_ca_certs="/ca.pem")
+
+
+def test_celery_tls_settings_from_the_environment() -> None:
+    import ssl
+
+    env: dict[str, Any] = {"CELERY_SSL_CA_CERTS": "/ca.pem"}
+    assert broker_ssl_options("redis://h/0", env) is None
+    assert broker_ssl_options("rediss://h/0", {}) == {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    assert broker_ssl_options("amqps://h//", env) == {
+        "cert_reqs": ssl.CERT_REQUIRED,
+        "ca_certs": "/ca.pem",
+    }
+    assert backend_ssl_options("rediss://h/0", env) == {
+        "ssl_cert_reqs": ssl.CERT_REQUIRED,
+        "ssl_ca_certs": "/ca.pem",
+    }
+    with pytest.raises(ConfigError, match="CELERY_SSL_CERT_REQS"):
+        broker_ssl_options("rediss://h/0", {"CELERY_SSL_CERT_REQS": "maybe"})
