@@ -1,0 +1,83 @@
+"""The adapter contract on Redis as the least-privileged user of the README's Security
+section: only the adapter's key prefix, only the commands it sends.
+
+Every test of ``test_contract.py`` runs again here, once, with the RedisAdapter connected
+as a user made by the README's exact ``ACL SETUSER`` line; a command or key the line
+forgot fails the test with ``NOPERM``.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from redis_acl import make_restricted_user, readme_acl_line
+from test_contract import *  # noqa: F403  (the contract's tests, collected again here)
+
+import adapters.redis_adapter as redis_adapter_module
+from adapters.base import StateAdapter
+from adapters.redis_adapter import RedisAdapter
+from state_tasks.contrib.servers import RedisServer
+from state_tasks.core.errors import AdapterError
+
+
+@pytest.fixture
+def make_adapter(redis_server: RedisServer) -> Iterator[Any]:
+    opened: list[StateAdapter] = []
+
+    def make(**settings: Any) -> StateAdapter:
+        prefix = f"acl-{uuid.uuid4().hex[:10]}"
+        url = make_restricted_user(redis_server, prefix)
+        adapter = RedisAdapter(redis_url=url, key_prefix=prefix, **settings)
+        adapter.open()
+        opened.append(adapter)
+        return adapter
+
+    yield make
+    for adapter in opened:
+        adapter.close()
+
+
+def test_the_restricted_user_cannot_touch_keys_outside_its_prefix(
+    redis_server: RedisServer,
+) -> None:
+    # Given a key of someone else's on the same Redis, and a user for the prefix "mine"
+    admin = redis.Redis(port=redis_server.port, password=redis_server.password)
+    admin.set("other:secret", "42")
+    admin.hset("other:s:{scope}", "k", "1")
+    url = make_restricted_user(redis_server, "mine")
+    as_user = redis.Redis.from_url(url)
+    # Then the user can neither read nor write it, nor list the keyspace or reconfigure
+    for command in (
+        ("GET", "other:secret"),
+        ("HGET", "other:s:{scope}", "k"),
+        ("SET", "other:secret", "0"),
+        ("KEYS", "*"),
+        ("FLUSHALL",),
+        ("CONFIG", "GET", "requirepass"),
+        ("EVAL", "return redis.call('GET', KEYS[1])", "1", "other:secret"),
+    ):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            as_user.execute_command(*command)  # type: ignore[no-untyped-call]
+    # And an adapter built with another prefix on this user's URL fails with ADAPTER_ERROR
+    wrong = RedisAdapter(redis_url=url, key_prefix="other")
+    with pytest.raises(AdapterError, match=r"no permissions"):
+        wrong.get("scope", "k")
+    assert admin.get("other:secret") == b"42"
+
+
+def test_the_readme_line_allows_every_command_the_adapter_sends() -> None:
+    """A guard for changes to the adapter: a new command must be added to the README's
+    line (and the contract above then shows that the line suffices)."""
+    source = Path(redis_adapter_module.__file__).read_text()
+    in_scripts = set(re.findall(r"redis\.call\('([A-Z]+)'", source))
+    called = re.findall(r"(?:self\.client|pipe)\.([a-z]+)\(", source)
+    from_python = {name.upper() for name in called if name != "pipeline"}
+    sent = in_scripts | from_python | {"EVALSHA", "SCRIPT|LOAD", "PING"}
+    allowed = {word[1:].upper() for word in readme_acl_line().split() if word.startswith("+")}
+    assert sent - allowed == set(), "add these to the README's ACL SETUSER line"

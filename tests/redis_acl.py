@@ -1,0 +1,32 @@
+"""Restricted Redis users made with the README's own ``ACL SETUSER`` line."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import redis
+from helpers import REPO
+
+from state_tasks.contrib.servers import RedisServer
+
+
+def readme_acl_line() -> str:
+    """The one ``ACL SETUSER`` line of the README's Security section."""
+    lines = re.findall(r"^ACL SETUSER .+$", (REPO / "README.md").read_text(), re.MULTILINE)
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def make_restricted_user(server: RedisServer, prefix: str) -> str:
+    """Run the README's line on ``server`` for ``prefix``; return a URL as that user (db 0)."""
+    user, password = f"state-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    line = (
+        readme_acl_line()
+        .replace("state-adapter", user)
+        .replace("<password>", password)
+        .replace("~state:*", f"~{prefix}:*")
+    )
+    admin = redis.Redis(port=server.port, password=server.password)
+    admin.execute_command(*line.split())  # type: ignore[no-untyped-call]
+    return f"redis://{user}:{password}@127.0.0.1:{server.port}/0"
