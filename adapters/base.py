@@ -30,7 +30,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from state_tasks.core.errors import AdapterError
+
 if TYPE_CHECKING:
+    from state_tasks.core.batch import BatchOp, BatchResult
     from state_tasks.core.ops import Op
 
 DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
@@ -144,6 +147,47 @@ class StateAdapter(ABC):
     @abstractmethod
     def list_groups(self) -> builtins.list[str]:
         """Return the scopes holding at least one key, sorted and unique."""
+
+    # -- bulk and paging (optional: the defaults are correct but not all of them atomic) --
+
+    def get_many(self, scope: str, keys: Sequence[str]) -> builtins.list[str | None]:
+        """Return the JSON text under each of ``keys`` (``None`` where absent), in their
+        order. The built-in adapters read them in one round trip; this default calls
+        :meth:`get` per key."""
+        return [self.get(scope, key) for key in keys]
+
+    def batch(
+        self, scope: str, operations: Sequence[BatchOp], op_id: str | None = None
+    ) -> builtins.list[BatchResult]:
+        """Apply ``operations`` in order, all or nothing, atomically; return one
+        ``(old_json, new_json)`` per operation (``new_json`` is ``None`` for a delete).
+
+        Implementations read the values the batch's keys hold, compute the outcome with
+        :func:`state_tasks.core.batch.apply_batch` (which raises, naming the failing
+        operation, before anything is written) and write it in one atomic step. ``op_id``
+        is recorded once for the whole batch, as for ``set`` (whole, then settled): a repeat
+        returns the recorded results or raises :class:`OperationSettled`.
+        """
+        raise AdapterError(
+            f"{type(self).__name__} does not implement state::batch (an atomic batch needs "
+            "the adapter's own write path; see adapters.base.StateAdapter.batch)"
+        )
+
+    def list_page(
+        self, scope: str, prefix: str, after: str | None, limit: int
+    ) -> tuple[builtins.list[tuple[str, str]], bool]:
+        """Return up to ``limit`` ``(key, json_text)`` of ``scope`` whose keys start with
+        ``prefix`` and sort after ``after`` (``None``: from the first), in code point order,
+        and whether more follow. Its cost grows with ``limit`` and the keys matching
+        ``prefix``, not with the size of the scope."""
+        raise AdapterError(f"{type(self).__name__} does not implement paging of state::list")
+
+    def list_groups_page(
+        self, prefix: str, after: str | None, limit: int, with_counts: bool
+    ) -> tuple[builtins.list[tuple[str, int | None]], bool]:
+        """Like :meth:`list_page` for the scopes holding at least one key: ``(scope, number
+        of keys or None unless with_counts)``, and whether more follow."""
+        raise AdapterError(f"{type(self).__name__} does not implement paging of state::list_groups")
 
     # -- the reserved trigger space -------------------------------------------------
 

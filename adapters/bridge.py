@@ -35,7 +35,14 @@ from adapters.base import (
     StateAdapter,
     default_op_window_s,
 )
-from adapters.kv_store import DEFAULT_MAX_OPS, KvStore, OpRecord, OpRecords
+from adapters.kv_store import BATCH_RECORD, DEFAULT_MAX_OPS, KvStore, OpRecord, OpRecords
+from state_tasks.core.batch import (
+    BatchOp,
+    BatchResult,
+    batch_record,
+    encode_cursor,
+    parse_batch_record,
+)
 from state_tasks.core.codec import decode, dumps
 from state_tasks.core.ops import Op
 
@@ -45,6 +52,15 @@ RemoteCall = Callable[[str, Mapping[str, Any], str | None], Any]
 
 def _text(value: Any) -> str | None:
     return None if value is None else dumps(value)
+
+
+def _forwarded(op: BatchOp) -> dict[str, Any]:
+    """A batch operation as the remote's ``state::batch`` takes it."""
+    if op.kind == "set":
+        return {"op": "set", "key": op.key, "value": decode(op.value_json)}
+    if op.kind == "update":
+        return {"op": "update", "key": op.key, "ops": [o.to_engine_form() for o in op.ops]}
+    return {"op": "delete", "key": op.key}
 
 
 class Bridge(StateAdapter):
@@ -120,6 +136,58 @@ class Bridge(StateAdapter):
         old, new = _text(result["old_value"]), dumps(result["new_value"])
         self._record(op_id, old, new)
         return old, new
+
+    def get_many(self, scope: str, keys: Sequence[str]) -> builtins.list[str | None]:
+        values = self.remote("state::get_many", {"scope": scope, "keys": list(keys)}, None)
+        return [_text(value) for value in values]
+
+    def batch(
+        self, scope: str, operations: Sequence[BatchOp], op_id: str | None = None
+    ) -> builtins.list[BatchResult]:
+        """One remote ``state::batch`` (atomic there); recorded here as one operation."""
+        done = self._recorded(op_id)
+        if done is not None and done[1] == BATCH_RECORD and done[0] is not None:
+            return parse_batch_record(done[0])
+        payload = {"scope": scope, "operations": [_forwarded(op) for op in operations]}
+        answer = self._applied(op_id, self.remote("state::batch", payload, op_id))
+        results: builtins.list[BatchResult] = []
+        for op, result in zip(operations, answer["results"], strict=True):
+            if op.kind == "delete":
+                results.append((_text(result), None))
+            else:
+                results.append((_text(result["old_value"]), dumps(result["new_value"])))
+        if op_id is not None:
+            with self._ops_lock:
+                self._ops.add(op_id, self._ops.new(batch_record(results), BATCH_RECORD))
+        return results
+
+    def list_page(
+        self, scope: str, prefix: str, after: str | None, limit: int
+    ) -> tuple[builtins.list[tuple[str, str]], bool]:
+        # Cursors are signed with a key every deployment shares, so the remote reads ours.
+        payload: dict[str, Any] = {"scope": scope, "limit": limit, "with_keys": True}
+        if prefix:
+            payload["prefix"] = prefix
+        if after is not None:
+            payload["cursor"] = encode_cursor("list", scope, prefix, after)
+        page = self.remote("state::list", payload, None)
+        rows = [(item["key"], dumps(item["value"])) for item in page["items"]]
+        return rows, page["cursor"] is not None
+
+    def list_groups_page(
+        self, prefix: str, after: str | None, limit: int, with_counts: bool
+    ) -> tuple[builtins.list[tuple[str, int | None]], bool]:
+        payload: dict[str, Any] = {"limit": limit, "with_counts": with_counts}
+        if prefix:
+            payload["prefix"] = prefix
+        if after is not None:
+            payload["cursor"] = encode_cursor("list_groups", "", prefix, after)
+        page = self.remote("state::list_groups", payload, None)
+        if with_counts:
+            rows = [(item["scope"], item["count"]) for item in page["items"]]
+        else:
+            rows = [(scope, None) for scope in page["items"]]
+        return rows, page["cursor"] is not None
 
     def settle(self, op_ids: Sequence[str]) -> None:
         with self._ops_lock:

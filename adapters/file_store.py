@@ -52,6 +52,11 @@ values. Journal segments up to ``covered`` are then described by ``ops.json``, s
 takes only their data, and derives old values only from later segments, whose records
 follow the scope files' state exactly.
 
+A batch (``state::batch``) is one record, ``{"op": "batch", "scope", "ops": [[key, value]
+or [key], ...]}`` (a set or a delete per operation, in order, with the batch's ``id`` and
+``exp``): one line, one CRC, so after a crash the batch is there whole or not at all, and
+replay derives its results (and its operation record) as it applies it.
+
 A journal record is one line: the CRC-32 of the JSON (8 hex digits), a space, the JSON.
 A torn last line (a crash mid-append) is cut off at start-up with a warning; a bad
 record before the end, or a scope file that cannot be parsed, stops start-up with a
@@ -72,11 +77,13 @@ import re
 import threading
 import time
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from adapters.base import DEFAULT_MAX_VALUE_BYTES
-from adapters.kv_store import DEFAULT_MAX_OPS, KvStore, OpRecord
+from adapters.kv_store import BATCH_RECORD, DEFAULT_MAX_OPS, KvStore, OpRecord
+from state_tasks.core.batch import BatchOp, BatchResult, batch_record
 from state_tasks.core.codec import dumps
 from state_tasks.core.errors import AdapterError
 from state_tasks.core.ownership import OwnedElsewhere, take_ownership
@@ -340,14 +347,30 @@ class FileKvStore(KvStore):
                         self._ops.mark(op_id, _monotonic(expires_wall))
                 self._ops_dirty = True
         elif kind == "set":
-            self._scopes.setdefault(record["scope"], {})[record["key"]] = dumps(record["value"])
+            self._put(record["scope"], record["key"], dumps(record["value"]))
             self._dirty_scopes.add(record["scope"])
         elif kind == "del":
-            entries = self._scopes.get(record["scope"], {})
-            entries.pop(record["key"], None)
-            if not entries:
-                self._scopes.pop(record["scope"], None)
+            self._remove(record["scope"], record["key"])
             self._dirty_scopes.add(record["scope"])
+        elif kind == "batch":
+            # Each entry is [key, value] (a set) or [key] (a delete), in the batch's order;
+            # its results are derived while it is applied, as for set and del.
+            scope = record["scope"]
+            results: builtins.list[BatchResult] = []
+            for entry in record["ops"]:
+                before = self.get(scope, entry[0])
+                if len(entry) == 2:
+                    text = dumps(entry[1])
+                    self._put(scope, entry[0], text)
+                    results.append((before, text))
+                else:
+                    self._remove(scope, entry[0])
+                    results.append((before, None))
+            self._dirty_scopes.add(scope)
+            if ops and "id" in record and _alive(record["exp"]):
+                expires = _monotonic(record["exp"])
+                self._ops.add(record["id"], (batch_record(results), BATCH_RECORD, expires))
+                self._ops_dirty = True
         elif kind == "tset":
             self._triggers[record["id"]] = record["value"]
             self._triggers_dirty = True
@@ -406,6 +429,25 @@ class FileKvStore(KvStore):
             self._append(
                 f'{{"op":"set","scope":{scope_json},"key":{key_json},"value":{value_json}{applied}}}'
             )
+        self._dirty_scopes.add(scope)
+        if applied:
+            self._ops_dirty = True
+
+    def _batch_changed(
+        self,
+        scope: str,
+        operations: Sequence[BatchOp],
+        results: Sequence[BatchResult],
+        op_id: str | None,
+        op_expires: float,
+    ) -> None:
+        # One record, one line, one CRC: after a crash the batch is all there or not at all.
+        entries = ",".join(
+            f"[{dumps(op.key)}]" if new is None else f"[{dumps(op.key)},{new}]"
+            for op, (_, new) in zip(operations, results, strict=True)
+        )
+        applied = "" if op_id is None else f',"id":{dumps(op_id)},"exp":{_wall(op_expires)}'
+        self._append(f'{{"op":"batch","scope":{dumps(scope)},"ops":[{entries}]{applied}}}')
         self._dirty_scopes.add(scope)
         if applied:
             self._ops_dirty = True

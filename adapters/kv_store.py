@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import builtins
 import threading
 import time
@@ -14,6 +15,14 @@ from adapters.base import (
     StateAdapter,
     default_op_window_s,
 )
+from state_tasks.core.batch import (
+    BatchOp,
+    BatchResult,
+    apply_batch,
+    batch_keys,
+    batch_record,
+    parse_batch_record,
+)
 from state_tasks.core.codec import apply_ops_json
 from state_tasks.core.ops import Op
 
@@ -24,7 +33,42 @@ DEFAULT_MAX_OPS = 100_000
 #: delete, monotonic expiry).
 OpRecord = tuple[str | None, str | None, float]
 
+#: The "new" text of a batch's whole record, whose "old" text holds the batch's results
+#: (:func:`state_tasks.core.batch.batch_record`). Never valid JSON, so never a value.
+BATCH_RECORD = "\x00batch"
+
 _R = TypeVar("_R")
+
+
+class SortedNames:
+    """Names in code point order, for pages: finding a page costs O(log n) plus its
+    length; adding or removing a name moves the pointers after it (one ``memmove``)."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.names = sorted(names)
+
+    def add(self, name: str) -> None:
+        at = bisect.bisect_left(self.names, name)
+        if at == len(self.names) or self.names[at] != name:
+            self.names.insert(at, name)
+
+    def discard(self, name: str) -> None:
+        at = bisect.bisect_left(self.names, name)
+        if at < len(self.names) and self.names[at] == name:
+            del self.names[at]
+
+    def page(self, prefix: str, after: str | None, limit: int) -> tuple[builtins.list[str], bool]:
+        """Up to ``limit`` names starting with ``prefix`` after ``after``; and whether more
+        follow."""
+        start = bisect.bisect_left(self.names, prefix)
+        if after is not None:
+            start = max(start, bisect.bisect_right(self.names, after))
+        found = []
+        for name in self.names[start : start + limit + 1]:
+            if not name.startswith(prefix):
+                break
+            found.append(name)
+        return found[:limit], len(found) > limit
 
 
 class OpRecords:
@@ -129,6 +173,10 @@ class KvStore(StateAdapter):
         self.max_ops = max_ops
         self._ops = OpRecords(self.op_window_s, max_ops)
         self._scopes: dict[str, dict[str, str]] = {}
+        # Sorted names for pages, built by the first page of a scope (or of list_groups)
+        # and kept up to date from then on: a store never paged pays nothing for them.
+        self._sorted_keys: dict[str, SortedNames] = {}
+        self._sorted_scopes: SortedNames | None = None
         self._triggers: dict[str, str] = {}
         self._triggers_version = 0
         # Re-entrant so that subclasses may call back into these methods under it.
@@ -146,7 +194,7 @@ class KvStore(StateAdapter):
             old = self.get(scope, key)
             record = self._ops.new(old, value_json)
             self._changed(scope, key, value_json, op_id, record[2])
-            self._scopes.setdefault(scope, {})[key] = value_json
+            self._put(scope, key, value_json)
             if op_id is not None:
                 self._ops.add(op_id, record)
             return old
@@ -163,9 +211,7 @@ class KvStore(StateAdapter):
                 return None
             record = self._ops.new(entries[key], None)
             self._changed(scope, key, None, op_id, record[2])
-            old = entries.pop(key)
-            if not entries:
-                del self._scopes[scope]
+            old = self._remove(scope, key)
             if op_id is not None:
                 self._ops.add(op_id, record)
             return old
@@ -181,10 +227,89 @@ class KvStore(StateAdapter):
             new = apply_ops_json(old, ops, self.max_value_bytes)
             record = self._ops.new(old, new)
             self._changed(scope, key, new, op_id, record[2])
-            self._scopes.setdefault(scope, {})[key] = new
+            self._put(scope, key, new)
             if op_id is not None:
                 self._ops.add(op_id, record)
             return old, new
+
+    def get_many(self, scope: str, keys: Sequence[str]) -> builtins.list[str | None]:
+        with self._lock:
+            entries = self._scopes.get(scope, {})
+            return [entries.get(key) for key in keys]
+
+    def batch(
+        self, scope: str, operations: Sequence[BatchOp], op_id: str | None = None
+    ) -> builtins.list[BatchResult]:
+        with self._lock:
+            done = self._ops.find(op_id)
+            if done is not None and done[1] == BATCH_RECORD and done[0] is not None:
+                return parse_batch_record(done[0])
+            entries = self._scopes.get(scope, {})
+            before = {key: entries.get(key) for key in batch_keys(operations)}
+            results = apply_batch(before, operations, self.max_value_bytes)
+            record = self._ops.new(batch_record(results), BATCH_RECORD)
+            self._batch_changed(scope, operations, results, op_id, record[2])
+            for op, (old, new) in zip(operations, results, strict=True):
+                if new is not None:
+                    self._put(scope, op.key, new)
+                elif old is not None:
+                    self._remove(scope, op.key)
+            if op_id is not None:
+                self._ops.add(op_id, record)
+            return results
+
+    def list_page(
+        self, scope: str, prefix: str, after: str | None, limit: int
+    ) -> tuple[builtins.list[tuple[str, str]], bool]:
+        with self._lock:
+            entries = self._scopes.get(scope)
+            if not entries:
+                return [], False
+            names = self._sorted_keys.get(scope)
+            if names is None:
+                names = self._sorted_keys[scope] = SortedNames(entries)
+            keys, more = names.page(prefix, after, limit)
+            return [(key, entries[key]) for key in keys], more
+
+    def list_groups_page(
+        self, prefix: str, after: str | None, limit: int, with_counts: bool
+    ) -> tuple[builtins.list[tuple[str, int | None]], bool]:
+        with self._lock:
+            if self._sorted_scopes is None:
+                self._sorted_scopes = SortedNames(self._scopes)
+            scopes, more = self._sorted_scopes.page(prefix, after, limit)
+            return [
+                (scope, len(self._scopes[scope]) if with_counts else None) for scope in scopes
+            ], more
+
+    def _put(self, scope: str, key: str, value_json: str) -> None:
+        """Store a value, keeping the sorted names (if built) up to date."""
+        entries = self._scopes.get(scope)
+        if entries is None:
+            entries = self._scopes[scope] = {}
+            if self._sorted_scopes is not None:
+                self._sorted_scopes.add(scope)
+        if key not in entries:
+            names = self._sorted_keys.get(scope)
+            if names is not None:
+                names.add(key)
+        entries[key] = value_json
+
+    def _remove(self, scope: str, key: str) -> str | None:
+        """Remove a key (a scope left empty goes too); return what it held."""
+        entries = self._scopes.get(scope)
+        if entries is None or key not in entries:
+            return None
+        old = entries.pop(key)
+        names = self._sorted_keys.get(scope)
+        if names is not None:
+            names.discard(key)
+        if not entries:
+            del self._scopes[scope]
+            self._sorted_keys.pop(scope, None)
+            if self._sorted_scopes is not None:
+                self._sorted_scopes.discard(scope)
+        return old
 
     def settle(self, op_ids: Sequence[str]) -> None:
         with self._lock:
@@ -237,6 +362,17 @@ class KvStore(StateAdapter):
     ) -> None:
         """A key is about to be set (``value_json``) or deleted (``None``), by ``op_id``
         (remembered until the monotonic time ``op_expires``)."""
+
+    def _batch_changed(
+        self,
+        scope: str,
+        operations: Sequence[BatchOp],
+        results: Sequence[BatchResult],
+        op_id: str | None,
+        op_expires: float,
+    ) -> None:
+        """A batch is about to be applied: its ``results``, one ``(old, new)`` per
+        operation, by ``op_id`` (remembered until the monotonic time ``op_expires``)."""
 
     def _settled_at_once(self, op_id: str, expires: float) -> None:
         """``op_id`` changed nothing (a delete of an absent key): remember it settled."""

@@ -10,6 +10,13 @@ Key layout (``key_prefix`` defaults to ``state``)::
     {prefix}:triggers:version   counter bumped by every trigger change
     {prefix}:op:<op id>         an applied operation, for op_window_s seconds: a hash holding
                                 its result until it is settled, then the string '1'
+    {prefix}:k:{<scope>}        sorted set of the scope's keys (all scores 0), for pages in
+                                key order (ZRANGEBYLEX: a prefix costs what it matches)
+
+The key index moves with the hash in every mutation script. A scope written before the
+index existed (an older release) has a hash and no index: the scripts leave such a scope
+unindexed (a partial index would hide keys) and its first page builds the index whole, in
+one atomic step (HKEYS + ZADD, once per scope; about a second per million keys).
 
 Inside the braces the scope is escaped (``%`` -> ``%25``, ``{`` -> ``%7B``, ``}`` ->
 ``%7D``), so the closing brace is always the last character: no two scopes share a key
@@ -53,6 +60,7 @@ from adapters.base import (
     StateAdapter,
     default_op_window_s,
 )
+from state_tasks.core.batch import BatchOp, BatchResult, apply_batch, batch_keys
 from state_tasks.core.codec import apply_ops_json
 from state_tasks.core.errors import AdapterError, AdapterUnavailable, ConfigError, StateError
 from state_tasks.core.ops import Op
@@ -86,7 +94,9 @@ SETTLE_BATCH_MAX = 64
 # changes nothing and says so. Otherwise the whole record is written in the same step as
 # the change. Without an id the last ARGV is '' and KEYS[4] is not touched.
 #
-# Settling rides along: KEYS[5] onwards name records to settle (as LUA_SETTLE does) before
+# KEYS[5] is the scope's key index (a sorted set), kept in step with the hash.
+#
+# Settling rides along: KEYS[6] onwards name records to settle (as LUA_SETTLE does) before
 # anything else, so that settling costs no round trip of its own.
 LUA_SETTLE_ONE = """
 local function settle(key)
@@ -104,7 +114,14 @@ end
 LUA_APPLIED = (
     LUA_SETTLE_ONE
     + """
-for i = 5, #KEYS do settle(KEYS[i]) end
+for i = 6, #KEYS do settle(KEYS[i]) end
+-- KEYS[5] is the scope's key index; it is kept only while it is whole: when it exists,
+-- or when the scope is empty (a scope from before the index is indexed by its first page).
+local function index_add(key)
+  if redis.call('EXISTS', KEYS[5]) == 1 or redis.call('EXISTS', KEYS[1]) == 0 then
+    redis.call('ZADD', KEYS[5], 0, key)
+  end
+end
 local function applied()
   if ARGV[#ARGV] == '' then return nil end
   local kind = redis.call('TYPE', KEYS[4]).ok
@@ -125,8 +142,8 @@ end
 )
 
 # KEYS[1] scope hash, KEYS[2] groups index, KEYS[3] trigger version, KEYS[4] op record,
-# KEYS[5..] op records to settle; ARGV[1] key, ARGV[2] JSON text, ARGV[3] scope,
-# ARGV[4] op ttl or ''.
+# KEYS[5] key index, KEYS[6..] op records to settle; ARGV[1] key, ARGV[2] JSON text,
+# ARGV[3] scope, ARGV[4] op ttl or ''.
 # Returns {replaced JSON text or false when the key is new, trigger version}, or
 # {false, false} when the operation is settled.
 LUA_SET = (
@@ -136,15 +153,19 @@ local done = applied()
 if done and done[1] == 'settled' then return {false, false} end
 if done then return {done[2], redis.call('GET', KEYS[3]) or '0'} end
 local old = redis.call('HGET', KEYS[1], ARGV[1])
+if not old then
+  index_add(ARGV[1])
+  redis.call('ZADD', KEYS[2], 0, ARGV[3])
+end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-if not old then redis.call('ZADD', KEYS[2], 0, ARGV[3]) end
 record(old, ARGV[2])
 return {old or false, redis.call('GET', KEYS[3]) or '0'}
 """
 )
 
 # KEYS[1] scope hash, KEYS[2] groups index, KEYS[3] trigger version, KEYS[4] op record,
-# KEYS[5..] op records to settle; ARGV[1] key, ARGV[2] scope, ARGV[3] op ttl or ''.
+# KEYS[5] key index, KEYS[6..] op records to settle; ARGV[1] key, ARGV[2] scope,
+# ARGV[3] op ttl or ''.
 # Returns {deleted JSON text or false, trigger version}, or {false, false} when the
 # operation is settled. A scope left empty leaves the index. A delete of an absent key
 # under an id is recorded settled at once: it has no trigger work.
@@ -157,6 +178,7 @@ if done then return {done[2], redis.call('GET', KEYS[3]) or '0'} end
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if old then
   redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('ZREM', KEYS[5], ARGV[1])
   if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[2]) end
   record(old, false)
 elseif ARGV[#ARGV] ~= '' then
@@ -167,7 +189,8 @@ return {old or false, redis.call('GET', KEYS[3]) or '0'}
 )
 
 # KEYS[1] scope hash, KEYS[2] groups index, KEYS[3] trigger version, KEYS[4] op record,
-# KEYS[5..] op records to settle; ARGV[1] key, ARGV[2] "1" if the key was absent else "0",
+# KEYS[5] key index, KEYS[6..] op records to settle; ARGV[1] key, ARGV[2] "1" if the key was
+# absent else "0",
 # ARGV[3] expected old text, ARGV[4] new text, ARGV[5] scope, ARGV[6] op ttl or ''.
 # Returns {1, trigger version} when written, {0, current text or false} when the value
 # moved on, {2, recorded old text or false, recorded new text} when already applied,
@@ -183,12 +206,110 @@ local expected_absent = ARGV[2] == '1'
 if (expected_absent and current) or (not expected_absent and current ~= ARGV[3]) then
   return {0, current or false}
 end
+if expected_absent then
+  index_add(ARGV[1])
+  redis.call('ZADD', KEYS[2], 0, ARGV[5])
+end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])
-if expected_absent then redis.call('ZADD', KEYS[2], 0, ARGV[5]) end
 record(current, ARGV[4])
 return {1, redis.call('GET', KEYS[3]) or '0'}
 """
 )
+
+# KEYS[1] scope hash, KEYS[2] groups index, KEYS[3] trigger version, KEYS[4] op record,
+# KEYS[5] key index, KEYS[6..] op records to settle; ARGV[1] scope, ARGV[2] op ttl or '',
+# ARGV[3] n, then n checks (key, "1" if expected absent else "0", expected text), then one
+# write per operation, in order ("s" or "d", key, new text or '').
+# Returns {1, trigger version, {old text or false per operation}} when written; {0, {current
+# text or false per checked key}} when a checked key moved on (nothing written); {2, the
+# record as HGETALL: 'c' count, 'o<i>'/'n<i>' old/new text of operation i} when already
+# applied; {3} when already applied and settled. The record is one hash for the batch.
+LUA_BATCH = (
+    LUA_APPLIED
+    + """
+if ARGV[2] ~= '' then
+  local kind = redis.call('TYPE', KEYS[4]).ok
+  if kind == 'hash' then return {2, redis.call('HGETALL', KEYS[4])} end
+  if kind == 'string' then return {3} end
+end
+local at, conflict, currents = 4, false, {}
+for i = 1, tonumber(ARGV[3]) do
+  local current = redis.call('HGET', KEYS[1], ARGV[at])
+  currents[i] = current or false
+  if (ARGV[at + 1] == '1' and current) or (ARGV[at + 1] == '0' and current ~= ARGV[at + 2]) then
+    conflict = true
+  end
+  at = at + 3
+end
+if conflict then return {0, currents} end
+local indexed = redis.call('EXISTS', KEYS[5]) == 1 or redis.call('EXISTS', KEYS[1]) == 0
+local record = ARGV[2] ~= ''
+local olds, i = {}, 0
+while at <= #ARGV do
+  i = i + 1
+  local key = ARGV[at + 1]
+  local old = redis.call('HGET', KEYS[1], key)
+  if ARGV[at] == 's' then
+    redis.call('HSET', KEYS[1], key, ARGV[at + 2])
+    if indexed and not old then redis.call('ZADD', KEYS[5], 0, key) end
+    if record then redis.call('HSET', KEYS[4], 'n' .. i, ARGV[at + 2]) end
+  elseif old then
+    redis.call('HDEL', KEYS[1], key)
+    redis.call('ZREM', KEYS[5], key)
+  end
+  if record and old then redis.call('HSET', KEYS[4], 'o' .. i, old) end
+  olds[i] = old or false
+  at = at + 3
+end
+if record then
+  redis.call('HSET', KEYS[4], 'c', i)
+  redis.call('EXPIRE', KEYS[4], ARGV[2])
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('ZADD', KEYS[2], 0, ARGV[1])
+else
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
+return {1, redis.call('GET', KEYS[3]) or '0', olds}
+"""
+)
+
+# KEYS[1] scope hash, KEYS[2] key index; ARGV[1] prefix ('' for every key), ARGV[2] the key
+# to continue after, ARGV[3] "1" if there is one, ARGV[4] how many keys at most.
+# Returns {keys, their JSON texts} in key order. A scope without an index (written by an
+# older release) gets its whole index first.
+LUA_PAGE = """
+local function chunks(list, size, each)
+  for first = 1, #list, size do
+    each({unpack(list, first, math.min(first + size - 1, #list))})
+  end
+end
+if redis.call('EXISTS', KEYS[2]) == 0 and redis.call('EXISTS', KEYS[1]) == 1 then
+  chunks(redis.call('HKEYS', KEYS[1]), 1000, function(keys)
+    local args = {}
+    for _, key in ipairs(keys) do
+      args[#args + 1] = 0
+      args[#args + 1] = key
+    end
+    redis.call('ZADD', KEYS[2], unpack(args))
+  end)
+end
+local low = '[' .. ARGV[1]
+if ARGV[3] == '1' then low = '(' .. ARGV[2] end
+local high = '+'
+if ARGV[1] ~= '' then high = '[' .. ARGV[1] .. '\255' end
+local keys = redis.call('ZRANGEBYLEX', KEYS[2], low, high, 'LIMIT', 0, tonumber(ARGV[4]))
+local values = {}
+chunks(keys, 1000, function(part)
+  for _, value in ipairs(redis.call('HMGET', KEYS[1], unpack(part))) do
+    values[#values + 1] = value
+  end
+end)
+return {keys, values}
+"""
+
+#: Scripts registered on first use (see RedisAdapter._script).
+LAZY_SCRIPTS = {"batch": LUA_BATCH, "page": LUA_PAGE}
 
 # KEYS: op records {prefix}:op:{id}; no ARGV. Each whole record (a hash) becomes the
 # string '1' with the time to live it had left: a marker of about 150 bytes of Redis
@@ -375,7 +496,10 @@ class RedisAdapter(StateAdapter):
 
     def _script(self, name: str) -> Script:
         self.client  # noqa: B018 - registers the scripts on first use
-        return self._scripts[name]
+        script = self._scripts.get(name)
+        if script is None:  # registering twice (two threads at once) is harmless
+            script = self._scripts[name] = self.client.register_script(LAZY_SCRIPTS[name])
+        return script
 
     def _op_key(self, op_id: str | None) -> str:
         return f"{self.key_prefix}:op:{op_id or ''}"
@@ -387,6 +511,19 @@ class RedisAdapter(StateAdapter):
         """The Redis key of a scope's hash."""
         return f"{self.key_prefix}:s:{{{_escape(scope)}}}"
 
+    def index_key(self, scope: str) -> str:
+        """The Redis key of a scope's key index (same hash tag: same cluster slot)."""
+        return f"{self.key_prefix}:k:{{{_escape(scope)}}}"
+
+    def _mutation_keys(self, scope: str, op_id: str | None) -> builtins.list[str]:
+        return [
+            self.scope_key(scope),
+            self._groups_key,
+            self._version_key,
+            self._op_key(op_id),
+            self.index_key(scope),
+        ]
+
     # -- the contract ----------------------------------------------------------------
 
     def get(self, scope: str, key: str) -> str | None:
@@ -397,7 +534,7 @@ class RedisAdapter(StateAdapter):
 
     def set(self, scope: str, key: str, value_json: str, op_id: str | None = None) -> str | None:
         self._seen.version = None
-        keys = [self.scope_key(scope), self._groups_key, self._version_key, self._op_key(op_id)]
+        keys = self._mutation_keys(scope, op_id)
         args = [key, value_json, scope, self._op_ttl(op_id)]
         old, version = self._mutate("set", "set", scope, keys, args)
         if version is None:
@@ -408,7 +545,7 @@ class RedisAdapter(StateAdapter):
 
     def delete(self, scope: str, key: str, op_id: str | None = None) -> str | None:
         self._seen.version = None
-        keys = [self.scope_key(scope), self._groups_key, self._version_key, self._op_key(op_id)]
+        keys = self._mutation_keys(scope, op_id)
         args = [key, scope, self._op_ttl(op_id)]
         old, version = self._mutate("delete", "delete", scope, keys, args)
         if version is None:
@@ -421,7 +558,7 @@ class RedisAdapter(StateAdapter):
         self, scope: str, key: str, ops: Sequence[Op], op_id: str | None = None
     ) -> tuple[str | None, str]:
         self._seen.version = None
-        keys = [self.scope_key(scope), self._groups_key, self._version_key, self._op_key(op_id)]
+        keys = self._mutation_keys(scope, op_id)
         ttl = self._op_ttl(op_id)
         slot = (scope, key)
         guessed = slot in self._recent
@@ -516,6 +653,83 @@ class RedisAdapter(StateAdapter):
         return cast(
             "list[str]", self._run("list", scope, lambda: self.client.hvals(self.scope_key(scope)))
         )
+
+    def get_many(self, scope: str, keys: Sequence[str]) -> builtins.list[str | None]:
+        found = self._run("get_many", scope, lambda: self.client.hmget(self.scope_key(scope), keys))
+        return cast("list[str | None]", found)
+
+    def batch(
+        self, scope: str, operations: Sequence[BatchOp], op_id: str | None = None
+    ) -> builtins.list[BatchResult]:
+        """One Lua script writes the whole batch (one scope is one hash slot).
+
+        A batch of sets and deletes is one round trip: the script reports the old values.
+        A batch with updates reads its keys first (HMGET), computes the new values with the
+        shared ops, and has the script write them only if those keys still hold what was
+        read (else it computes again from what they hold), as ``update`` does.
+        """
+        self._seen.version = None
+        keys = self._mutation_keys(scope, op_id)
+        distinct = batch_keys(operations)
+        checked = any(op.kind == "update" for op in operations)
+        before: dict[str, str | None] = dict.fromkeys(distinct)
+        if checked:
+            before = dict(zip(distinct, self.get_many(scope, distinct), strict=True))
+        while True:
+            results = apply_batch(before, operations, self.max_value_bytes)
+            args = [scope, self._op_ttl(op_id), str(len(distinct) if checked else 0)]
+            for key in distinct if checked else ():
+                old = before[key]
+                args += [key, "1" if old is None else "0", old or ""]
+            for op, (_, new) in zip(operations, results, strict=True):
+                args += ["d", op.key, ""] if new is None else ["s", op.key, new]
+            reply: builtins.list[Any] = self._mutate("batch", "batch", scope, keys, args)
+            if reply[0] == 0:  # a checked key moved on: compute again from what it holds
+                before = dict(zip(distinct, (text or None for text in reply[1]), strict=True))
+                continue
+            for key in distinct:
+                self._recent.pop((scope, key), None)
+            if reply[0] == 3:
+                raise OperationSettled(op_id or "")
+            if reply[0] == 2:  # applied before, by an earlier delivery of the same task
+                record = dict(zip(reply[1][::2], reply[1][1::2], strict=True))
+                count = int(record["c"])
+                return [(record.get(f"o{i}"), record.get(f"n{i}")) for i in range(1, count + 1)]
+            self._seen.version = int(reply[1])
+            return [(old or None, new) for old, (_, new) in zip(reply[2], results, strict=True)]
+
+    def list_page(
+        self, scope: str, prefix: str, after: str | None, limit: int
+    ) -> tuple[builtins.list[tuple[str, str]], bool]:
+        script = self._script("page")
+        keys = [self.scope_key(scope), self.index_key(scope)]
+        args = [prefix, after or "", "0" if after is None else "1", limit + 1]
+        found, texts = self._run("list", scope, lambda: script(keys=keys, args=args))
+        rows = [(key, text) for key, text in zip(found, texts, strict=True) if text is not None]
+        return rows[:limit], len(found) > limit
+
+    def list_groups_page(
+        self, prefix: str, after: str | None, limit: int, with_counts: bool
+    ) -> tuple[builtins.list[tuple[str, int | None]], bool]:
+        # Bytes, not str: the upper bound ends in the byte 0xFF, which no UTF-8 text holds.
+        low = b"(" + after.encode() if after is not None else b"[" + prefix.encode()
+        high = b"[" + prefix.encode() + b"\xff" if prefix else b"+"
+        scopes = cast(
+            "list[str]",
+            self._run(
+                "list_groups",
+                None,
+                lambda: self.client.zrangebylex(self._groups_key, low, high, 0, limit + 1),
+            ),
+        )
+        more, scopes = len(scopes) > limit, scopes[:limit]
+        counts: builtins.list[int | None] = [None] * len(scopes)
+        if with_counts and scopes:
+            pipe = self.client.pipeline(transaction=False)
+            for scope in scopes:
+                pipe.hlen(self.scope_key(scope))
+            counts = self._run("list_groups", None, pipe.execute)
+        return builtins.list(zip(scopes, counts, strict=True)), more
 
     def list_groups(self) -> builtins.list[str]:
         groups = self._run("list_groups", None, lambda: self.client.zrange(self._groups_key, 0, -1))

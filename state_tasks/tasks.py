@@ -1,4 +1,4 @@
-"""The six state functions as Celery tasks.
+"""The state functions as Celery tasks.
 
 Tasks are thin: they gather their keyword arguments, hand them to the service
 (which validates with pydantic and raises :class:`StateError`), and return
@@ -115,12 +115,33 @@ def state_update(
 
 
 @app.task(**RETRY_OPTIONS, name="state::list")
-def state_list(scope: str = MISSING, **extra: Any) -> list[Any]:
-    """Return every value in ``scope`` as a JSON array."""
-    return _call("state::list", {"scope": scope, **extra})  # type: ignore[no-any-return]
+def state_list(scope: str = MISSING, **extra: Any) -> Any:
+    """Return every value in ``scope`` as a JSON array; with ``limit``, ``cursor``,
+    ``prefix`` or ``with_keys``, one page: ``{"items": [...], "cursor": next or None}``."""
+    return _call("state::list", {"scope": scope, **extra})
 
 
 @app.task(**RETRY_OPTIONS, name="state::list_groups")
-def state_list_groups(**extra: Any) -> dict[str, list[str]]:
-    """Return ``{"groups": [...]}``: the sorted scopes holding at least one key."""
+def state_list_groups(**extra: Any) -> dict[str, Any]:
+    """Return ``{"groups": [...]}``: the sorted scopes holding at least one key; with
+    ``limit``, ``cursor``, ``prefix`` or ``with_counts``, one page (``{"items", "cursor"}``)."""
     return _call("state::list_groups", extra)  # type: ignore[no-any-return]
+
+
+@app.task(**RETRY_OPTIONS, bind=True, name="state::batch")
+def state_batch(
+    self: Task,
+    scope: str = MISSING,
+    operations: list[dict[str, Any]] = MISSING,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Apply set/update/delete ``operations`` on one scope in order, all or nothing;
+    return ``{"results": [...]}``, one result per operation."""
+    given = {"scope": scope, "operations": operations, **extra}
+    return _call("state::batch", given, _op_id(self))  # type: ignore[no-any-return]
+
+
+@app.task(**RETRY_OPTIONS, name="state::get_many")
+def state_get_many(scope: str = MISSING, keys: list[str] = MISSING, **extra: Any) -> list[Any]:
+    """Return the values of ``keys`` in their order (``None`` where missing)."""
+    return _call("state::get_many", {"scope": scope, "keys": keys, **extra})  # type: ignore[no-any-return]

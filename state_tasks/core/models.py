@@ -12,6 +12,10 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 import pydantic
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from state_tasks.core.batch import (
+    DEFAULT_MAX_GET_MANY_KEYS,
+    DEFAULT_MAX_PAGE_LIMIT,
+)
 from state_tasks.core.errors import ValidationError
 
 MAX_NAME_BYTES = 1024
@@ -59,25 +63,138 @@ class SetPayload(KeyPayload):
     @model_validator(mode="before")
     @classmethod
     def _data_alias(cls, raw: Any) -> Any:
-        if isinstance(raw, dict):
-            has_value, has_data = "value" in raw, "data" in raw
-            if has_value and has_data:
-                raise ValueError("give either 'value' or its alias 'data', not both")
-            if not has_value and not has_data:
-                raise ValueError(
-                    "'value' is missing; pass the JSON value to store (an explicit null is a value)"
-                )
-            if has_data:
-                raw = {k: v for k, v in raw.items() if k != "data"} | {"value": raw["data"]}
-        return raw
+        return _value_or_data(raw)
+
+
+def _value_or_data(raw: Any) -> Any:
+    """``data`` is an alias of ``value``; exactly one of them is required."""
+    if isinstance(raw, dict):
+        has_value, has_data = "value" in raw, "data" in raw
+        if has_value and has_data:
+            raise ValueError("give either 'value' or its alias 'data', not both")
+        if not has_value and not has_data:
+            raise ValueError(
+                "'value' is missing; pass the JSON value to store (an explicit null is a value)"
+            )
+        if has_data:
+            raw = {k: v for k, v in raw.items() if k != "data"} | {"value": raw["data"]}
+    return raw
 
 
 class UpdatePayload(KeyPayload):
     ops: Any
 
 
+#: A page's ``limit`` (see :mod:`state_tasks.core.batch` for the bounds).
+PageLimit = Annotated[int, Field(strict=True, ge=1, le=DEFAULT_MAX_PAGE_LIMIT)]
+
+
+def check_prefix(value: str) -> str:
+    """A name prefix: any string a name may start with (``""``: every name)."""
+    return check_name(value) if value else value
+
+
+Prefix = Annotated[str, Field(strict=True), AfterValidator(check_prefix)]
+Cursor = Annotated[str, Field(strict=True, min_length=1, max_length=8192)]
+
+
+class ListPayload(ScopePayload):
+    """``state::list``: without paging options the whole scope, as it always was."""
+
+    limit: PageLimit | None = None
+    cursor: Cursor | None = None
+    prefix: Prefix | None = None
+    with_keys: Annotated[bool, Field(strict=True)] | None = None
+
+    @property
+    def paged(self) -> bool:
+        return self.model_fields_set & {"limit", "cursor", "prefix", "with_keys"} != set()
+
+
 class ListGroupsPayload(_Payload):
-    pass
+    """``state::list_groups``: without paging options every scope, as it always was."""
+
+    limit: PageLimit | None = None
+    cursor: Cursor | None = None
+    prefix: Prefix | None = None
+    with_counts: Annotated[bool, Field(strict=True)] | None = None
+
+    @property
+    def paged(self) -> bool:
+        return self.model_fields_set & {"limit", "cursor", "prefix", "with_counts"} != set()
+
+
+class GetManyPayload(ScopePayload):
+    """``state::get_many``: the values of ``keys``, in their order."""
+
+    keys: Annotated[list[Name], Field(max_length=DEFAULT_MAX_GET_MANY_KEYS)]
+
+
+class BatchPayload(ScopePayload):
+    """``state::batch``: ``operations`` are checked one by one (their errors name the index)."""
+
+    operations: list[Any]
+
+
+class BatchSetOperation(_Payload):
+    """``{"op": "set", "key", "value"}`` (``data`` is an alias of ``value``, as in
+    ``state::set``)."""
+
+    op: Literal["set"]
+    key: Name
+    value: Any
+
+    @model_validator(mode="before")
+    @classmethod
+    def _data_alias(cls, raw: Any) -> Any:
+        return _value_or_data(raw)
+
+
+class BatchUpdateOperation(_Payload):
+    """``{"op": "update", "key", "ops"}``."""
+
+    op: Literal["update"]
+    key: Name
+    ops: Any
+
+
+class BatchDeleteOperation(_Payload):
+    """``{"op": "delete", "key"}``."""
+
+    op: Literal["delete"]
+    key: Name
+
+
+BatchOperation = BatchSetOperation | BatchUpdateOperation | BatchDeleteOperation
+
+#: The model of each ``op`` of a batch.
+BATCH_OPERATIONS: dict[str, type[BatchOperation]] = {
+    "set": BatchSetOperation,
+    "update": BatchUpdateOperation,
+    "delete": BatchDeleteOperation,
+}
+
+
+def batch_json(*operations: BatchOperation | dict[str, Any]) -> list[dict[str, Any]]:
+    """Typed batch operations (or plain dicts) as the JSON list ``state::batch`` takes::
+
+    batch_json(BatchSetOperation(op="set", key="a", value=1),
+               BatchUpdateOperation(op="update", key="n", ops=ops_json(IncrementOp(field="n"))))
+    """
+    return [
+        op.model_dump(mode="json", exclude_unset=False) if isinstance(op, BaseModel) else op
+        for op in operations
+    ]
+
+
+class ListPage(BaseModel):
+    """A page of ``state::list`` or ``state::list_groups``: ``items`` and the next
+    ``cursor`` (``None`` on the last page)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    items: list[Any]
+    cursor: str | None
 
 
 #: Where a typed op acts: a field name (``""``: the whole value) or an array of

@@ -28,11 +28,23 @@ from typing import Any
 
 from adapters.base import OperationSettled, StateAdapter
 from state_tasks.core import codec
+from state_tasks.core.batch import (
+    DEFAULT_PAGE_LIMIT,
+    BatchOp,
+    check_batch_size,
+    decode_cursor,
+    encode_cursor,
+)
 from state_tasks.core.errors import AdapterError, AdapterUnavailable, StateError, ValidationError
 from state_tasks.core.models import (
+    BATCH_OPERATIONS,
+    BatchPayload,
+    BatchSetOperation,
+    BatchUpdateOperation,
+    GetManyPayload,
     KeyPayload,
     ListGroupsPayload,
-    ScopePayload,
+    ListPayload,
     SetPayload,
     UpdatePayload,
     parse,
@@ -41,7 +53,7 @@ from state_tasks.core.ops import parse_ops
 
 logger = logging.getLogger(__name__)
 
-#: The six state functions, by their task name.
+#: The state functions, by their task name.
 STATE_FUNCTIONS = (
     "state::set",
     "state::get",
@@ -49,6 +61,8 @@ STATE_FUNCTIONS = (
     "state::update",
     "state::list",
     "state::list_groups",
+    "state::batch",
+    "state::get_many",
 )
 
 #: A change's record is settled by the next call of the thread that made it, or by the next
@@ -96,6 +110,8 @@ class StateService:
             "state::update": self._update,
             "state::list": self._list,
             "state::list_groups": self._list_groups,
+            "state::batch": self._batch,
+            "state::get_many": self._get_many,
         }
         # (thread id, monotonic time, op id) of operations whose trigger work was sent.
         self._sent: list[tuple[int, float, str]] = []
@@ -179,13 +195,104 @@ class StateService:
         self._changed(event_type, request.scope, request.key, old, new, op_id)
         return {"old_value": old, "new_value": new}
 
-    def _list(self, payload: Mapping[str, Any], op_id: str | None) -> list[Any]:
-        request = parse(ScopePayload, payload, "state::list")
-        return [codec.decode(text) for text in self.adapter.list(request.scope)]
+    def _list(self, payload: Mapping[str, Any], op_id: str | None) -> Any:
+        request = parse(ListPayload, payload, "state::list")
+        if not request.paged:
+            return [codec.decode(text) for text in self.adapter.list(request.scope)]
+        prefix = request.prefix or ""
+        after = None
+        if request.cursor is not None:
+            after = decode_cursor("list", request.scope, prefix, request.cursor)
+        limit = request.limit or DEFAULT_PAGE_LIMIT
+        rows, more = self.adapter.list_page(request.scope, prefix, after, limit)
+        items: list[Any] = (
+            [{"key": key, "value": codec.decode(text)} for key, text in rows]
+            if request.with_keys
+            else [codec.decode(text) for _, text in rows]
+        )
+        cursor = encode_cursor("list", request.scope, prefix, rows[-1][0]) if more else None
+        return {"items": items, "cursor": cursor}
 
-    def _list_groups(self, payload: Mapping[str, Any], op_id: str | None) -> dict[str, list[str]]:
-        parse(ListGroupsPayload, payload, "state::list_groups")
-        return {"groups": self.adapter.list_groups()}
+    def _list_groups(self, payload: Mapping[str, Any], op_id: str | None) -> dict[str, Any]:
+        request = parse(ListGroupsPayload, payload, "state::list_groups")
+        if not request.paged:
+            return {"groups": self.adapter.list_groups()}
+        prefix = request.prefix or ""
+        after = None
+        if request.cursor is not None:
+            after = decode_cursor("list_groups", "", prefix, request.cursor)
+        limit = request.limit or DEFAULT_PAGE_LIMIT
+        rows, more = self.adapter.list_groups_page(prefix, after, limit, bool(request.with_counts))
+        items: list[Any] = (
+            [{"scope": scope, "count": count} for scope, count in rows]
+            if request.with_counts
+            else [scope for scope, _ in rows]
+        )
+        cursor = encode_cursor("list_groups", "", prefix, rows[-1][0]) if more else None
+        return {"items": items, "cursor": cursor}
+
+    def _get_many(self, payload: Mapping[str, Any], op_id: str | None) -> list[Any]:
+        request = parse(GetManyPayload, payload, "state::get_many")
+        if not request.keys:
+            return []
+        return [codec.decode(text) for text in self.adapter.get_many(request.scope, request.keys)]
+
+    def _batch(self, payload: Mapping[str, Any], op_id: str | None) -> dict[str, Any]:
+        request = parse(BatchPayload, payload, "state::batch")
+        check_batch_size(request.operations)
+        operations = [self._batch_op(i, raw) for i, raw in enumerate(request.operations)]
+        try:
+            results = self.adapter.batch(request.scope, operations, op_id)
+        except OperationSettled:
+            return {"results": [_replayed(op) for op in operations], "replayed": True}
+        answers: list[Any] = []
+        events: list[dict[str, Any]] = []
+        for index, (op, (old_text, new_text)) in enumerate(zip(operations, results, strict=True)):
+            old = codec.decode(old_text)
+            event_id = None if op_id is None else f"{op_id}:{index}"
+            if op.kind == "delete":
+                answers.append(old)
+                if old_text is not None:
+                    events.append(
+                        make_event("state:deleted", request.scope, op.key, old, None, event_id)
+                    )
+                continue
+            new = codec.decode(new_text)
+            answers.append({"old_value": old, "new_value": new})
+            event_type = "state:created" if old_text is None else "state:updated"
+            events.append(make_event(event_type, request.scope, op.key, old, new, event_id))
+        self._dispatch(events, op_id)
+        return {"results": answers}
+
+    def _batch_op(self, index: int, raw: Any) -> BatchOp:
+        """One operation of a batch, validated; errors name its index."""
+        if not isinstance(raw, Mapping):
+            raise _in_operation(
+                index,
+                ValidationError(
+                    'must be an object such as {"op": "set", "key": "k", "value": 1}, '
+                    f"got {raw!r}"[:200]
+                ),
+            )
+        kind = raw.get("op")
+        model = BATCH_OPERATIONS.get(kind) if isinstance(kind, str) else None
+        if model is None:
+            raise _in_operation(
+                index,
+                ValidationError(
+                    f"unknown op {kind!r}; each operation's 'op' is 'set', 'update' or 'delete'"
+                ),
+            )
+        try:
+            parsed = parse(model, raw, f"operation {index} ({kind})")
+            if isinstance(parsed, BatchSetOperation):
+                text = codec.encode(parsed.value, self.adapter.max_value_bytes)
+                return BatchOp("set", parsed.key, value_json=text)
+            if isinstance(parsed, BatchUpdateOperation):
+                return BatchOp("update", parsed.key, ops=tuple(parse_ops(parsed.ops)))
+            return BatchOp("delete", parsed.key)
+        except StateError as e:
+            raise _in_operation(index, e) from None
 
     def settle_sent(self, thread_id: int | None = None) -> None:
         """Settle the records of changes whose trigger work was sent.
@@ -219,15 +326,20 @@ class StateService:
         self, event_type: str, scope: str, key: str, old: Any, new: Any, op_id: str | None
     ) -> None:
         """Send the change's trigger work; then its record may be settled."""
-        if self.on_change is not None:
-            event = make_event(event_type, scope, key, old, new, op_id)
+        self._dispatch([make_event(event_type, scope, key, old, new, op_id)], op_id)
+
+    def _dispatch(self, events: list[dict[str, Any]], op_id: str | None) -> None:
+        """Send the trigger work of an operation's stored changes; then its record may be
+        settled."""
+        for event in events if self.on_change is not None else ():
             try:
-                self.on_change(event)
+                self.on_change(event)  # type: ignore[misc]
             except Exception as e:
                 # The change is stored, its trigger work is not sent. Fail the call as a
                 # connection problem: the task is retried under the same id, which does not
                 # apply the change again (its record stays whole) but does dispatch its
-                # triggers.
+                # triggers (all of them again, for a batch: same event ids).
+                event_type, scope, key = event["event_type"], event["scope"], event["key"]
                 logger.warning(
                     "stored %s for scope=%r key=%r but could not send its trigger work: %s",
                     event_type,
@@ -242,3 +354,21 @@ class StateService:
         if op_id is not None:
             with self._sent_lock:
                 self._sent.append((threading.get_ident(), time.monotonic(), op_id))
+
+
+def _replayed(op: BatchOp) -> Any:
+    """What a settled repeat answers for one operation of a batch (as the single calls do)."""
+    if op.kind == "set":
+        return {"old_value": None, "new_value": codec.decode(op.value_json)}
+    if op.kind == "update":
+        return {"old_value": None, "new_value": None}
+    return None
+
+
+def _in_operation(index: int, error: StateError) -> StateError:
+    """``error`` of one operation of a batch, naming its index (``details.operation_index``)."""
+    details = dict(error.details or {}) | {"operation_index": index}
+    message = error.message
+    if not message.startswith("operation "):
+        message = f"operation {index}: {message}"
+    return type(error)(f"state::batch: {message}; the batch wrote nothing", error.code, details)

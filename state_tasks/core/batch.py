@@ -1,0 +1,188 @@
+"""Batches and pages: what every adapter shares, no Celery and no storage here.
+
+A batch (``state::batch``) is a list of set, update and delete operations on one scope,
+applied in order, all or nothing. :func:`apply_batch` computes it in memory from the
+values its keys hold before it: each adapter reads those values, calls it, and writes
+the outcome in one atomic step of its own (a lock, one Lua script, one journal record),
+so every adapter shares one definition of what a batch does.
+
+A page (``state::list`` and ``state::list_groups`` with ``limit``/``cursor``/``prefix``)
+walks names in sorted order (Unicode code points, which is the byte order of UTF-8). Its
+cursor is the last name returned, bound to the call's scope and prefix and signed, so
+that a cursor from another scope or prefix, or a forged or garbled one, is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from state_tasks.core.codec import apply_ops_json
+from state_tasks.core.errors import StateError, ValidationError
+from state_tasks.core.ops import Op
+
+#: Most operations in one ``state::batch``.
+DEFAULT_MAX_BATCH_OPERATIONS = 1000
+#: Most keys in one ``state::get_many``.
+DEFAULT_MAX_GET_MANY_KEYS = 10_000
+#: A page's ``limit``: at least 1, at most this many.
+DEFAULT_MAX_PAGE_LIMIT = 10_000
+#: A page's ``limit`` when a paging option is given without one.
+DEFAULT_PAGE_LIMIT = 1000
+
+BatchKind = Literal["set", "update", "delete"]
+
+#: What one operation of a batch did: (old JSON text or None, new JSON text or None for a
+#: delete). A delete of an absent key is ``(None, None)``.
+BatchResult = tuple[str | None, str | None]
+
+
+@dataclass(frozen=True)
+class BatchOp:
+    """One operation of a batch, validated: ``value_json`` for a set, ``ops`` for an update."""
+
+    kind: BatchKind
+    key: str
+    value_json: str | None = None
+    ops: tuple[Op, ...] = field(default=())
+
+
+def batch_keys(operations: Sequence[BatchOp]) -> list[str]:
+    """The distinct keys of a batch, in the order they first appear."""
+    return list(dict.fromkeys(op.key for op in operations))
+
+
+def apply_batch(
+    before: Mapping[str, str | None], operations: Sequence[BatchOp], max_value_bytes: int
+) -> list[BatchResult]:
+    """Apply ``operations`` in order to the values their keys hold (``before``).
+
+    Returns one ``(old, new)`` per operation; an operation sees what the ones before it
+    left (an update after a set of the same key starts from that set's value). Raises
+    :class:`UpdateOpError` or :class:`~state_tasks.core.errors.ValueTooLarge` naming the
+    failing operation's index: then nothing may be written.
+    """
+    current = dict(before)
+    results: list[BatchResult] = []
+    for index, op in enumerate(operations):
+        old = current.get(op.key)
+        if op.kind == "set":
+            new = op.value_json
+        elif op.kind == "delete":
+            new = None
+        else:
+            try:
+                new = apply_ops_json(old, op.ops, max_value_bytes)
+            except StateError as e:
+                details = dict(e.details or {}) | {"operation_index": index}
+                raise type(e)(
+                    f"state::batch: operation {index} (update of key {op.key!r}): {e.message}; "
+                    "the batch wrote nothing",
+                    e.code,
+                    details,
+                ) from None
+        current[op.key] = new
+        results.append((old, new))
+    return results
+
+
+def batch_record(results: Sequence[BatchResult]) -> str:
+    """The results of a batch as one JSON text (the whole record of its operation id)."""
+    return json.dumps([list(result) for result in results], separators=(",", ":"))
+
+
+def parse_batch_record(text: str) -> list[BatchResult]:
+    """The results :func:`batch_record` encoded."""
+    return [(old, new) for old, new in json.loads(text)]
+
+
+# -- cursors ------------------------------------------------------------------------------
+
+#: Signs cursors. Fixed, so that every deployment (and a Bridge forwarding a page) reads
+#: every other's cursors: a cursor is tamper-evident, not secret (it names a position in a
+#: scope its holder names anyway).
+_CURSOR_KEY = b"state_tasks.page-cursor.v1"
+_CURSOR_MAC_BYTES = 16
+
+PageKind = Literal["list", "list_groups"]
+
+
+def _binding(kind: PageKind, scope: str, prefix: str) -> str:
+    return hashlib.sha256(json.dumps([kind, scope, prefix]).encode()).hexdigest()[:32]
+
+
+def _mac(body: bytes) -> bytes:
+    return hmac.new(_CURSOR_KEY, body, hashlib.sha256).digest()[:_CURSOR_MAC_BYTES]
+
+
+def encode_cursor(kind: PageKind, scope: str, prefix: str, after: str) -> str:
+    """An opaque cursor for the page after the name ``after``."""
+    body = json.dumps({"b": _binding(kind, scope, prefix), "a": after}).encode()
+    return base64.urlsafe_b64encode(_mac(body) + body).decode().rstrip("=")
+
+
+def decode_cursor(kind: PageKind, scope: str, prefix: str, cursor: str) -> str:
+    """The name a cursor continues after; :class:`ValidationError` unless it was made by
+    :func:`encode_cursor` for this ``kind``, ``scope`` and ``prefix``."""
+    what = f"state::{kind}: 'cursor'"
+    try:
+        raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError):
+        raise ValidationError(
+            f"{what} is not a cursor this function gave (it is not base64url); pass the "
+            "'cursor' of the previous page unchanged, or omit it for the first page"
+        ) from None
+    mac, body = raw[:_CURSOR_MAC_BYTES], raw[_CURSOR_MAC_BYTES:]
+    if not hmac.compare_digest(mac, _mac(body)):
+        raise ValidationError(
+            f"{what} was altered or forged (its signature does not match); pass the "
+            "'cursor' of the previous page unchanged, or omit it for the first page"
+        )
+    document = json.loads(body)
+    where = f"scope {scope!r}" if kind == "list" else "list_groups"
+    if document["b"] != _binding(kind, scope, prefix):
+        raise ValidationError(
+            f"{what} belongs to another {'scope' if kind == 'list' else 'call'} or another "
+            f"prefix, not to {where} with prefix {prefix!r}; page with the same scope and "
+            "prefix as the first page"
+        )
+    after = document["a"]
+    if not isinstance(after, str):  # signed by us: never happens, unless the key leaked
+        raise ValidationError(f"{what} is malformed")
+    return after
+
+
+def check_batch_size(operations: Sequence[object]) -> None:
+    """An empty or oversized batch is refused before anything is read."""
+    if not operations:
+        raise ValidationError(
+            "state::batch: 'operations' is empty; give 1 to "
+            f"{DEFAULT_MAX_BATCH_OPERATIONS} operations"
+        )
+    if len(operations) > DEFAULT_MAX_BATCH_OPERATIONS:
+        raise ValidationError(
+            f"state::batch: 'operations' holds {len(operations)} operations; the limit is "
+            f"{DEFAULT_MAX_BATCH_OPERATIONS} (split it into several batches)"
+        )
+
+
+__all__ = [
+    "DEFAULT_MAX_BATCH_OPERATIONS",
+    "DEFAULT_MAX_GET_MANY_KEYS",
+    "DEFAULT_MAX_PAGE_LIMIT",
+    "DEFAULT_PAGE_LIMIT",
+    "BatchOp",
+    "BatchResult",
+    "apply_batch",
+    "batch_keys",
+    "batch_record",
+    "decode_cursor",
+    "encode_cursor",
+    "parse_batch_record",
+]
