@@ -100,7 +100,9 @@ def test_a_worker_and_a_client_round_trip_with_triggers_over_tls(
             "old_value": None,
             "new_value": {"n": 1},
         }
-        client.call("state::update", scope="tls-scope", key="k", ops=[{"increment": {"field": "n"}}])
+        client.call(
+            "state::update", scope="tls-scope", key="k", ops=[{"increment": {"field": "n"}}]
+        )
         assert client.call("state::get", scope="tls-scope", key="k") == {"n": 2}
         # Then the handler saw both changes
         admin.select(3)
@@ -132,7 +134,12 @@ def test_a_certificate_that_does_not_verify_gives_adapter_error_at_once(
     env = celery_tls_env(tls)
     worker = Worker(
         tmp_path,
-        {"CELERY_BROKER_URL": url, "CELERY_RESULT_BACKEND": url, "STATE_CONFIG": str(config), **env},
+        {
+            "CELERY_BROKER_URL": url,
+            "CELERY_RESULT_BACKEND": url,
+            "STATE_CONFIG": str(config),
+            **env,
+        },
         ("--concurrency", "1"),
     ).start()
     client = tls_client(url, env)
@@ -161,9 +168,7 @@ def test_the_adapter_alone_needs_the_right_ca_and_a_client_certificate(
     assert good.set("s", "k", "1") is None and good.get("s", "k") == "1"
     good.close()
 
-    wrong_ca = RedisAdapter(
-        redis_url=tls_redis.tls_url(6), **client_files(tls, tls.other_ca_cert)
-    )
+    wrong_ca = RedisAdapter(redis_url=tls_redis.tls_url(6), **client_files(tls, tls.other_ca_cert))
     with pytest.raises(AdapterError, match="certificate does not verify"):
         wrong_ca.get("s", "k")
 
