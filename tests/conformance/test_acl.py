@@ -1,7 +1,7 @@
 """The adapter contract on Redis as the least-privileged user of the README's Security
 section: only the adapter's key prefix, only the commands it sends.
 
-Every test of ``test_contract.py`` runs again here, once, with the RedisAdapter connected
+Every test of ``test_contract.py`` and ``test_batch_paging.py`` runs again here, once, with the RedisAdapter connected
 as a user made by the README's exact ``ACL SETUSER`` line; a command or key the line
 forgot fails the test with ``NOPERM``.
 """
@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import redis
 from redis_acl import make_restricted_user, readme_acl_line
+from test_batch_paging import *  # noqa: F403  (batches, get_many, pages: the same)
 from test_contract import *  # noqa: F403  (the contract's tests, collected again here)
 
 import adapters.redis_adapter as redis_adapter_module
