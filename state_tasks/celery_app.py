@@ -9,9 +9,9 @@ from typing import Any
 from celery import Celery
 from celery.utils.imports import import_from_cwd
 
-import state_tasks.embedded_broker  # noqa: F401  (registers the statefs:// scheme)
 from state_tasks.core.errors import ConfigError
 from state_tasks.core.urls import is_embedded_broker
+from state_tasks.embedded_broker import result_folder  # (registers our schemes on import)
 from state_tasks.security import setup_signing
 
 #: Modules every worker imports: the state tasks, the trigger tasks, the worker's checks.
@@ -70,9 +70,9 @@ def create_app(name: str = "state_tasks", **settings: Any) -> Celery:
             for option in ("data_folder_in", "data_folder_out", "control_folder"):
                 if options.get(option):
                     os.makedirs(options[option], exist_ok=True)
-        backend = str(sender.conf.result_backend or "")
-        if backend.startswith("file://"):
-            os.makedirs(backend[len("file://") :], exist_ok=True)
+        results = result_folder(sender.conf.result_backend)
+        if results:
+            os.makedirs(results, exist_ok=True)
 
     return app
 

@@ -17,8 +17,9 @@ which the worker calls periodically (``state_tasks.worker``).
 
 Celery's file result backend writes a result file in place, so a client polling for it
 can read half of it (a ``DecodeError``, seen under load with 10 KB values).
-:class:`FileResultBackend` writes it under a temporary name and renames it over, and
-serves every ``file://`` result backend in a process that imports this module.
+:class:`FileResultBackend` writes it under a temporary name and renames it over; it is
+registered with Celery as ``statefile``, and the embedded default's result backend is
+``statefile+file:///<data dir>/results`` (a plain ``file://`` URL keeps Celery's own).
 """
 
 from __future__ import annotations
@@ -76,6 +77,25 @@ def transport_options(data_dir: str) -> dict[str, Any]:
     }
 
 
+#: The result backend name of :class:`FileResultBackend`, registered with Celery on import.
+RESULT_SCHEME = "statefile"
+_FILE_RESULT_PREFIXES = (f"{RESULT_SCHEME}+file://", "file://")
+
+
+def result_url(folder: str) -> str:
+    """The URL of whole-file results kept in ``folder`` (an absolute path)."""
+    return f"{RESULT_SCHEME}+file://{folder}"
+
+
+def result_folder(url: object) -> str | None:
+    """The folder of a file result backend URL (ours or Celery's), else ``None``."""
+    text = str(url or "")
+    for prefix in _FILE_RESULT_PREFIXES:
+        if text.startswith(prefix):
+            return text[len(prefix) :]
+    return None
+
+
 def embedded_settings(data_dir: str) -> dict[str, Any]:
     """Celery settings of a client of the embedded default kept under ``data_dir``.
 
@@ -84,7 +104,7 @@ def embedded_settings(data_dir: str) -> dict[str, Any]:
     """
     return {
         "broker_url": f"{SCHEME}://localhost/",
-        "result_backend": "file://" + os.path.join(os.path.abspath(data_dir), "results"),
+        "result_backend": result_url(os.path.join(os.path.abspath(data_dir), "results")),
         "broker_transport_options": transport_options(os.path.abspath(data_dir)),
     }
 
@@ -215,4 +235,4 @@ class FileResultBackend(FilesystemBackend):  # type: ignore[misc]
 
 
 TRANSPORT_ALIASES.setdefault(SCHEME, f"{__name__}:Transport")
-celery_backends.BACKEND_ALIASES["file"] = f"{__name__}:FileResultBackend"
+celery_backends.BACKEND_ALIASES.setdefault(RESULT_SCHEME, f"{__name__}:FileResultBackend")

@@ -29,6 +29,7 @@ import os
 from state_tasks.core.config import visibility_timeout_s
 from state_tasks.core.errors import ConfigError
 from state_tasks.core.urls import is_embedded_broker
+from state_tasks.embedded_broker import result_url
 from state_tasks.security import backend_ssl_options, broker_ssl_options, signing_settings
 
 _redis_url = os.environ.get("REDIS_URL") or None
@@ -40,7 +41,7 @@ broker_url = os.environ.get("CELERY_BROKER_URL") or _redis_url or "statefs://loc
 result_backend = (
     os.environ.get("CELERY_RESULT_BACKEND")
     or _redis_url
-    or "file://" + os.path.join(DATA_DIR, "results")
+    or result_url(os.path.join(DATA_DIR, "results"))
 )
 
 if is_embedded_broker(broker_url):

@@ -30,7 +30,7 @@ from state_tasks.celery_app import app
 from state_tasks.core.errors import ConfigError, StateError
 from state_tasks.core.ownership import OwnedElsewhere, take_ownership
 from state_tasks.core.urls import is_embedded_broker
-from state_tasks.embedded_broker import remove_leftovers
+from state_tasks.embedded_broker import remove_leftovers, result_folder
 from state_tasks.runtime import (
     close_runtime,
     current_runtime,
@@ -216,8 +216,9 @@ class DataFolderCleaner:
     @staticmethod
     def wanted(app: Celery) -> bool:
         """Whether ``app`` keeps files that need removing: file results, the embedded broker."""
-        backend = str(app.conf.result_backend or "")
-        return backend.startswith("file://") or is_embedded_broker(app.conf.broker_url)
+        return bool(result_folder(app.conf.result_backend)) or is_embedded_broker(
+            app.conf.broker_url
+        )
 
     def start(self) -> DataFolderCleaner:
         self._thread.start()

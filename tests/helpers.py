@@ -31,8 +31,10 @@ REPO = Path(__file__).resolve().parent.parent
 #: Where the handler modules that test workers load (-I) live.
 HANDLERS = REPO / "tests" / "handlers"
 _names = itertools.count(1)
-#: Deployments take Redis dbs from 100 up; tests that use a db directly take them below.
+#: Deployments take Redis dbs from 100 up; tests that use a db directly take them below 100,
+#: or, for a db of their own (handler records, a broker), one from own_db (500 up).
 _dbs = itertools.count(100)
+_own_dbs = itertools.count(500)
 #: "amqp" runs every deployment's broker on RabbitMQ (a fresh vhost each), results on Redis.
 BROKER_KIND = os.environ.get("STATE_TASKS_TEST_BROKER", "redis")
 #: The Redis db holding the bridge remote's state, wiped before each conformance test.
@@ -109,6 +111,11 @@ class Deployment:
         self.client.close()
         if self.vhost is not None:
             self.vhost.delete()
+
+
+def own_db() -> int:
+    """A db of the session's (new, empty) Redis server that no other test uses."""
+    return next(_own_dbs)
 
 
 def redis_state_yaml(url: str, key_prefix: str, **config: object) -> str:

@@ -224,7 +224,7 @@ class RedisServer:
             "--appendfsync",
             "always",
             "--databases",
-            "256",
+            "1024",
             *extra,
         )
         client = redis.Redis(port=self.port, password=self.password)

@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 import redis
-from helpers import HANDLERS, Deployment, RedisServer, Worker, wait_until
+from helpers import HANDLERS, Deployment, RedisServer, Worker, own_db, wait_until
 
 from state_tasks import III, UpdateOpError, create_app
 from state_tasks.embedded_broker import embedded_settings, remove_leftovers, transport_options
 from state_tasks.settings import DEFAULT_RESULT_EXPIRES_S
 
 #: The Redis db where the test handlers record what they received.
-RECORD_DB = 61
+RECORD_DB = own_db()
 
 
 def unique(prefix: str) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import redis
-from helpers import Deployment, RedisServer, adapter_yaml, wait_until
+from helpers import Deployment, RedisServer, adapter_yaml, own_db, wait_until
 
 from state_tasks import AdapterError, UpdateOpError
 from state_tasks.core.urls import redact_url
@@ -36,7 +36,7 @@ def pair(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) ->
         timeout_ms=3000,
     )
     local = Deployment(redis_server, tmp_path_factory.mktemp("local"), local_yaml)
-    record_url = redis_server.url(61)
+    record_url = redis_server.url(own_db())
     local.worker(includes=("trigger_handlers",), RECORD_REDIS_URL=record_url)
     yield Pair(remote, local, redis.Redis.from_url(record_url))
     local.close()

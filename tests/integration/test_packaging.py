@@ -14,11 +14,20 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from helpers import HANDLERS, OUR_VARIABLES, Client, Deployment, RedisServer, Worker, wait_until
+from helpers import (
+    HANDLERS,
+    OUR_VARIABLES,
+    Client,
+    Deployment,
+    RedisServer,
+    Worker,
+    own_db,
+    wait_until,
+)
 
-#: Our own Redis dbs on the session's server (tests/helpers.py takes 100 and up).
-PLUGIN_BROKER_DB = 66
-PLUGIN_RECORD_DB = 67
+#: Our own Redis dbs on the session's server.
+PLUGIN_BROKER_DB = own_db()
+PLUGIN_RECORD_DB = own_db()
 
 FOREIGN_CELERYCONFIG = """
 # Another project's celeryconfig.py, in the folder the worker starts from.

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import redis
-from helpers import Deployment, RedisServer, Worker, redis_state_yaml, wait_until
+from helpers import Deployment, RedisServer, Worker, own_db, redis_state_yaml, wait_until
 
 from adapters.redis_adapter import RedisAdapter
 from state_tasks import AdapterError, UpdateOpError
@@ -145,7 +145,7 @@ def test_triggers_are_shared_and_each_handler_fires_once_per_change(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     # Given two prefork workers (two children each) loading the same handler module
-    record_url = redis_server.url(62)
+    record_url = redis_server.url(own_db())
     deployment = Deployment(
         redis_server,
         tmp_path / "d",

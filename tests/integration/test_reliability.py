@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from helpers import Deployment, RedisServer, redis_state_yaml, wait_until
+from helpers import Deployment, RedisServer, own_db, redis_state_yaml, wait_until
 
 
 def recorded(record: redis.Redis, name: str) -> list[dict[str, Any]]:
@@ -77,7 +77,7 @@ def test_a_crash_between_storing_and_dispatching_still_runs_the_handler(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     # Given a worker that dies right after storing the first change of scope "fragile"
-    record_url = redis_server.url(58)
+    record_url = redis_server.url(own_db())
     record = redis.Redis.from_url(record_url)
     record.flushdb()
     deployment = Deployment(

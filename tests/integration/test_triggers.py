@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import redis
-from helpers import Deployment, wait_until
+from helpers import Deployment, own_db, wait_until
 
 from state_tasks import StateEvent, UpdateOpError
 
@@ -67,7 +67,7 @@ class Recorded:
 def triggered(redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """One deployment on the default KvStore: one worker loading the test handlers."""
     deployment = Deployment(redis_server, tmp_path_factory.mktemp("triggers"), None)
-    record_url = redis_server.url(63)
+    record_url = redis_server.url(own_db())
     worker = deployment.worker(includes=("trigger_handlers",), RECORD_REDIS_URL=record_url)
     # The sentinels of these tests rely on one worker thread taking tasks in queue order.
     assert "concurrency: 1 (thread)" in worker.log(), worker.tail()
