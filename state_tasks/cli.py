@@ -7,6 +7,9 @@
     state-tasks update counters visits '[{"increment": {"field": "n", "by": 1}}]'
     state-tasks delete users u1
     state-tasks list users
+    state-tasks list users --limit 100 --prefix user: --keys     # one page; then --cursor C
+    state-tasks batch users '[{"op": "set", "key": "u1", "value": 1}]'
+    state-tasks get-many users u1 u2
     state-tasks groups
     state-tasks triggers list
     state-tasks triggers remove trg_...
@@ -72,12 +75,28 @@ def build_parser() -> argparse.ArgumentParser:
         ("set", ("scope", "key", "json"), "store the JSON value; print old and new value"),
         ("update", ("scope", "key", "ops_json"), "apply a JSON array of update ops"),
         ("delete", ("scope", "key"), "delete the key; print the deleted value"),
-        ("list", ("scope",), "print the scope's values as a JSON array"),
-        ("groups", (), "print the scopes that hold at least one key"),
+        ("list", ("scope",), "print the scope's values as a JSON array (or one page)"),
+        ("groups", (), "print the scopes that hold at least one key (or one page)"),
+        ("batch", ("scope", "operations_json"), "apply a JSON array of operations, all or none"),
+        ("get-many", ("scope",), "print the values of KEY... in their order (null if none)"),
     ):
         command = commands.add_parser(name, help=help_text)
         for argument in arguments:
             command.add_argument(argument, metavar=argument.upper())
+        if name == "get-many":
+            command.add_argument("keys", metavar="KEY", nargs="+")
+        if name in ("list", "groups"):
+            command.add_argument("--limit", type=int, help="page size (1 to 10000)")
+            command.add_argument("--cursor", help="the cursor printed with the previous page")
+            command.add_argument("--prefix", help="only names starting with PREFIX")
+        if name == "list":
+            command.add_argument(
+                "--keys", action="store_true", help="items as {key, value} (a page)"
+            )
+        if name == "groups":
+            command.add_argument(
+                "--counts", action="store_true", help="items as {scope, count} (a page)"
+            )
     triggers = commands.add_parser("triggers", help="list or remove triggers")
     actions = triggers.add_subparsers(dest="action", required=True, parser_class=_Parser)
     actions.add_parser("list", help="print every registered trigger")
@@ -101,9 +120,23 @@ def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         }
     if args.command in ("get", "delete"):
         return f"state::{args.command}", {"scope": args.scope, "key": args.key}
+    if args.command == "batch":
+        return "state::batch", {
+            "scope": args.scope,
+            "operations": _json_argument(args.operations_json, "OPERATIONS_JSON"),
+        }
+    if args.command == "get-many":
+        return "state::get_many", {"scope": args.scope, "keys": args.keys}
+    paging = {
+        name: value
+        for name, value in (("limit", args.limit), ("cursor", args.cursor), ("prefix", args.prefix))
+        if value is not None
+    }
     if args.command == "list":
-        return "state::list", {"scope": args.scope}
-    return "state::list_groups", {}
+        return "state::list", {"scope": args.scope, **paging} | (
+            {"with_keys": True} if args.keys else {}
+        )
+    return "state::list_groups", paging | ({"with_counts": True} if args.counts else {})
 
 
 def run(argv: Sequence[str] | None = None, facade: III | None = None) -> int:

@@ -140,7 +140,7 @@ class BatchSetOperation(_Payload):
     """``{"op": "set", "key", "value"}`` (``data`` is an alias of ``value``, as in
     ``state::set``)."""
 
-    op: Literal["set"]
+    op: Literal["set"] = "set"
     key: Name
     value: Any
 
@@ -153,7 +153,7 @@ class BatchSetOperation(_Payload):
 class BatchUpdateOperation(_Payload):
     """``{"op": "update", "key", "ops"}``."""
 
-    op: Literal["update"]
+    op: Literal["update"] = "update"
     key: Name
     ops: Any
 
@@ -161,7 +161,7 @@ class BatchUpdateOperation(_Payload):
 class BatchDeleteOperation(_Payload):
     """``{"op": "delete", "key"}``."""
 
-    op: Literal["delete"]
+    op: Literal["delete"] = "delete"
     key: Name
 
 
