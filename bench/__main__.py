@@ -30,6 +30,7 @@ from adapters.redis_adapter import RedisAdapter
 from bench.harness import BenchDeployment, adapter_yaml, median, timed_ops_per_s
 from bench.soak import soak
 from state_tasks.contrib.servers import RedisServer
+from state_tasks.core.batch import BatchOp
 from state_tasks.core.ops import parse_ops
 from state_tasks.core.service import StateService
 from triggers.registry import TriggerRegistry
@@ -37,6 +38,10 @@ from triggers.registry import TriggerRegistry
 VALUE = {"name": "Alice", "email": "alice@example.com", "preferences": {"theme": "dark"}}
 VALUE_JSON = json.dumps(VALUE, separators=(",", ":"))
 INCREMENT = parse_ops([{"increment": {"field": "n", "by": 1}}])
+#: Operations per batch in the batch figures.
+BATCH_SIZE = 100
+#: Keys in the big scope of list_page_cost_flat.
+PAGING_BIG_KEYS = 1_000_000
 
 
 @dataclass
@@ -453,6 +458,125 @@ class Bench:
             },
         )
 
+    def batch_vs_single_ops_per_s(self) -> Figure:
+        deployment = self.deployment("redis")
+        run = f"batch-{time.monotonic_ns()}"
+        singles = self.sizes.tasks
+        batches = max(1, singles // 10)
+
+        def batch(i: int) -> dict[str, Any]:
+            operations = [
+                {"op": "set", "key": f"b{i}-{j}", "value": VALUE} for j in range(BATCH_SIZE)
+            ]
+            return {"scope": run, "operations": operations}
+
+        deployment.throughput("state::batch", batch, 5)  # warm up
+        ratio, batched, single = self.interleaved_ratio(
+            lambda: BATCH_SIZE * deployment.throughput("state::batch", batch, batches),
+            lambda: deployment.throughput(
+                "state::set", lambda i: {"scope": run, "key": f"s{i}", "value": VALUE}, singles
+            ),
+        )
+        return Figure(
+            "batch_vs_single_ops_per_s",
+            ratio,
+            ">= 20",
+            {
+                "batched_ops_per_s": round(median(batched)),
+                "single_ops_per_s": round(median(single)),
+                "batch_size": BATCH_SIZE,
+                "tasks_in_flight": {"batches": batches, "singles": singles},
+            },
+        )
+
+    def redis_batch_vs_pipelined_hset(self) -> Figure:
+        raw = redis.Redis.from_url(self.server.url(5), decode_responses=True)
+        adapter = RedisAdapter(redis_url=self.server.url(5), key_prefix="cmp-batch")
+        keys = [f"k{i}" for i in range(BATCH_SIZE)]
+        operations = [BatchOp("set", key, value_json=VALUE_JSON) for key in keys]
+        rounds = max(20, self.sizes.adapter_ops // BATCH_SIZE)
+
+        def pipelined(_: int) -> None:
+            pipe = raw.pipeline(transaction=False)
+            for key in keys:
+                pipe.hset("raw-batch-hash", key, VALUE_JSON)
+            pipe.execute()
+
+        ratio, batched, hsets = self.interleaved_ratio(
+            lambda: BATCH_SIZE * timed_ops_per_s(lambda i: adapter.batch("b", operations), rounds),
+            lambda: BATCH_SIZE * timed_ops_per_s(pipelined, rounds),
+        )
+        return Figure(
+            "redis_batch_vs_pipelined_hset",
+            ratio,
+            ">= 0.5",
+            {
+                "batch_sets_per_s": round(median(batched)),
+                "pipelined_hset_per_s": round(median(hsets)),
+                "batch_size": BATCH_SIZE,
+            },
+        )
+
+    def list_page_cost_flat(self) -> list[Figure]:
+        raw = redis.Redis.from_url(self.server.url(7), decode_responses=True)
+        raw.flushdb()
+        adapter = RedisAdapter(redis_url=self.server.url(7), key_prefix="paging")
+        small_keys, big_keys = 1000, PAGING_BIG_KEYS
+        started = time.perf_counter()
+        for scope, count in (("small", small_keys), ("big", big_keys)):
+            for first in range(0, count, 1000):  # through the adapter: hash and key index
+                adapter.batch(
+                    scope,
+                    [
+                        BatchOp("set", f"k{i:07d}", value_json="1")
+                        for i in range(first, first + 1000)
+                    ],
+                )
+        fill_s = time.perf_counter() - started
+        assert raw.hlen(adapter.scope_key("big")) == big_keys
+
+        def page_time(scope: str, prefix: str, after: str | None) -> float:
+            started = time.perf_counter()
+            for _ in range(200):
+                rows, _more = adapter.list_page(scope, prefix, after, 100)
+            assert len(rows) == 100, len(rows)
+            return (time.perf_counter() - started) / 200
+
+        middle = f"k{small_keys // 2:07d}"  # a page from the middle: the cursor's case
+        page_ratio, big_pages, small_pages = self.interleaved_ratio(
+            lambda: page_time("big", "", middle), lambda: page_time("small", "", middle)
+        )
+        prefix = "k00001"  # k0000100 .. k0000199 in both scopes
+        prefix_ratio, big_prefix, small_prefix = self.interleaved_ratio(
+            lambda: page_time("big", prefix, None), lambda: page_time("small", prefix, None)
+        )
+        raw.flushdb()
+        sizes = f"{big_keys:,} keys over {small_keys:,} keys in the scope"
+        return [
+            Figure(
+                "list_page_cost_flat",
+                page_ratio,
+                "<= 2",
+                {
+                    "page_ms_big": round(median(big_pages) * 1000, 4),
+                    "page_ms_small": round(median(small_pages) * 1000, 4),
+                    "ratio": sizes,
+                    "fill_s": round(fill_s, 1),
+                },
+            ),
+            Figure(
+                "list_page_cost_flat_prefix",
+                prefix_ratio,
+                "<= 2",
+                {
+                    "prefix_page_ms_big": round(median(big_prefix) * 1000, 4),
+                    "prefix_page_ms_small": round(median(small_prefix) * 1000, 4),
+                    "prefix": f"{prefix!r}, matching 100 keys in either scope",
+                    "ratio": sizes,
+                },
+            ),
+        ]
+
     def bridge_get_vs_direct(self) -> Figure:
         remote, bridge = self.deployment("remote"), self.deployment("bridge")
         remote.app.send_task("state::set", kwargs={"scope": "b", "key": "k", "value": VALUE}).get()
@@ -501,6 +625,9 @@ FIGURES: dict[str, Callable[[Bench], Figure | list[Figure]]] = {
     "trigger_match_10k": Bench.trigger_match_10k,
     "trigger_latency_vs_noop": Bench.trigger_latency_vs_noop,
     "bridge_get_vs_direct": Bench.bridge_get_vs_direct,
+    "batch_vs_single_ops_per_s": Bench.batch_vs_single_ops_per_s,
+    "redis_batch_vs_pipelined_hset": Bench.redis_batch_vs_pipelined_hset,
+    "list_page_cost_flat": lambda b: b.list_page_cost_flat(),  # also list_page_cost_flat_prefix
     # redis_op_record_bytes, kv_op_record_bytes, results_bytes_per_op,
     # embedded_files_after_10k, soak_rss_growth_mb (bench/soak.py)
     "soak": lambda b: [Figure(*row) for row in soak(b)],
