@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from celery.exceptions import TimeoutError as CeleryTimeoutError
-from helpers import Deployment, RedisServer, redis_state_yaml
+from helpers import Deployment, RedisServer, own_db, redis_state_yaml
 from test_triggers import SENTINEL, Recorded
 
 from state_tasks import (
@@ -33,9 +33,9 @@ def triggered(
     """One worker (one thread or child: tasks run in queue order) loading the test handlers."""
     state_yaml = None
     if request.param == "redis":
-        state_yaml = redis_state_yaml(redis_server.url(0), f"batch-{uuid.uuid4().hex[:6]}")
+        state_yaml = redis_state_yaml(redis_server.url(own_db()), "batch")
     deployment = Deployment(redis_server, tmp_path_factory.mktemp(request.param), state_yaml)
-    record_url = redis_server.url(62)
+    record_url = redis_server.url(own_db())
     deployment.worker(
         "--concurrency", "1", includes=("trigger_handlers",), RECORD_REDIS_URL=record_url
     )
