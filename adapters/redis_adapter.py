@@ -115,13 +115,6 @@ LUA_APPLIED = (
     LUA_SETTLE_ONE
     + """
 for i = 6, #KEYS do settle(KEYS[i]) end
--- KEYS[5] is the scope's key index; it is kept only while it is whole: when it exists,
--- or when the scope is empty (a scope from before the index is indexed by its first page).
-local function index_add(key)
-  if redis.call('EXISTS', KEYS[5]) == 1 or redis.call('EXISTS', KEYS[1]) == 0 then
-    redis.call('ZADD', KEYS[5], 0, key)
-  end
-end
 local function applied()
   if ARGV[#ARGV] == '' then return nil end
   local kind = redis.call('TYPE', KEYS[4]).ok
@@ -154,7 +147,11 @@ if done and done[1] == 'settled' then return {false, false} end
 if done then return {done[2], redis.call('GET', KEYS[3]) or '0'} end
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if not old then
-  index_add(ARGV[1])
+  -- KEYS[5], the key index, is kept only while it is whole: when it exists, or when the
+  -- scope is empty (a scope from before the index is indexed by its first page).
+  if redis.call('EXISTS', KEYS[5]) == 1 or redis.call('EXISTS', KEYS[1]) == 0 then
+    redis.call('ZADD', KEYS[5], 0, ARGV[1])
+  end
   redis.call('ZADD', KEYS[2], 0, ARGV[3])
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
@@ -207,7 +204,11 @@ if (expected_absent and current) or (not expected_absent and current ~= ARGV[3])
   return {0, current or false}
 end
 if expected_absent then
-  index_add(ARGV[1])
+  -- KEYS[5], the key index, is kept only while it is whole: when it exists, or when the
+  -- scope is empty (a scope from before the index is indexed by its first page).
+  if redis.call('EXISTS', KEYS[5]) == 1 or redis.call('EXISTS', KEYS[1]) == 0 then
+    redis.call('ZADD', KEYS[5], 0, ARGV[1])
+  end
   redis.call('ZADD', KEYS[2], 0, ARGV[5])
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])
