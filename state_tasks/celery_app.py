@@ -12,7 +12,7 @@ from celery.utils.imports import import_from_cwd
 from state_tasks.core.errors import ConfigError
 from state_tasks.core.urls import is_embedded_broker
 from state_tasks.embedded_broker import result_folder  # (registers our schemes on import)
-from state_tasks.security import setup_signing
+from state_tasks.security import limit_json_depth, setup_signing
 
 #: Modules every worker imports: the state tasks, the trigger tasks, the worker's checks.
 TASK_MODULES = ("state_tasks.tasks", "triggers.tasks", "state_tasks.worker")
@@ -61,6 +61,7 @@ def create_app(name: str = "state_tasks", **settings: Any) -> Celery:
 
     @app.on_after_configure.connect(weak=False)
     def _setup_signing(sender: Celery, **_: Any) -> None:
+        limit_json_depth()
         setup_signing(sender)
 
     @app.on_after_configure.connect(weak=False)

@@ -19,13 +19,21 @@ variable                            meaning
                                     this folder (all three, or none)
 ==================================  ==================================================
 
+Two guards are always on, for whatever reaches the broker: :func:`limit_json_depth` refuses
+a JSON message nested deeper than :data:`DEFAULT_MAX_JSON_DEPTH` when it is decoded (deeper
+ones crashed a prefork worker: its pool pickles the arguments for the child, and pickle
+recursion killed the main process), and :class:`OneLineLogs` keeps control characters that
+callers choose (a newline, an ANSI escape) out of the worker's log lines.
+
 This module imports no Celery: :func:`setup_signing` is given the app.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from state_tasks.core.errors import ConfigError
@@ -129,3 +137,85 @@ def setup_signing(app: Any) -> None:
             f"{', '.join(SIGNING_VARIABLES)} or the security_* settings; the auth "
             "serializer needs the cryptography package: pip install 'state_tasks[security]')"
         ) from e
+
+
+#: Task messages nested deeper than this (the message's own two levels included) are
+#: refused when decoded. Python's JSON decoder stops near 1,000 levels, and a prefork
+#: worker's pool failed well before that.
+DEFAULT_MAX_JSON_DEPTH = 256
+
+
+def deeper_than(value: Any, max_depth: int) -> bool:
+    """Whether a decoded JSON value nests lists and objects more than ``max_depth`` deep
+    (without recursion: the value may be deeper than the interpreter's stack)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > max_depth:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def limit_json_depth(max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> None:
+    """Make kombu's JSON decoder (messages, and the JSON inside signed ones) refuse text
+    nested deeper than ``max_depth``: kombu reports it as a ``DecodeError`` and the worker
+    logs the message and drops it. Idempotent; affects the whole process."""
+    from kombu.serialization import registry
+
+    decode: Callable[[Any], Any] = registry._decoders["application/json"]
+    if getattr(decode, "max_depth", None) is not None:
+        return
+
+    def loads(text: Any) -> Any:
+        value = decode(text)
+        # Cheap first: depth cannot exceed the number of opening brackets.
+        raw = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+        brackets = raw.count("[") + raw.count("{")
+        if brackets > max_depth and deeper_than(value, max_depth):
+            raise ValueError(
+                f"a JSON message nested deeper than {max_depth} levels was refused "
+                "(state_tasks.security.DEFAULT_MAX_JSON_DEPTH)"
+            )
+        return value
+
+    loads.max_depth = max_depth  # type: ignore[attr-defined]
+    registry._decoders["application/json"] = loads
+
+
+#: Characters a caller could use to forge or garble a log line: C0/C1 controls but the
+#: tab (newlines included), and the invisible format characters (bidi overrides, zero
+#: widths, line and paragraph separators).
+_UNSAFE_IN_LOGS = re.compile(
+    "[\x00-\x08\x0a-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]"
+)
+
+
+def _escape(match: re.Match[str]) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
+
+
+class OneLineLogs(logging.Filter):
+    """One log record, one line: control characters in a record's message are written as
+    escapes (``\\n``, ``\\x1b``), so a value or a name chosen by a caller cannot forge a
+    line of the log or colour a terminal. Tracebacks are left alone (they are formatted
+    after this filter)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if _UNSAFE_IN_LOGS.search(message):
+            record.msg, record.args = _UNSAFE_IN_LOGS.sub(_escape, message), None
+        return True
+
+
+def one_line_logs(logger: logging.Logger) -> None:
+    """Add :class:`OneLineLogs` to each of ``logger``'s handlers (once)."""
+    for handler in logger.handlers:
+        if not any(isinstance(f, OneLineLogs) for f in handler.filters):
+            handler.addFilter(OneLineLogs())

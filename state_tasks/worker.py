@@ -37,8 +37,16 @@ from state_tasks.runtime import (
     forget_runtime_after_fork,
     get_runtime,
 )
+from state_tasks.security import one_line_logs
 
 logger = logging.getLogger(__name__)
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _one_line_logs(logger: logging.Logger, **_: Any) -> None:
+    # A caller's control characters (in names, values, errors) never forge a log line.
+    one_line_logs(logger)
 
 
 def _pool_name(pool_cls: Any) -> str:
