@@ -13,6 +13,7 @@
     state-tasks groups
     state-tasks triggers list
     state-tasks triggers remove trg_...
+    state-tasks console --allow-writes                         # the state in the browser
 
 It reads the same environment as a worker (``CELERY_BROKER_URL``, ``REDIS_URL``, ...).
 Output is JSON (indented on a terminal). Exit codes: 0 success, 1 a ``StateError``
@@ -97,6 +98,21 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument(
                 "--counts", action="store_true", help="items as {scope, count} (a page)"
             )
+    console = commands.add_parser(
+        "console",
+        help='serve the state console in the browser (pip install "state_tasks[console]")',
+    )
+    console.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
+    console.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    console.add_argument(
+        "--allow-writes", action="store_true", help="allow set, update, delete, trigger changes"
+    )
+    console.add_argument(
+        "--token", help="token to require (default: none on 127.0.0.1, a random one elsewhere)"
+    )
+    console.add_argument(
+        "--call-timeout", type=float, default=10.0, metavar="SECONDS", help="per call (10)"
+    )
     triggers = commands.add_parser("triggers", help="list or remove triggers")
     actions = triggers.add_subparsers(dest="action", required=True, parser_class=_Parser)
     actions.add_parser("list", help="print every registered trigger")
@@ -148,6 +164,8 @@ def run(argv: Sequence[str] | None = None, facade: III | None = None) -> int:
         facade = iii
     timeout_ms = max(1, int(args.timeout * 1000))
     facade.timeout_ms = timeout_ms
+    if args.command == "console":
+        return _console(args, facade)
     try:
         if args.command == "triggers":
             if args.action == "list":
@@ -175,6 +193,23 @@ def run(argv: Sequence[str] | None = None, facade: III | None = None) -> int:
     indent = 2 if sys.stdout.isatty() else None
     print(json.dumps(result, indent=indent, ensure_ascii=False))
     return 0
+
+
+def _console(args: argparse.Namespace, facade: III) -> int:
+    try:
+        from state_tasks.console.server import serve
+    except ImportError as e:
+        return _fail(
+            EXIT_USAGE, f'the console needs its extra: pip install "state_tasks[console]" ({e})'
+        )
+    return serve(
+        facade,
+        host=args.host,
+        port=args.port,
+        allow_writes=args.allow_writes,
+        token=args.token,
+        call_timeout_s=args.call_timeout,
+    )
 
 
 def main() -> None:

@@ -1,0 +1,21 @@
+"""``state-tasks console``: the state of a deployment in the browser.
+
+Scopes with their key counts, a scope's keys and values (paged, never the whole scope),
+editing (only with ``--allow-writes``), triggers, and the changes as they happen. The
+console is a client of the deployment like the CLI: every read and write is a state
+function sent through the broker (:mod:`state_tasks.console.gateway`), so it works with
+every adapter, a KvStore living inside a worker included. The live feed reads Celery's
+own task events (:mod:`state_tasks.console.changes`).
+
+Optional: ``pip install "state_tasks[console]"`` (Starlette and uvicorn). The modules
+that need them are :mod:`state_tasks.console.app` and :mod:`state_tasks.console.server`;
+:mod:`state_tasks.console.guard` and :mod:`state_tasks.console.changes` are pure.
+"""
+
+from __future__ import annotations
+
+#: The install line shown when the extra is missing.
+INSTALL_HINT = 'pip install "state_tasks[console]"'
+#: Where the console listens unless told otherwise.
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765

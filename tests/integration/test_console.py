@@ -1,0 +1,338 @@
+"""The state console, driven in headless Chromium against a real worker, as a user uses it.
+
+The console runs as ``state-tasks console`` in a subprocess on the deployment's broker;
+the browser opens it, watches a scope appear, opens a value, edits it, and sees the change
+arrive in the live feed. The access rules are checked over plain HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import OUR_VARIABLES
+
+from state_tasks.contrib.servers import free_port, wait_until
+
+CLI = os.path.join(os.path.dirname(sys.executable), "state-tasks")
+#: The live feed's promise: a change shows on the page within this many seconds.
+FEED_DEADLINE_S = 2.0
+
+
+class Console:
+    """``state-tasks console`` in a subprocess, stopped by :meth:`stop`."""
+
+    def __init__(self, workdir: Path, broker: str, backend: str, *args: str) -> None:
+        self.port = free_port()
+        self.log_path = workdir / f"console-{self.port}.log"
+        env = {k: v for k, v in os.environ.items() if k not in OUR_VARIABLES}
+        env |= {"CELERY_BROKER_URL": broker, "CELERY_RESULT_BACKEND": backend}
+        self.process = subprocess.Popen(
+            [CLI, "console", "--port", str(self.port), *args],
+            cwd=workdir,
+            env=env,
+            stdout=self.log_path.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        wait_until(self._up, 30, f"the console on port {self.port}", interval_s=0.1)
+
+    def _up(self) -> bool:
+        assert self.process.poll() is None, self.log()
+        try:
+            with urllib.request.urlopen(f"{self.url}/", timeout=2):
+                return True
+        except urllib.error.HTTPError:
+            return True  # it answers (a 401 from a console with a token)
+        except OSError:
+            return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def request(
+        self, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any, dict[str, str]]:
+        """(status, parsed JSON or text, headers) of one request to the console."""
+        data = None if body is None else json.dumps(body).encode()
+        all_headers = {"content-type": "application/json"} if body is not None else {}
+        all_headers |= headers or {}
+        request = urllib.request.Request(f"{self.url}{path}", data=data, headers=all_headers)
+        try:
+            with urllib.request.urlopen(request, timeout=20) as response:
+                raw, status, got = response.read(), response.status, dict(response.headers)
+        except urllib.error.HTTPError as e:
+            raw, status, got = e.read(), e.code, dict(e.headers)
+        try:
+            return status, json.loads(raw), got
+        except json.JSONDecodeError:
+            return status, raw.decode(errors="replace"), got
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+
+
+@pytest.fixture
+def console_factory(kv_deployment: Any, tmp_path: Path) -> Iterator[Any]:
+    started: list[Console] = []
+
+    def start(*args: str, broker: str | None = None) -> Console:
+        console = Console(
+            tmp_path,
+            broker or kv_deployment.broker_url,
+            broker or kv_deployment.backend_url,
+            *args,
+        )
+        started.append(console)
+        return console
+
+    yield start
+    for console in started:
+        console.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if chromium is None or driver is None:
+        pytest.skip("needs Debian's chromium and chromium-driver (scripts/test installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
+        options.add_argument(argument)
+    options.add_argument("--window-size=1400,900")
+    chrome = webdriver.Chrome(options=options, service=Service(driver))
+    chrome.implicitly_wait(0)
+    yield chrome
+    chrome.quit()
+
+
+def wait_for(browser: Any, css: str, timeout_s: float = 10, text: str | None = None) -> Any:
+    """The first element matching ``css`` (and holding ``text``), once it is there."""
+    from selenium.webdriver.common.by import By
+
+    found: list[Any] = []
+
+    def there() -> bool:
+        for element in browser.find_elements(By.CSS_SELECTOR, css):
+            try:
+                if text is None or text.lower() in element.text.lower():
+                    found.append(element)
+                    return True
+            except Exception:  # replaced while we looked: look again
+                continue
+        return False
+
+    wait_until(there, timeout_s, f"{css!r} holding {text!r} on the page", interval_s=0.05)
+    return found[0]
+
+
+def feed_row(browser: Any, scope: str, key: str, kind: str, text: str) -> str:
+    css = f'#feed-rows li[data-scope="{scope}"][data-key="{key}"][data-kind="{kind}"]'
+    row: str = wait_for(browser, css, FEED_DEADLINE_S, text).text
+    return row
+
+
+def set_editor(browser: Any, text: str) -> None:
+    editor = wait_for(browser, "#editor")
+    browser.execute_script(
+        "arguments[0].value = arguments[1];"
+        "arguments[0].dispatchEvent(new Event('input', {bubbles: true}));",
+        editor,
+        text,
+    )
+
+
+def test_a_user_sees_a_scope_appear_opens_edits_and_watches_the_change_arrive(
+    kv_deployment: Any, console_factory: Any, browser: Any
+) -> None:
+    # Given a console with writes allowed, open in the browser
+    console = console_factory("--allow-writes")
+    browser.get(console.url)
+    wait_for(browser, "body[data-ready]")
+    wait_for(browser, "#live-dot.live")
+    scope = f"console-{uuid.uuid4().hex[:8]}"
+
+    # When a service stores a value, the scope appears in the list (filtered by its prefix)
+    kv_deployment.call("state::set", scope=scope, key="profile", value={"n": 1, "tags": ["a"]})
+    filter_box = wait_for(browser, "#filter")
+    filter_box.send_keys(scope)
+    wait_for(browser, "#scopes a.scope-link", text=scope).click()
+
+    # ...and the change made by that service is already in the live feed
+    assert '{"n":1,"tags":["a"]}' in feed_row(browser, scope, "profile", "state:created", "created")
+
+    # Opening the key shows its value
+    wait_for(browser, "#keys a.key-link", text="profile").click()
+    assert '"tags"' in wait_for(browser, "#value-tree", text='"tags"').text
+    assert "version, expiry" in browser.find_element("css selector", ".meta").text
+
+    # The editor refuses invalid JSON before sending anything
+    wait_for(browser, "#edit-value").click()
+    set_editor(browser, '{"n": 2,')
+    assert "not sent" in wait_for(browser, "#editor-note").text
+    wait_for(browser, "#save").click()
+    assert kv_deployment.call("state::get", scope=scope, key="profile") == {"n": 1, "tags": ["a"]}
+
+    # A valid edit is stored, and arrives in the live feed within two seconds
+    set_editor(browser, '{"n": 2, "tags": ["a", "b"]}')
+    wait_for(browser, "#save").click()
+    clicked = time.monotonic()
+    row = feed_row(browser, scope, "profile", "state:updated", "→")
+    assert time.monotonic() - clicked < FEED_DEADLINE_S + 0.5
+    assert '"n":2' in row.replace(" ", "")
+    assert kv_deployment.call("state::get", scope=scope, key="profile") == {
+        "n": 2,
+        "tags": ["a", "b"],
+    }
+
+    # A change by another client arrives within two seconds too
+    sent = time.monotonic()
+    kv_deployment.call(
+        "state::update", scope=scope, key="profile", ops=[{"increment": {"field": "n"}}]
+    )
+    feed_row(browser, scope, "profile", "state:updated", '"n":3')
+    assert time.monotonic() - sent < FEED_DEADLINE_S
+
+    # An error from a state function shows as its code and message
+    wait_for(browser, "#update-ops").click()
+    set_editor(browser, '[{"increment": {"field": "tags"}}]')
+    wait_for(browser, "#apply-ops").click()
+    error = wait_for(browser, "#dialog-error", text="UPDATE_OP_ERROR")
+    assert "op 0 (increment)" in error.text
+    browser.find_element("css selector", "#dialog").send_keys("\ue00c")  # Escape
+
+    # Deleting asks first, then the key is gone and the feed says so
+    wait_for(browser, "#delete-value").click()
+    wait_for(browser, "#confirm-delete").click()
+    feed_row(browser, scope, "profile", "state:deleted", "deleted")
+    assert kv_deployment.call("state::get", scope=scope, key="profile") is None
+
+
+def test_with_writes_off_the_edit_is_refused(
+    kv_deployment: Any, console_factory: Any, browser: Any
+) -> None:
+    console = console_factory()
+    scope = f"console-ro-{uuid.uuid4().hex[:8]}"
+    kv_deployment.call("state::set", scope=scope, key="k", value={"kept": True})
+    browser.get(f"{console.url}/#/scope/{scope}/key/k")
+    wait_for(browser, "#value-tree", text="kept")
+    assert wait_for(browser, "#writes").text == "read-only"
+    assert not wait_for(browser, "#edit-value").is_enabled()
+
+    # Sent from the page all the same, the write is refused with its code and message
+    answer = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "fetch('/api/set', {method: 'POST', headers: {'content-type': 'application/json'},"
+        " body: JSON.stringify({scope: arguments[0], key: 'k', value_json: '1'})})"
+        ".then(r => r.json().then(j => done([r.status, j])));",
+        scope,
+    )
+    assert answer[0] == 403
+    assert answer[1]["error"]["code"] == "WRITES_DISABLED"
+    assert kv_deployment.call("state::get", scope=scope, key="k") == {"kept": True}
+
+
+def test_pages_of_a_big_scope_never_load_it_whole(kv_deployment: Any, console_factory: Any) -> None:
+    scope = f"console-big-{uuid.uuid4().hex[:8]}"
+    operations = [{"op": "set", "key": f"k{i:05d}", "value": i} for i in range(1000)]
+    for start in range(0, 3000, 1000):
+        kv_deployment.call(
+            "state::batch",
+            scope=scope,
+            operations=[{**op, "key": f"{start}-{op['key']}"} for op in operations],
+        )
+    console = console_factory()
+    status, page, _ = console.request(f"/api/keys?scope={scope}&limit=50")
+    assert status == 200 and len(page["items"]) == 50 and page["cursor"]
+    _, following, _ = console.request(f"/api/keys?scope={scope}&limit=50&cursor={page['cursor']}")
+    assert following["items"][0]["key"] > page["items"][-1]["key"]
+    _, scopes, _ = console.request(f"/api/scopes?prefix={scope}")
+    assert scopes["items"] == [{"scope": scope, "count": 3000}]
+    _, big, _ = console.request(f"/api/keys?scope={scope}&prefix=2000-k0099&limit=50")
+    assert [item["key"] for item in big["items"]] == [f"2000-k0099{i}" for i in range(10)]
+
+
+def test_writes_need_the_same_origin_and_the_loopback_host(
+    kv_deployment: Any, console_factory: Any
+) -> None:
+    console = console_factory("--allow-writes")
+    scope = f"console-csrf-{uuid.uuid4().hex[:8]}"
+    body = {"scope": scope, "key": "k", "value_json": "1"}
+    status, answer, _ = console.request("/api/set", body, {"origin": "http://evil.example"})
+    assert (status, answer["error"]["code"]) == (403, "FORBIDDEN")
+    status, answer, _ = console.request("/api/set", body)  # no Origin, no Referer
+    assert (status, answer["error"]["code"]) == (403, "FORBIDDEN")
+    status, answer, _ = console.request(
+        "/api/info", headers={"host": f"rebound.example:{console.port}"}
+    )
+    assert status == 403
+    status, answer, _ = console.request("/api/set", body, {"origin": console.url})
+    assert status == 200
+    assert kv_deployment.call("state::get", scope=scope, key="k") == 1
+
+
+def test_another_address_needs_the_token_and_the_link_works_once(
+    kv_deployment: Any, console_factory: Any
+) -> None:
+    console = console_factory("--host", "0.0.0.0")
+    wait_until(lambda: "/login?code=" in console.log(), 10, "the start-up lines")
+    lines = console.log().splitlines()
+    link = next(line for line in lines if "/login?code=" in line).split()[-1]
+    token = next(line for line in lines if "token (Authorization" in line).split()[-1]
+    path = link[link.index("/login") :]
+    status, answer, _ = console.request("/api/info")
+    assert (status, answer["error"]["code"]) == (401, "UNAUTHORIZED")
+    status, _, _ = console.request("/api/info", headers={"authorization": "Bearer nope"})
+    assert status == 401
+    status, _, _ = console.request("/api/info", headers={"authorization": f"Bearer {token}"})
+    assert status == 200
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+    opener = urllib.request.build_opener(NoRedirect)
+    with pytest.raises(urllib.error.HTTPError) as first:
+        opener.open(f"{console.url}{path}", timeout=10)
+    assert first.value.code == 303
+    cookie = first.value.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+    status, _, _ = console.request("/api/info", headers={"cookie": cookie.split(";")[0]})
+    assert status == 200
+    with pytest.raises(urllib.error.HTTPError) as again:
+        opener.open(f"{console.url}{path}", timeout=10)
+    assert again.value.code == 401
+
+
+def test_no_password_reaches_the_page_or_the_log(console_factory: Any) -> None:
+    console = console_factory("--call-timeout", "3", broker="redis://:s3cret-pw@127.0.0.1:1/0")
+    status, info, _ = console.request("/api/info")
+    assert (status, info["broker"]) == (200, "redis://:***@127.0.0.1:1/0")
+    status, answer, _ = console.request("/api/scopes")
+    assert status in (503, 504)
+    assert answer["error"]["code"] in ("BROKER_UNREACHABLE", "TIMEOUT")
+    time.sleep(3)  # the live feed's receiver fails to connect and logs it
+    _status, page, _ = console.request("/")
+    assert "s3cret-pw" not in json.dumps([info, answer]) + str(page)
+    assert "s3cret-pw" not in console.log()
+    assert "***" in console.log()

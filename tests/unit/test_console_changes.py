@@ -1,0 +1,182 @@
+"""The live feed's changes, derived from Celery's task-event reprs (cut short or whole)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery.utils.saferepr import saferepr
+
+from state_tasks.console.changes import (
+    ChangeFeed,
+    changes_from_task,
+    list_items,
+    parse_repr,
+    top_level_fields,
+)
+
+
+def r(value: Any) -> str:
+    """What Celery puts in a task event (argsrepr_maxsize, resultrepr_maxsize)."""
+    return saferepr(value, 1024)
+
+
+def test_a_set_is_created_then_updated_with_exact_values() -> None:
+    (row,) = changes_from_task(
+        "state::set",
+        r({"scope": "users", "key": "u1", "value": {"n": 10**30}}),
+        r({"old_value": None, "new_value": {"n": 10**30}}),
+        task_id="t1",
+    )
+    assert row["event_type"] == "state:created"
+    assert (row["scope"], row["key"], row["new_value"], row["exact"]) == (
+        "users",
+        "u1",
+        {"n": 10**30},
+        True,
+    )
+    (row,) = changes_from_task(
+        "state::update",
+        r({"key": "u1", "scope": "users", "ops": []}),
+        r({"old_value": {"n": 1}, "new_value": {"n": 2}}),
+    )
+    assert (row["event_type"], row["old_value"], row["new_value"]) == (
+        "state:updated",
+        {"n": 1},
+        {"n": 2},
+    )
+
+
+def test_values_beyond_celerys_limits_keep_scope_key_and_type() -> None:
+    deep = {"a": {"b": {"c": {"d": 1}}}}
+    big = {"text": "x" * 5000}
+    (row,) = changes_from_task(
+        "state::set",
+        r({"scope": "s", "key": "k", "value": big}),
+        r({"old_value": deep, "new_value": big}),
+    )
+    assert (row["scope"], row["key"], row["event_type"], row["exact"]) == (
+        "s",
+        "k",
+        "state:updated",
+        False,
+    )
+    assert row["old_text"].startswith("{'a': {'b': {")
+    assert row["new_text"].startswith("{'text': 'xxx")
+
+
+def test_deletes_of_absent_keys_and_repeats_make_no_row() -> None:
+    key = r({"scope": "s", "key": "k"})
+    assert changes_from_task("state::delete", key, "None") == []
+    assert (
+        changes_from_task(
+            "state::set",
+            r({"scope": "s", "key": "k", "value": 1}),
+            r({"old_value": None, "new_value": 1, "replayed": True}),
+        )
+        == []
+    )
+    assert changes_from_task("state::get", key, "1") == []
+    (row,) = changes_from_task("state::delete", key, r({"gone": True}))
+    assert (row["event_type"], row["old_value"], row["new_value"]) == (
+        "state:deleted",
+        {"gone": True},
+        None,
+    )
+
+
+def test_a_cut_scope_is_not_shown_as_another_scope() -> None:
+    long_scope = "s" * 1100
+    assert (
+        changes_from_task(
+            "state::set",
+            r({"scope": long_scope, "key": "k", "value": 1}),
+            r({"old_value": None, "new_value": 1}),
+        )
+        == []
+    )
+
+
+def test_a_batch_gives_one_row_per_change() -> None:
+    operations = [
+        {"op": "set", "key": "a", "value": 1},
+        {"op": "update", "key": "b", "ops": [{"increment": {"field": "n"}}]},
+        {"op": "delete", "key": "c"},
+        {"op": "delete", "key": "absent"},
+    ]
+    results = [
+        {"old_value": None, "new_value": 1},
+        {"old_value": {"n": 1}, "new_value": {"n": 2}},
+        {"was": "c"},
+        None,
+    ]
+    rows = changes_from_task(
+        "state::batch", r({"scope": "s", "operations": operations}), r({"results": results})
+    )
+    assert [(row["key"], row["event_type"]) for row in rows] == [
+        ("a", "state:created"),
+        ("b", "state:updated"),
+        ("c", "state:deleted"),
+    ]
+
+
+def test_a_batch_over_the_limits_says_so() -> None:
+    operations = [{"op": "set", "key": f"k{i}", "value": "v" * 50} for i in range(100)]
+    results = [{"old_value": None, "new_value": "v" * 50}] * 100
+    rows = changes_from_task(
+        "state::batch", r({"scope": "s", "operations": operations}), r({"results": results})
+    )
+    assert rows[0]["key"] == "k0"
+    assert rows[-1]["event_type"] == "state:batch"
+
+
+def test_reprs_are_parsed_never_evaluated() -> None:
+    assert parse_repr("__import__('os').system('true')") == (False, None)
+    assert parse_repr("{1, 2}") == (False, None)  # a set is not JSON
+    assert parse_repr("{'a': {...}}") == (False, None)
+    assert parse_repr("[1, 'x', None, True]") == (True, [1, "x", None, True])
+    assert top_level_fields("{'scope': 's', 'value': {'a': [1, {...}]}, ...}") == {
+        "scope": "'s'",
+        "value": "{'a': [1, {...}]}",
+    }
+    assert list_items("[{'op': 'set'}, 'x', ...]") == ["{'op': 'set'}", "'x'"]
+    assert top_level_fields("not a dict") == {}
+
+
+def test_the_feed_pairs_received_and_succeeded_events_and_keeps_a_backlog() -> None:
+    feed = ChangeFeed(app=None, backlog=2)
+    seen: list[dict[str, Any]] = []
+    unsubscribe = feed.subscribe(seen.append)
+    for i in range(3):
+        feed.handle(
+            {
+                "type": "task-received",
+                "uuid": f"t{i}",
+                "name": "state::set",
+                "kwargs": r({"scope": "s", "key": f"k{i}", "value": i}),
+            }
+        )
+        feed.handle(
+            {
+                "type": "task-succeeded",
+                "uuid": f"t{i}",
+                "result": r({"old_value": None, "new_value": i}),
+                "hostname": "w1",
+                "timestamp": 1_700_000_000.0,
+            }
+        )
+    feed.handle(
+        {
+            "type": "task-received",
+            "uuid": "f",
+            "name": "state::set",
+            "kwargs": r({"scope": "s", "key": "x"}),
+        }
+    )
+    feed.handle({"type": "task-failed", "uuid": "f"})
+    feed.handle({"type": "task-succeeded", "uuid": "never-received", "result": "1"})
+    assert [row["key"] for row in seen] == ["k0", "k1", "k2"]
+    assert [row["seq"] for row in feed.recent()] == [2, 3]
+    assert [row["key"] for row in feed.recent(after_seq=2)] == ["k2"]
+    unsubscribe()
+    feed.publish([{"scope": "s", "key": "later"}])
+    assert len(seen) == 3
