@@ -123,10 +123,8 @@ CONTROL = "\x00\x01\x07\x08\t\n\r\x1b[31m\x7f\u200b\u202e\ufeff"
 def test_a_scope_full_of_control_characters_is_just_a_name(deployment: Deployment) -> None:
     scope = f"{CONTROL}-{uuid.uuid4().hex[:6]}"
     key = CONTROL
-    assert deployment.call("state::set", scope=scope, key=key, value={"v": CONTROL}) == {
-        "old_value": None,
-        "new_value": {"v": CONTROL},
-    }
+    answer = deployment.call("state::set", scope=scope, key=key, value={"v": CONTROL})
+    assert (answer["old_value"], answer["new_value"]) == (None, {"v": CONTROL})
     assert deployment.call("state::get", scope=scope, key=key) == {"v": CONTROL}
     assert deployment.call("state::list", scope=scope) == [{"v": CONTROL}]
     assert scope in deployment.call("state::list_groups")["groups"]
