@@ -12,6 +12,7 @@ from celery.app import backends
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from kombu.exceptions import OperationalError
 
+from state_tasks.core.config import DEFAULT_BRIDGE_TIMEOUT_MS
 from state_tasks.core.errors import AdapterError, StateError
 from state_tasks.core.urls import redact_url
 
@@ -58,7 +59,7 @@ class RemoteDeployment:
         *,
         broker_url: str,
         result_backend: str,
-        timeout_ms: int = 30_000,
+        timeout_ms: int = DEFAULT_BRIDGE_TIMEOUT_MS,
         queue: str | None = None,
     ) -> None:
         self.broker_url = broker_url

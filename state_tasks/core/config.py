@@ -29,14 +29,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapters.base import DEFAULT_MAX_VALUE_BYTES, StateAdapter
+from adapters.file_store import DEFAULT_FILE_PATH, DEFAULT_SAVE_INTERVAL_MS
 from adapters.kv_store import DEFAULT_MAX_OPS
+from adapters.redis_adapter import DEFAULT_KEY_PREFIX, DEFAULT_REDIS_URL
 from state_tasks.core.errors import ConfigError
 
 STATE_MODULE_CLASS = "modules::state::StateModule"
 DEFAULT_CONFIG_FILE = "state.yaml"
-DEFAULT_FILE_PATH = "./data/state_store"
-DEFAULT_SAVE_INTERVAL_MS = 5000
-DEFAULT_REDIS_URL = "redis://localhost:6379"
 DEFAULT_BRIDGE_TIMEOUT_MS = 30000
 #: Celery's Redis transport hands a task taken by a worker that vanished to another worker
 #: after this many seconds, unless ``CELERY_VISIBILITY_TIMEOUT`` says otherwise.
@@ -92,7 +91,7 @@ class KvStoreConfig(_AdapterConfig):
 
 class RedisAdapterConfig(_AdapterConfig):
     redis_url: str = Field(default_factory=lambda: os.environ.get("REDIS_URL", DEFAULT_REDIS_URL))
-    key_prefix: str = "state"
+    key_prefix: str = DEFAULT_KEY_PREFIX
     # TLS, for a rediss:// URL (redis-py's names); None leaves the adapter's default.
     ssl_ca_certs: str | None = None
     ssl_certfile: str | None = None
