@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from helpers import Deployment, RedisServer, redis_state_yaml, wait_until
+from helpers import Deployment, RedisServer, own_db, redis_state_yaml, wait_until
 from redis_acl import make_restricted_user
 
 pytestmark = pytest.mark.integration
@@ -32,8 +32,9 @@ def test_two_prefixes_on_one_redis_see_neither_state_nor_triggers_of_the_other(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     # Given team A and team B, each a worker whose adapter is its own restricted user
-    a = team(redis_server, tmp_path, "team-a", 63)
-    b = team(redis_server, tmp_path, "team-b", 64)
+    a_db, b_db = own_db(), own_db()
+    a = team(redis_server, tmp_path, "team-a", a_db)
+    b = team(redis_server, tmp_path, "team-b", b_db)
     try:
         # And a trigger on the scope "shared" that only team A registers
         a.client.iii.register_trigger(
@@ -45,8 +46,8 @@ def test_two_prefixes_on_one_redis_see_neither_state_nor_triggers_of_the_other(
         b.call("state::set", scope="only-b", key="k", value=1)
         # (B's sentinel: a trigger both declare, fired after B's change of "shared")
         b.call("state::set", scope="decorated", key="k", value="sentinel")
-        wait_until(lambda: records(redis_server, 64, "decorated"), 20, "B's sentinel handler")
-        wait_until(lambda: records(redis_server, 63, "any"), 20, "A's handler")
+        wait_until(lambda: records(redis_server, b_db, "decorated"), 20, "B's sentinel handler")
+        wait_until(lambda: records(redis_server, a_db, "any"), 20, "A's handler")
         # Then each reads its own value, lists its own scopes, and knows its own triggers
         assert a.call("state::get", scope="shared", key="k") == {"from": "a"}
         assert b.call("state::get", scope="shared", key="k") == {"from": "b"}
@@ -55,9 +56,9 @@ def test_two_prefixes_on_one_redis_see_neither_state_nor_triggers_of_the_other(
         assert any(t["function_id"] == "test::onAny" for t in a.client.iii.list_triggers())
         assert not any(t["function_id"] == "test::onAny" for t in b.client.iii.list_triggers())
         # And A's trigger fired for A's change only
-        fired = records(redis_server, 63, "any")
+        fired = records(redis_server, a_db, "any")
         assert [event["new_value"] for event in fired] == [{"from": "a"}]
-        assert records(redis_server, 64, "any") == []
+        assert records(redis_server, b_db, "any") == []
         # And no worker met a permission error
         for worker in a.workers + b.workers:
             assert "NOPERM" not in worker.log() and "no permissions" not in worker.log()

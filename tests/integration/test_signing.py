@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import redis
-from helpers import HANDLERS, REPO, Client, RedisServer, Worker, wait_until
+from helpers import HANDLERS, REPO, Client, RedisServer, Worker, own_db, wait_until
 
 from state_tasks.contrib.servers import self_signed_certificate
 
@@ -94,8 +94,8 @@ def test_a_signing_worker_runs_signed_tasks_and_refuses_the_others(
 ) -> None:
     # Given a worker with signing on, trusting the worker's and the service's certificates
     ids = Identities(tmp_path / "ids")
-    broker = redis_server.url(70)
-    record_url = redis_server.url(71)
+    broker = redis_server.url(own_db())
+    record_url = redis_server.url(own_db())
     record = redis.Redis.from_url(record_url)
     record.flushdb()
     worker = Worker(
