@@ -163,6 +163,16 @@ def _start_child(**_: Any) -> None:
     get_runtime(app)
 
 
+@signals.worker_process_shutdown.connect
+def _stop_child(**_: Any) -> None:
+    """A prefork child leaving cleanly settles its operation records and closes its adapter.
+
+    Its tasks have finished and stored their results by then, so no record needs to stay
+    whole for a redelivery (see :meth:`state_tasks.runtime.Runtime.close`).
+    """
+    close_runtime()
+
+
 @signals.worker_shutdown.connect
 def _stop_worker(sender: Any = None, **_: Any) -> None:
     """Flush the adapter on a clean (warm) shutdown."""
