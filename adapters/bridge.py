@@ -59,7 +59,7 @@ def _forwarded(op: BatchOp) -> dict[str, Any]:
     if op.kind == "set":
         return {"op": "set", "key": op.key, "value": decode(op.value_json)}
     if op.kind == "update":
-        return {"op": "update", "key": op.key, "ops": [o.to_engine_form() for o in op.ops]}
+        return {"op": "update", "key": op.key, "ops": [o.to_wire_form() for o in op.ops]}
     return {"op": "delete", "key": op.key}
 
 
@@ -131,7 +131,7 @@ class Bridge(StateAdapter):
         done = self._recorded(op_id)
         if done is not None and done[1] is not None:
             return done[0], done[1]
-        payload = {"scope": scope, "key": key, "ops": [op.to_engine_form() for op in ops]}
+        payload = {"scope": scope, "key": key, "ops": [op.to_wire_form() for op in ops]}
         result = self._applied(op_id, self.remote("state::update", payload, op_id))
         old, new = _text(result["old_value"]), dumps(result["new_value"])
         self._record(op_id, old, new)

@@ -110,6 +110,23 @@ class Op:
     #: values); seed-form ops keep accepting what they always accepted.
     engine_bounds: bool = field(default=False, compare=False)
 
+    def to_wire_form(self) -> dict[str, Any]:
+        """The op in the spelling it came in, to forward it to another deployment.
+
+        A seed-form op goes as the seed form, so the remote holds it to the same (seed)
+        rules; an engine-form op as :meth:`to_engine_form`.
+        """
+        if self.engine_bounds:
+            return self.to_engine_form()
+        field_name = "".join(self.path)
+        if self.kind in ("set", "merge"):
+            return {self.kind: self.value}
+        if self.kind == "remove":
+            return {"remove": field_name}
+        if self.kind == "append":
+            return {"append": {"field": field_name, "value": self.value}}
+        return {self.kind: {"field": field_name, "by": self.by}}
+
     def to_engine_form(self) -> dict[str, Any]:
         """The op as the engine spells it, e.g. to forward it to another deployment.
 
@@ -442,7 +459,10 @@ def _step(index: int, op: Op, present: Any) -> int | float:
         raise _fail(
             index, op, f"{op.kind}.not_number", f"{what} {_describe(present)}, not a number"
         )
-    result: int | float = present + op.by if op.kind == "increment" else present - op.by
+    try:
+        result: int | float = present + op.by if op.kind == "increment" else present - op.by
+    except OverflowError:  # an integer too big to meet a float
+        result = math.inf
     if isinstance(result, float) and not math.isfinite(result):
         raise _fail(
             index,

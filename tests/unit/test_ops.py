@@ -813,3 +813,33 @@ def test_typed_field_ops_take_a_field_or_a_path(kwargs: dict[str, Any]) -> None:
     for model, extra in ((IncrementOp, {}), (RemoveOp, {}), (AppendOp, {"value": 1})):
         with pytest.raises(pydantic.ValidationError):
             model(**kwargs, **extra)
+
+
+def test_an_op_goes_to_another_deployment_in_the_spelling_it_came_in() -> None:
+    # A Bridge forwards ops: the remote must hold them to the same rules as this side
+    seed = [
+        {"set": {"a": 1}},
+        {"merge": {"constructor": 1}},
+        {"increment": {"field": "x" * 300, "by": 2}},
+        {"decrement": {"field": "n", "by": 0.5}},
+        {"remove": "gone"},
+        {"append": {"field": "log", "value": [1]}},
+    ]
+    engine = [{"type": "merge", "path": ["a", "b"], "value": {"c": 1}}]
+    for raw in seed + engine:
+        (op,) = parse_ops([raw])
+        (back,) = parse_ops([json.loads(json.dumps(op.to_wire_form()))])
+        assert back == op and back.engine_bounds == op.engine_bounds
+    assert [parse_ops([raw])[0].to_wire_form() for raw in seed] == seed
+
+
+def test_a_huge_integer_meeting_a_float_is_an_op_error_not_a_crash() -> None:
+    huge = 10**400
+    assert reason_of({"n": huge}, [{"increment": {"field": "n", "by": 0.5}}]) == (
+        0,
+        "increment.not_number",
+    )
+    assert reason_of({"n": 0.5}, [{"decrement": {"field": "n", "by": huge}}]) == (
+        0,
+        "decrement.not_number",
+    )
