@@ -20,7 +20,22 @@ change, in two phases:
    was sent) and answers with what it knows without the values.
 
 A record is kept for ``op_window_s`` seconds (see
-:func:`state_tasks.core.config.default_op_window_s`) and then forgotten.
+:func:`state_tasks.core.config.default_op_window_s`) and then forgotten. A whole record
+keeps the change's version too, so a repeat answers with the version the first delivery
+gave; a settled one does not.
+
+Versions and expiry (the ``*_versioned`` methods, :meth:`StateAdapter.get_entry` and
+:meth:`StateAdapter.expire_due`). Every key has a version: a positive integer that grows
+with every change of the key and is never reused for it, even after a delete and a
+re-create (the built-in adapters take it from one counter per scope). ``if_version``
+makes a write conditional (``0``: only if the key is absent) and raises
+:class:`~state_tasks.core.errors.VersionConflict` otherwise, having written nothing.
+``ttl_ms`` makes a key expire: from its due time on, no read returns it, and
+:meth:`StateAdapter.expire_due` (run by every worker's sweeper) removes it and hands it
+over, exactly once, for its ``state:deleted`` event. A write that finds a key expired and
+not yet removed treats it as absent and returns it in :attr:`Change.expired`, so that its
+event fires all the same. An adapter that implements only the plain methods keeps working:
+the defaults give version 1 and refuse ``if_version`` and ``ttl_ms``.
 """
 
 from __future__ import annotations
@@ -28,15 +43,49 @@ from __future__ import annotations
 import builtins
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from state_tasks.core.errors import AdapterError
 
 if TYPE_CHECKING:
-    from state_tasks.core.batch import BatchOp, BatchResult
+    from state_tasks.core.batch import BatchOp, BatchResult, VersionedBatchResult
     from state_tasks.core.ops import Op
 
 DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A stored key: its JSON text, its version, and the milliseconds until it expires
+    (``None``: never)."""
+
+    value_json: str
+    version: int
+    expires_in_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class Expired:
+    """A key removed because its ``ttl_ms`` ran out: what it held and its last version."""
+
+    scope: str
+    key: str
+    value_json: str
+    version: int
+
+
+@dataclass(frozen=True)
+class Change:
+    """What a versioned write did: the old and the new JSON text (``new`` is ``None`` for a
+    delete), and ``version``: the key's new version, or for a delete the version deleted
+    (``0`` when there was nothing to delete). ``expired``: a key the write found expired
+    and not yet removed (it counted as absent); its ``state:deleted`` event is due."""
+
+    old: str | None
+    new: str | None
+    version: int
+    expired: Expired | None = None
 
 
 class OperationSettled(Exception):
@@ -126,6 +175,81 @@ class StateAdapter(ABC):
         :class:`~state_tasks.core.errors.UpdateOpError` or
         :class:`~state_tasks.core.errors.ValueTooLarge`; then nothing is written.
         """
+
+    # -- versions and expiry (the defaults serve adapters without them) -------------------
+
+    #: True when the adapter keeps versions and expiries (the built-in ones do).
+    supports_versions: bool = False
+
+    def get_entry(self, scope: str, key: str) -> Entry | None:
+        """The key's text, version and time to expiry; ``None`` if absent (or expired)."""
+        text = self.get(scope, key)
+        return None if text is None else Entry(text, 1, None)
+
+    def set_versioned(
+        self,
+        scope: str,
+        key: str,
+        value_json: str,
+        op_id: str | None = None,
+        *,
+        if_version: int | None = None,
+        ttl_ms: int | None = None,
+    ) -> Change:
+        """``set`` with versions: only if the key is at ``if_version`` (else
+        :class:`~state_tasks.core.errors.VersionConflict`); ``ttl_ms``: expire that long after
+        this write (``None``: the key becomes permanent). Returns the :class:`Change`."""
+        self._plain_only(if_version, ttl_ms)
+        return Change(self.set(scope, key, value_json, op_id), value_json, 1)
+
+    def delete_versioned(
+        self, scope: str, key: str, op_id: str | None = None, *, if_version: int | None = None
+    ) -> Change:
+        """``delete`` with versions: only if the key is at ``if_version``."""
+        self._plain_only(if_version, None)
+        old = self.delete(scope, key, op_id)
+        return Change(old, None, 0 if old is None else 1)
+
+    def update_versioned(
+        self,
+        scope: str,
+        key: str,
+        ops: Sequence[Op],
+        op_id: str | None = None,
+        *,
+        if_version: int | None = None,
+        ttl_ms: int | None = None,
+    ) -> Change:
+        """``update`` with versions: only if the key is at ``if_version``; ``ttl_ms``: a new
+        expiry (``None``: the key keeps the one it has)."""
+        self._plain_only(if_version, ttl_ms)
+        old, new = self.update(scope, key, ops, op_id)
+        return Change(old, new, 1)
+
+    def batch_versioned(
+        self, scope: str, operations: Sequence[BatchOp], op_id: str | None = None
+    ) -> tuple[builtins.list[VersionedBatchResult], builtins.list[Expired]]:
+        """``batch`` with versions: one ``(old, new, version)`` per operation, and the keys
+        it found expired (their events are due). A conflict of an operation's
+        ``if_version`` fails the whole batch, naming the operation's index."""
+        for op in operations:
+            self._plain_only(op.if_version, op.ttl_ms)
+        results = self.batch(scope, operations, op_id)
+        return [(old, new, 0 if new is None and old is None else 1) for old, new in results], []
+
+    def expire_due(self, limit: int) -> tuple[builtins.list[Expired], float | None]:
+        """Remove up to ``limit`` keys whose expiry is due, atomically (two workers never
+        both get one); return them and the milliseconds until the next due expiry (``None``:
+        none is scheduled here, or the adapter cannot tell)."""
+        return [], None
+
+    def _plain_only(self, if_version: int | None, ttl_ms: int | None) -> None:
+        if if_version is not None or ttl_ms is not None:
+            raise AdapterError(
+                f"{type(self).__name__} keeps no versions or expiries: if_version and ttl_ms "
+                "need an adapter that implements the *_versioned methods of "
+                "adapters.base.StateAdapter"
+            )
 
     def settle(self, op_ids: Sequence[str]) -> None:  # noqa: B027 - optional
         """Shrink the records of ``op_ids`` to markers: their trigger work has been sent.

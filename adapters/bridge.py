@@ -14,6 +14,13 @@ One limit of forwarding: the remote answers ``old_value: null`` both for a new k
 a key that held JSON ``null``, so a change of a key that held ``null`` fires
 ``state:created`` locally.
 
+Versions and expiry: ``if_version``, ``ttl_ms`` and ``with_version`` are forwarded, and the
+remote's versions come back in its answers (a ``VERSION_CONFLICT`` arrives as the same
+error). The remote's ``state::delete`` answers with the deleted value only, so a local
+``state:deleted`` event carries the version deleted only when the call gave ``if_version``
+(else ``0``). Keys expire on the remote, whose workers fire the ``reason: "expired"``
+events; the local side cannot see them and fires no local trigger for an expiry.
+
 Applied operations: the remote records them (see below). This side also keeps its own
 records in this process, like a KvStore: the remote's result while the local trigger work
 is not yet sent (so that a retry after a failed local dispatch sends the local triggers
@@ -31,6 +38,9 @@ from typing import Any
 
 from adapters.base import (
     DEFAULT_MAX_VALUE_BYTES,
+    Change,
+    Entry,
+    Expired,
     OperationSettled,
     StateAdapter,
     default_op_window_s,
@@ -39,9 +49,10 @@ from adapters.kv_store import BATCH_RECORD, DEFAULT_MAX_OPS, KvStore, OpRecord, 
 from state_tasks.core.batch import (
     BatchOp,
     BatchResult,
+    VersionedBatchResult,
     batch_record,
     encode_cursor,
-    parse_batch_record,
+    parse_versioned_batch_record,
 )
 from state_tasks.core.codec import decode, dumps
 from state_tasks.core.ops import Op
@@ -54,13 +65,21 @@ def _text(value: Any) -> str | None:
     return None if value is None else dumps(value)
 
 
+def _options(if_version: int | None = None, ttl_ms: int | None = None) -> dict[str, int]:
+    """The optional arguments given, as the remote's payload takes them."""
+    given = {"if_version": if_version, "ttl_ms": ttl_ms}
+    return {name: value for name, value in given.items() if value is not None}
+
+
 def _forwarded(op: BatchOp) -> dict[str, Any]:
     """A batch operation as the remote's ``state::batch`` takes it."""
+    options = _options(op.if_version, op.ttl_ms)
     if op.kind == "set":
-        return {"op": "set", "key": op.key, "value": decode(op.value_json)}
+        return {"op": "set", "key": op.key, "value": decode(op.value_json), **options}
     if op.kind == "update":
-        return {"op": "update", "key": op.key, "ops": [o.to_wire_form() for o in op.ops]}
-    return {"op": "delete", "key": op.key}
+        ops = [o.to_engine_form() for o in op.ops]
+        return {"op": "update", "key": op.key, "ops": ops, **options}
+    return {"op": "delete", "key": op.key, **options}
 
 
 class Bridge(StateAdapter):
@@ -73,6 +92,7 @@ class Bridge(StateAdapter):
 
     process_local = True  # the local trigger space lives in this process
     knows_null_from_missing = False
+    supports_versions = True
 
     def __init__(
         self,
@@ -106,36 +126,79 @@ class Bridge(StateAdapter):
     def get(self, scope: str, key: str) -> str | None:
         return _text(self.remote("state::get", {"scope": scope, "key": key}, None))
 
-    def set(self, scope: str, key: str, value_json: str, op_id: str | None = None) -> str | None:
+    def get_entry(self, scope: str, key: str) -> Entry | None:
+        payload = {"scope": scope, "key": key, "with_version": True}
+        found = self.remote("state::get", payload, None)
+        if found["version"] == 0:
+            return None
+        return Entry(dumps(found["value"]), found["version"], found["expires_in_ms"])
+
+    def set_versioned(
+        self,
+        scope: str,
+        key: str,
+        value_json: str,
+        op_id: str | None = None,
+        *,
+        if_version: int | None = None,
+        ttl_ms: int | None = None,
+    ) -> Change:
         done = self._recorded(op_id)
         if done is not None:
-            return done[0]
-        payload = {"scope": scope, "key": key, "value": decode(value_json)}
+            return Change(done[0], value_json, done[3])
+        payload: dict[str, Any] = {"scope": scope, "key": key, "value": decode(value_json)}
+        payload |= _options(if_version, ttl_ms)
         result = self._applied(op_id, self.remote("state::set", payload, op_id))
-        old = _text(result["old_value"])
-        self._record(op_id, old, value_json)
-        return old
+        old, version = _text(result["old_value"]), int(result.get("version") or 0)
+        self._record(op_id, old, value_json, version)
+        return Change(old, value_json, version)
 
-    def delete(self, scope: str, key: str, op_id: str | None = None) -> str | None:
+    def delete_versioned(
+        self, scope: str, key: str, op_id: str | None = None, *, if_version: int | None = None
+    ) -> Change:
         # A settled repeat answers null, like an absent key: neither has local work to send.
         done = self._recorded(op_id)
         if done is not None:
-            return done[0]
-        old = _text(self.remote("state::delete", {"scope": scope, "key": key}, op_id))
-        self._record(op_id, old, None)
-        return old
+            return Change(done[0], None, done[3])
+        payload = {"scope": scope, "key": key} | _options(if_version)
+        old = _text(self.remote("state::delete", payload, op_id))
+        version = 0 if old is None else if_version or 0
+        self._record(op_id, old, None, version)
+        return Change(old, None, version)
+
+    def update_versioned(
+        self,
+        scope: str,
+        key: str,
+        ops: Sequence[Op],
+        op_id: str | None = None,
+        *,
+        if_version: int | None = None,
+        ttl_ms: int | None = None,
+    ) -> Change:
+        done = self._recorded(op_id)
+        if done is not None and done[1] is not None:
+            return Change(done[0], done[1], done[3])
+        payload: dict[str, Any] = {"scope": scope, "key": key}
+        payload |= {"ops": [op.to_engine_form() for op in ops]} | _options(if_version, ttl_ms)
+        result = self._applied(op_id, self.remote("state::update", payload, op_id))
+        old, new = _text(result["old_value"]), dumps(result["new_value"])
+        version = int(result.get("version") or 0)
+        self._record(op_id, old, new, version)
+        return Change(old, new, version)
+
+    def set(self, scope: str, key: str, value_json: str, op_id: str | None = None) -> str | None:
+        return self.set_versioned(scope, key, value_json, op_id).old
+
+    def delete(self, scope: str, key: str, op_id: str | None = None) -> str | None:
+        return self.delete_versioned(scope, key, op_id).old
 
     def update(
         self, scope: str, key: str, ops: Sequence[Op], op_id: str | None = None
     ) -> tuple[str | None, str]:
-        done = self._recorded(op_id)
-        if done is not None and done[1] is not None:
-            return done[0], done[1]
-        payload = {"scope": scope, "key": key, "ops": [op.to_wire_form() for op in ops]}
-        result = self._applied(op_id, self.remote("state::update", payload, op_id))
-        old, new = _text(result["old_value"]), dumps(result["new_value"])
-        self._record(op_id, old, new)
-        return old, new
+        change = self.update_versioned(scope, key, ops, op_id)
+        assert change.new is not None
+        return change.old, change.new
 
     def get_many(self, scope: str, keys: Sequence[str]) -> builtins.list[str | None]:
         values = self.remote("state::get_many", {"scope": scope, "keys": list(keys)}, None)
@@ -144,22 +207,30 @@ class Bridge(StateAdapter):
     def batch(
         self, scope: str, operations: Sequence[BatchOp], op_id: str | None = None
     ) -> builtins.list[BatchResult]:
+        results, _ = self.batch_versioned(scope, operations, op_id)
+        return [(old, new) for old, new, _ in results]
+
+    def batch_versioned(
+        self, scope: str, operations: Sequence[BatchOp], op_id: str | None = None
+    ) -> tuple[builtins.list[VersionedBatchResult], builtins.list[Expired]]:
         """One remote ``state::batch`` (atomic there); recorded here as one operation."""
         done = self._recorded(op_id)
         if done is not None and done[1] == BATCH_RECORD and done[0] is not None:
-            return parse_batch_record(done[0])
+            return parse_versioned_batch_record(done[0]), []
         payload = {"scope": scope, "operations": [_forwarded(op) for op in operations]}
         answer = self._applied(op_id, self.remote("state::batch", payload, op_id))
-        results: builtins.list[BatchResult] = []
+        results: builtins.list[VersionedBatchResult] = []
         for op, result in zip(operations, answer["results"], strict=True):
             if op.kind == "delete":
-                results.append((_text(result), None))
+                old = _text(result)
+                results.append((old, None, 0 if old is None else op.if_version or 0))
             else:
-                results.append((_text(result["old_value"]), dumps(result["new_value"])))
+                version = int(result.get("version") or 0)
+                results.append((_text(result["old_value"]), dumps(result["new_value"]), version))
         if op_id is not None:
             with self._ops_lock:
                 self._ops.add(op_id, self._ops.new(batch_record(results), BATCH_RECORD))
-        return results
+        return results, []
 
     def list_page(
         self, scope: str, prefix: str, after: str | None, limit: int
@@ -197,14 +268,14 @@ class Bridge(StateAdapter):
         with self._ops_lock:
             return self._ops.find(op_id)
 
-    def _record(self, op_id: str | None, old: str | None, new: str | None) -> None:
+    def _record(self, op_id: str | None, old: str | None, new: str | None, version: int) -> None:
         if op_id is None:
             return
         with self._ops_lock:
             if old is None and new is None:  # a delete of an absent key: nothing to send
                 self._ops.mark(op_id, self._ops.expiry())
             else:
-                self._ops.add(op_id, self._ops.new(old, new))
+                self._ops.add(op_id, self._ops.new(old, new, version))
 
     @staticmethod
     def _applied(op_id: str | None, result: Any) -> Any:

@@ -6,6 +6,7 @@ Folder layout (``file_path``)::
     journal-<n>.log           write-ahead journal segments, replayed in order at start-up
     triggers.json             the stored triggers
     ops.json                  applied operation ids still remembered (see below)
+    versions.json             the store's version counter (the last version given)
     scope-<name>.json         one file per scope
 
 Every mutation is applied in memory and appended to the current journal segment with
@@ -27,8 +28,15 @@ segment over a file that already includes it changes nothing.
 
 A scope file is JSON with a format name and a version::
 
-    {"format": "state_tasks.kv_scope", "version": 1, "scope": "users",
-     "entries": [["user-1", {...}], ["user-2", {...}]]}
+    {"format": "state_tasks.kv_scope", "version": 2, "scope": "users",
+     "entries": [["user-1", {...}, 7, null], ["user-2", {...}, 9, 1767225600000]]}
+
+Each entry is the key, its value, its version and its due time (wall-clock milliseconds
+since the epoch, ``null``: permanent). Files of version 1 (``[key, value]`` entries, from
+before versions) load with every key at version 1 and no expiry. Journal records of sets
+carry ``"ver"`` and, for a key with a ttl, ``"due"``; batch entries are ``[key, value, ver,
+due]``. Expiries survive a restart: a key whose due time passed while the store was closed
+is hidden at once and expired (its event fired) by the first sweep.
 
 Its name encodes the scope: lowercase ASCII letters, digits, ``-`` and ``_`` stand for
 themselves, every other byte of the UTF-8 is ``%XX`` (so no name is ``.``, ``..``, holds
@@ -77,13 +85,13 @@ import re
 import threading
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from adapters.base import DEFAULT_MAX_VALUE_BYTES
-from adapters.kv_store import BATCH_RECORD, DEFAULT_MAX_OPS, KvStore, OpRecord
-from state_tasks.core.batch import BatchOp, BatchResult, batch_record
+from adapters.kv_store import BATCH_RECORD, DEFAULT_MAX_OPS, KvStore, OpRecord, wall_clock_ms
+from state_tasks.core.batch import BatchOp, VersionedBatchResult, batch_record
 from state_tasks.core.codec import dumps
 from state_tasks.core.errors import AdapterError
 from state_tasks.core.ownership import OwnedElsewhere, take_ownership
@@ -95,7 +103,8 @@ FsyncPolicy = Literal["always", "interval", "never"]
 DEFAULT_FILE_PATH = "./data/state_store"
 DEFAULT_SAVE_INTERVAL_MS = 5000
 FORMAT_NAME = "state_tasks.kv_scope"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+VERSIONS_FORMAT_NAME = "state_tasks.kv_versions"
 OPS_FORMAT_NAME = "state_tasks.applied_ops"
 OPS_FORMAT_VERSION = 2
 #: ``fsync: interval`` syncs the journal at most this often.
@@ -130,8 +139,14 @@ class FileKvStore(KvStore):
         max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
         op_window_s: float | None = None,
         max_ops: int = DEFAULT_MAX_OPS,
+        clock_ms: Callable[[], int] = wall_clock_ms,
     ) -> None:
-        super().__init__(max_value_bytes=max_value_bytes, op_window_s=op_window_s, max_ops=max_ops)
+        super().__init__(
+            max_value_bytes=max_value_bytes,
+            op_window_s=op_window_s,
+            max_ops=max_ops,
+            clock_ms=clock_ms,
+        )
         if save_interval_ms <= 0:
             raise AdapterError(
                 "save_interval_ms must be a positive number of milliseconds, "
@@ -150,6 +165,7 @@ class FileKvStore(KvStore):
         self._dirty_scopes: set[str] = set()
         self._triggers_dirty = False
         self._ops_dirty = False
+        self._counter_saved = 0
         # Journal segments up to this one are described by ops.json (set while loading).
         self._ops_covered = 0
         # Operations settled since the last journal record: (id, wall-clock expiry).
@@ -175,6 +191,7 @@ class FileKvStore(KvStore):
         self._take_ownership()
         try:
             self._load_scope_files()
+            self._load_counter()
             self._load_triggers()
             self._load_ops()
             segments = self._segments()
@@ -251,17 +268,40 @@ class FileKvStore(KvStore):
                 document = json.loads(path.read_text(encoding="utf-8"))
                 if document.get("format") != FORMAT_NAME:
                     raise ValueError(f"format is {document.get('format')!r}, not {FORMAT_NAME}")
-                if document.get("version") != FORMAT_VERSION:
-                    raise ValueError(f"unsupported version {document.get('version')!r}")
+                version = document.get("version")
+                if version not in (1, FORMAT_VERSION):
+                    raise ValueError(f"unsupported version {version!r}")
                 scope = document["scope"]
-                entries = {str(k): dumps(v) for k, v in document["entries"]}
+                rows = document["entries"]
+                entries = {str(row[0]): dumps(row[1]) for row in rows}
                 if not isinstance(scope, str) or scope_file_name(scope) != path.name:
                     raise ValueError(f"holds scope {scope!r}, which does not belong in this file")
-            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                versions = {str(row[0]): int(row[2]) for row in rows if len(row) > 2}
+                dues = {str(row[0]): int(row[3]) for row in rows if len(row) > 3 and row[3]}
+            except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
                 self._corrupt(path, str(e))
                 continue
             if entries:
                 self._scopes[scope] = entries
+                if versions:
+                    self._versions[scope] = versions
+                # Keys from before versions are at 1: the counter starts above.
+                self._counter = max(self._counter, 1, *versions.values())
+                for key, due in dues.items():
+                    self._set_due(scope, key, due)
+
+    def _load_counter(self) -> None:
+        path = self.path / "versions.json"
+        if not path.exists():
+            return
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+            if document.get("format") != VERSIONS_FORMAT_NAME:
+                raise ValueError(f"format is {document.get('format')!r}")
+            self._counter = max(self._counter, int(document["counter"]))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            self._corrupt(path, str(e))
+        self._counter_saved = self._counter
 
     def _load_ops(self) -> None:
         path = self.path / "ops.json"
@@ -279,9 +319,11 @@ class FileKvStore(KvStore):
                 whole = document["whole"]
             else:
                 raise ValueError(f"unsupported version {version!r}")
-            for op_id, (old, new, expires_wall) in whole.items():
+            for op_id, row in whole.items():
+                old, new, expires_wall = row[:3]
+                version = int(row[3]) if len(row) > 3 else 0
                 if _alive(expires_wall):
-                    self._ops.add(str(op_id), (old, new, _monotonic(expires_wall)))
+                    self._ops.add(str(op_id), (old, new, _monotonic(expires_wall), version))
             for op_id, expires_wall in settled.items():
                 if _alive(expires_wall):
                     self._ops.mark(str(op_id), _monotonic(expires_wall))
@@ -336,9 +378,12 @@ class FileKvStore(KvStore):
         kind = record["op"]
         if ops and kind in ("set", "del") and "id" in record and _alive(record["exp"]):
             # The old value is what the key holds now (records of version 1 carry it).
-            old = record["old"] if "old" in record else self.get(record["scope"], record["key"])
+            scope, key = record["scope"], record["key"]
+            held = self._scopes.get(scope, {}).get(key)
+            old = record["old"] if "old" in record else held
             new = dumps(record["value"]) if kind == "set" else None
-            self._ops.add(record["id"], (old, new, _monotonic(record["exp"])))
+            version = record.get("ver", 1) if kind == "set" else self._version(scope, key)
+            self._ops.add(record["id"], (old, new, _monotonic(record["exp"]), version))
             self._ops_dirty = True
         if kind == "settled":
             if ops:
@@ -347,7 +392,11 @@ class FileKvStore(KvStore):
                         self._ops.mark(op_id, _monotonic(expires_wall))
                 self._ops_dirty = True
         elif kind == "set":
-            self._put(record["scope"], record["key"], dumps(record["value"]))
+            version = record.get("ver", 1)  # a record from before versions: 1
+            self._counter = max(self._counter, version)
+            self._apply(
+                record["scope"], record["key"], dumps(record["value"]), version, record.get("due")
+            )
             self._dirty_scopes.add(record["scope"])
         elif kind == "del":
             self._remove(record["scope"], record["key"])
@@ -356,20 +405,24 @@ class FileKvStore(KvStore):
             # Each entry is [key, value] (a set) or [key] (a delete), in the batch's order;
             # its results are derived while it is applied, as for set and del.
             scope = record["scope"]
-            results: builtins.list[BatchResult] = []
+            results: builtins.list[VersionedBatchResult] = []
             for entry in record["ops"]:
-                before = self.get(scope, entry[0])
-                if len(entry) == 2:
+                key = entry[0]
+                before = self._scopes.get(scope, {}).get(key)
+                if len(entry) >= 2:
                     text = dumps(entry[1])
-                    self._put(scope, entry[0], text)
-                    results.append((before, text))
+                    version = entry[2] if len(entry) > 2 else 1
+                    self._counter = max(self._counter, version)
+                    self._apply(scope, key, text, version, entry[3] if len(entry) > 3 else None)
+                    results.append((before, text, version))
                 else:
-                    self._remove(scope, entry[0])
-                    results.append((before, None))
+                    deleted = self._version(scope, key) if before is not None else 0
+                    self._remove(scope, key)
+                    results.append((before, None, deleted))
             self._dirty_scopes.add(scope)
             if ops and "id" in record and _alive(record["exp"]):
                 expires = _monotonic(record["exp"])
-                self._ops.add(record["id"], (batch_record(results), BATCH_RECORD, expires))
+                self._ops.add(record["id"], (batch_record(results), BATCH_RECORD, expires, 0))
                 self._ops_dirty = True
         elif kind == "tset":
             self._triggers[record["id"]] = record["value"]
@@ -416,6 +469,10 @@ class FileKvStore(KvStore):
         value_json: str | None,
         op_id: str | None = None,
         op_expires: float = 0.0,
+        *,
+        version: int = 0,
+        due_ms: int | None = None,
+        reason: str = "deleted",
     ) -> None:
         scope_json, key_json = dumps(scope), dumps(key)
         applied = ""
@@ -424,10 +481,13 @@ class FileKvStore(KvStore):
             # crash and a restart is still recognised (its old value is derived on replay).
             applied = f',"id":{dumps(op_id)},"exp":{_wall(op_expires)}'
         if value_json is None:
-            self._append(f'{{"op":"del","scope":{scope_json},"key":{key_json}{applied}}}')
+            why = ',"reason":"expired"' if reason == "expired" else ""
+            self._append(f'{{"op":"del","scope":{scope_json},"key":{key_json}{applied}{why}}}')
         else:
+            due = "" if due_ms is None else f',"due":{due_ms}'
             self._append(
-                f'{{"op":"set","scope":{scope_json},"key":{key_json},"value":{value_json}{applied}}}'
+                f'{{"op":"set","scope":{scope_json},"key":{key_json},"value":{value_json}'
+                f',"ver":{version}{due}{applied}}}'
             )
         self._dirty_scopes.add(scope)
         if applied:
@@ -437,14 +497,17 @@ class FileKvStore(KvStore):
         self,
         scope: str,
         operations: Sequence[BatchOp],
-        results: Sequence[BatchResult],
+        results: Sequence[VersionedBatchResult],
         op_id: str | None,
         op_expires: float,
+        dues: dict[str, int | None],
     ) -> None:
         # One record, one line, one CRC: after a crash the batch is all there or not at all.
         entries = ",".join(
-            f"[{dumps(op.key)}]" if new is None else f"[{dumps(op.key)},{new}]"
-            for op, (_, new) in zip(operations, results, strict=True)
+            f"[{dumps(op.key)}]"
+            if new is None
+            else f"[{dumps(op.key)},{new},{version},{dumps(dues.get(op.key))}]"
+            for op, (_, new, version) in zip(operations, results, strict=True)
         )
         applied = "" if op_id is None else f',"id":{dumps(op_id)},"exp":{_wall(op_expires)}'
         self._append(f'{{"op":"batch","scope":{dumps(scope)},"ops":[{entries}]{applied}}}')
@@ -501,11 +564,22 @@ class FileKvStore(KvStore):
         """
         with self._save_lock:
             with self._lock:
-                if not (self._dirty_scopes or self._triggers_dirty or self._ops_dirty):
+                if not (
+                    self._dirty_scopes
+                    or self._triggers_dirty
+                    or self._ops_dirty
+                    or self._counter != self._counter_saved
+                ):
                     return 0
                 snapshot = {
-                    scope: dict(self._scopes.get(scope, {})) for scope in self._dirty_scopes
+                    scope: (
+                        dict(self._scopes.get(scope, {})),
+                        dict(self._versions.get(scope, {})),
+                        dict(self._dues.get(scope, {})),
+                    )
+                    for scope in self._dirty_scopes
                 }
+                counter = self._counter if self._counter != self._counter_saved else None
                 triggers = dict(self._triggers) if self._triggers_dirty else None
                 ops = (dict(self._ops.whole), dict(self._ops.settled)) if self._ops_dirty else None
                 self._ops_dirty = False
@@ -520,7 +594,7 @@ class FileKvStore(KvStore):
                     os.close(old_fd)
             try:
                 ops_text = None if ops is None else _ops_document(*ops, covered=covered)
-                written = self._write_files(snapshot, triggers, ops_text)
+                written = self._write_files(snapshot, triggers, ops_text, counter)
             except BaseException:
                 with self._lock:  # written again by the next save; the journal keeps it all
                     self._dirty_scopes |= set(snapshot)
@@ -533,7 +607,11 @@ class FileKvStore(KvStore):
             return written
 
     def _write_files(
-        self, snapshot: dict[str, dict[str, str]], triggers: dict[str, str] | None, ops: str | None
+        self,
+        snapshot: dict[str, tuple[dict[str, str], dict[str, int], dict[str, int]]],
+        triggers: dict[str, str] | None,
+        ops: str | None,
+        counter: int | None,
     ) -> int:
         # ops.json first: once it says which segments it covers, replay takes their data
         # only, whatever state the scope files were left in.
@@ -541,10 +619,14 @@ class FileKvStore(KvStore):
         if ops is not None:
             _write_atomically(self.path / "ops.json", ops)
             written += 1
-        for scope, entries in snapshot.items():
+        if counter is not None:
+            text = dumps({"format": VERSIONS_FORMAT_NAME, "version": 1, "counter": counter})
+            _write_atomically(self.path / "versions.json", text)  # not counted: bookkeeping
+            self._counter_saved = counter
+        for scope, (entries, versions, dues) in snapshot.items():
             path = self.path / scope_file_name(scope)
             if entries:
-                _write_atomically(path, _scope_document(scope, entries))
+                _write_atomically(path, _scope_document(scope, entries, versions, dues))
                 written += 1
             elif path.exists():
                 path.unlink()
@@ -556,8 +638,13 @@ class FileKvStore(KvStore):
         return written
 
 
-def _scope_document(scope: str, entries: dict[str, str]) -> str:
-    body = ",".join(f"[{dumps(key)},{value}]" for key, value in entries.items())
+def _scope_document(
+    scope: str, entries: dict[str, str], versions: dict[str, int], dues: dict[str, int]
+) -> str:
+    body = ",".join(
+        f"[{dumps(key)},{value},{versions.get(key, 1)},{dumps(dues.get(key))}]"
+        for key, value in entries.items()
+    )
     return (
         f'{{"format":"{FORMAT_NAME}","version":{FORMAT_VERSION},'
         f'"scope":{dumps(scope)},"entries":[{body}]}}'
@@ -568,8 +655,8 @@ def _ops_document(whole: dict[str, OpRecord], settled: dict[str, float], covered
     """Applied operation ids still remembered, with wall-clock expiry times (module docs)."""
     now = time.monotonic()
     whole_body = ",".join(
-        f"{dumps(op_id)}:[{dumps(old)},{dumps(new)},{_wall(expires)}]"
-        for op_id, (old, new, expires) in whole.items()
+        f"{dumps(op_id)}:[{dumps(old)},{dumps(new)},{_wall(expires)},{version}]"
+        for op_id, (old, new, expires, version) in whole.items()
         if expires > now
     )
     settled_body = ",".join(

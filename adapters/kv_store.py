@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import builtins
+import heapq
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -11,6 +12,9 @@ from typing import TypeVar
 
 from adapters.base import (
     DEFAULT_MAX_VALUE_BYTES,
+    Change,
+    Entry,
+    Expired,
     OperationSettled,
     StateAdapter,
     default_op_window_s,
@@ -18,26 +22,34 @@ from adapters.base import (
 from state_tasks.core.batch import (
     BatchOp,
     BatchResult,
-    apply_batch,
+    VersionedBatchResult,
+    apply_batch_versioned,
     batch_keys,
     batch_record,
-    parse_batch_record,
+    parse_versioned_batch_record,
 )
 from state_tasks.core.codec import apply_ops_json
+from state_tasks.core.errors import version_conflict
 from state_tasks.core.ops import Op
 
 #: How many applied operation ids a KvStore remembers at most (the oldest go first).
 DEFAULT_MAX_OPS = 100_000
 
 #: A whole record of an applied operation: (old JSON text, new JSON text or None for a
-#: delete, monotonic expiry).
-OpRecord = tuple[str | None, str | None, float]
+#: delete, monotonic expiry, the version the change gave or deleted).
+OpRecord = tuple[str | None, str | None, float, int]
 
 #: The "new" text of a batch's whole record, whose "old" text holds the batch's results
 #: (:func:`state_tasks.core.batch.batch_record`). Never valid JSON, so never a value.
 BATCH_RECORD = "\x00batch"
 
 _R = TypeVar("_R")
+
+
+def wall_clock_ms() -> int:
+    """Milliseconds since the epoch: the KvStore's clock for expiries (they survive a
+    restart of the file store, so they are wall-clock times)."""
+    return time.time_ns() // 1_000_000
 
 
 class SortedNames:
@@ -110,9 +122,9 @@ class OpRecords:
         """The monotonic time until which an operation applied now is remembered."""
         return time.monotonic() + self.window_s
 
-    def new(self, old: str | None, new: str | None) -> OpRecord:
+    def new(self, old: str | None, new: str | None, version: int = 0) -> OpRecord:
         """A whole record for an operation applied now."""
-        return (old, new, self.expiry())
+        return (old, new, self.expiry(), version)
 
     def add(self, op_id: str, record: OpRecord) -> None:
         """Remember a whole record (once its change is made)."""
@@ -153,13 +165,20 @@ class KvStore(StateAdapter):
     (the default configuration does), never several prefork children, each of
     which would otherwise hold a separate store.
 
+    Versions come from one counter for the whole store (so a version is never reused, even
+    after a key or its scope is deleted and re-created); expiries live in a dict per scope
+    (only keys with a ``ttl_ms`` pay for one) and a heap of due times that
+    :meth:`expire_due` pops.
+
     :param op_window_s: how long an applied operation id is remembered (default: the
         broker's redelivery window, :func:`adapters.base.default_op_window_s`).
     :param max_ops: how many applied operation ids are remembered at most.
+    :param clock_ms: the clock of expiries, in wall-clock milliseconds (tests pass their own).
     """
 
     ordered_list = True
     process_local = True
+    supports_versions = True
 
     def __init__(
         self,
@@ -167,12 +186,22 @@ class KvStore(StateAdapter):
         max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
         op_window_s: float | None = None,
         max_ops: int = DEFAULT_MAX_OPS,
+        clock_ms: Callable[[], int] = wall_clock_ms,
     ) -> None:
         self.max_value_bytes = max_value_bytes
         self.op_window_s = default_op_window_s() if op_window_s is None else op_window_s
         self.max_ops = max_ops
+        self.clock_ms = clock_ms
         self._ops = OpRecords(self.op_window_s, max_ops)
         self._scopes: dict[str, dict[str, str]] = {}
+        # scope -> key -> version; a key missing here (data from before versions) is at 1.
+        self._versions: dict[str, dict[str, int]] = {}
+        # The last version given, in any scope.
+        self._counter = 0
+        # scope -> key -> due time (wall-clock ms), only for keys with a ttl.
+        self._dues: dict[str, dict[str, int]] = {}
+        # (due ms, scope, key); entries whose key has another due time since are skipped.
+        self._due_heap: builtins.list[tuple[int, str, str]] = []
         # Sorted names for pages, built by the first page of a scope (or of list_groups)
         # and kept up to date from then on: a store never paged pays nothing for them.
         self._sorted_keys: dict[str, SortedNames] = {}
@@ -182,81 +211,69 @@ class KvStore(StateAdapter):
         # Re-entrant so that subclasses may call back into these methods under it.
         self._lock = threading.RLock()
 
-    def get(self, scope: str, key: str) -> str | None:
+    # -- reading ----------------------------------------------------------------------
+
+    def _expired(self, scope: str, key: str, now_ms: int | None = None) -> bool:
+        dues = self._dues.get(scope)
+        if not dues:
+            return False
+        due = dues.get(key)
+        return due is not None and due <= (self.clock_ms() if now_ms is None else now_ms)
+
+    def _live(self, scope: str, key: str) -> str | None:
         entries = self._scopes.get(scope)
-        return None if entries is None else entries.get(key)
+        if entries is None:
+            return None
+        text = entries.get(key)
+        if text is not None and scope in self._dues and self._expired(scope, key):
+            return None
+        return text
 
-    def set(self, scope: str, key: str, value_json: str, op_id: str | None = None) -> str | None:
-        with self._lock:
-            done = self._ops.find(op_id)
-            if done is not None:
-                return done[0]
-            old = self.get(scope, key)
-            record = self._ops.new(old, value_json)
-            self._changed(scope, key, value_json, op_id, record[2])
-            self._put(scope, key, value_json)
-            if op_id is not None:
-                self._ops.add(op_id, record)
-            return old
+    def _version(self, scope: str, key: str) -> int:
+        return self._versions.get(scope, {}).get(key, 1)
 
-    def delete(self, scope: str, key: str, op_id: str | None = None) -> str | None:
+    def get(self, scope: str, key: str) -> str | None:
+        return self._live(scope, key)
+
+    def get_entry(self, scope: str, key: str) -> Entry | None:
         with self._lock:
-            done = self._ops.find(op_id)
-            if done is not None:
-                return done[0]
-            entries = self._scopes.get(scope)
-            if entries is None or key not in entries:
-                if op_id is not None:  # nothing to send: settled at once
-                    self._settled_at_once(op_id, self._ops.expiry())
+            text = self._live(scope, key)
+            if text is None:
                 return None
-            record = self._ops.new(entries[key], None)
-            self._changed(scope, key, None, op_id, record[2])
-            old = self._remove(scope, key)
-            if op_id is not None:
-                self._ops.add(op_id, record)
-            return old
-
-    def update(
-        self, scope: str, key: str, ops: Sequence[Op], op_id: str | None = None
-    ) -> tuple[str | None, str]:
-        with self._lock:
-            done = self._ops.find(op_id)
-            if done is not None and done[1] is not None:
-                return done[0], done[1]
-            old = self.get(scope, key)
-            new = apply_ops_json(old, ops, self.max_value_bytes)
-            record = self._ops.new(old, new)
-            self._changed(scope, key, new, op_id, record[2])
-            self._put(scope, key, new)
-            if op_id is not None:
-                self._ops.add(op_id, record)
-            return old, new
+            due = self._dues.get(scope, {}).get(key)
+            left = None if due is None else max(0, due - self.clock_ms())
+            return Entry(text, self._version(scope, key), left)
 
     def get_many(self, scope: str, keys: Sequence[str]) -> builtins.list[str | None]:
         with self._lock:
+            if scope in self._dues:
+                return [self._live(scope, key) for key in keys]
             entries = self._scopes.get(scope, {})
             return [entries.get(key) for key in keys]
 
-    def batch(
-        self, scope: str, operations: Sequence[BatchOp], op_id: str | None = None
-    ) -> builtins.list[BatchResult]:
+    def list(self, scope: str) -> builtins.list[str]:
         with self._lock:
-            done = self._ops.find(op_id)
-            if done is not None and done[1] == BATCH_RECORD and done[0] is not None:
-                return parse_batch_record(done[0])
             entries = self._scopes.get(scope, {})
-            before = {key: entries.get(key) for key in batch_keys(operations)}
-            results = apply_batch(before, operations, self.max_value_bytes)
-            record = self._ops.new(batch_record(results), BATCH_RECORD)
-            self._batch_changed(scope, operations, results, op_id, record[2])
-            for op, (old, new) in zip(operations, results, strict=True):
-                if new is not None:
-                    self._put(scope, op.key, new)
-                elif old is not None:
-                    self._remove(scope, op.key)
-            if op_id is not None:
-                self._ops.add(op_id, record)
-            return results
+            if scope not in self._dues:
+                return list(entries.values())
+            now = self.clock_ms()
+            return [text for key, text in entries.items() if not self._expired(scope, key, now)]
+
+    def _live_count(self, scope: str, now_ms: int) -> int:
+        entries = self._scopes.get(scope, {})
+        dues = self._dues.get(scope)
+        if not dues:
+            return len(entries)
+        return len(entries) - sum(1 for due in dues.values() if due <= now_ms)
+
+    def list_groups(self) -> builtins.list[str]:
+        with self._lock:
+            now = self.clock_ms()
+            return sorted(
+                scope
+                for scope in self._scopes
+                if scope not in self._dues or self._live_count(scope, now) > 0
+            )
 
     def list_page(
         self, scope: str, prefix: str, after: str | None, limit: int
@@ -268,8 +285,14 @@ class KvStore(StateAdapter):
             names = self._sorted_keys.get(scope)
             if names is None:
                 names = self._sorted_keys[scope] = SortedNames(entries)
-            keys, more = names.page(prefix, after, limit)
-            return [(key, entries[key]) for key in keys], more
+            now = self.clock_ms()
+            rows: builtins.list[tuple[str, str]] = []
+            while True:  # expired keys not yet removed are skipped, not counted
+                keys, more = names.page(prefix, after, limit - len(rows))
+                rows += [(k, entries[k]) for k in keys if not self._expired(scope, k, now)]
+                if not more or len(rows) == limit:
+                    return rows, more
+                after = keys[-1]
 
     def list_groups_page(
         self, prefix: str, after: str | None, limit: int, with_counts: bool
@@ -277,10 +300,229 @@ class KvStore(StateAdapter):
         with self._lock:
             if self._sorted_scopes is None:
                 self._sorted_scopes = SortedNames(self._scopes)
-            scopes, more = self._sorted_scopes.page(prefix, after, limit)
-            return [
-                (scope, len(self._scopes[scope]) if with_counts else None) for scope in scopes
-            ], more
+            now = self.clock_ms()
+            rows: builtins.list[tuple[str, int | None]] = []
+            while True:  # a scope whose keys all expired is skipped
+                scopes, more = self._sorted_scopes.page(prefix, after, limit - len(rows))
+                for scope in scopes:
+                    count = self._live_count(scope, now)
+                    if count > 0:
+                        rows.append((scope, count if with_counts else None))
+                if not more or len(rows) == limit:
+                    return rows, more
+                after = scopes[-1]
+
+    # -- writing ----------------------------------------------------------------------
+
+    def _current(self, scope: str, key: str, now_ms: int) -> tuple[str | None, int, bool]:
+        """(live text or None, its version or 0, whether an expired value is waiting)."""
+        text = self._scopes.get(scope, {}).get(key)
+        if text is None:
+            return None, 0, False
+        if self._expired(scope, key, now_ms):
+            return None, 0, True
+        return text, self._version(scope, key), False
+
+    def _next_version(self, scope: str) -> int:
+        # Keys loaded from before versions are at 1: the counter is at least that (load).
+        self._counter += 1
+        return self._counter
+
+    def _take_expired(self, scope: str, key: str) -> Expired:
+        """Remove a key found expired (journaled as a delete); return it for its event."""
+        text = self._scopes[scope][key]
+        gone = Expired(scope, key, text, self._version(scope, key))
+        self._changed(scope, key, None, reason="expired")
+        self._remove(scope, key)
+        return gone
+
+    def _apply(self, scope: str, key: str, text: str | None, version: int, due: int | None) -> None:
+        """Store (``text``) or remove (``None``) a key with its version and due time."""
+        if text is None:
+            self._remove(scope, key)
+            return
+        self._put(scope, key, text)
+        self._versions.setdefault(scope, {})[key] = version
+        self._set_due(scope, key, due)
+
+    def _set_due(self, scope: str, key: str, due: int | None) -> None:
+        dues = self._dues.get(scope)
+        if due is None:
+            if dues is not None and dues.pop(key, None) is not None and not dues:
+                del self._dues[scope]
+            return
+        if dues is None:
+            dues = self._dues[scope] = {}
+        dues[key] = due
+        heapq.heappush(self._due_heap, (due, scope, key))
+        if len(self._due_heap) > 2 * sum(map(len, self._dues.values())) + 1000:
+            # Rewritten keys leave stale entries behind: drop them all at once.
+            self._due_heap = [(d, s, k) for s, ds in self._dues.items() for k, d in ds.items()]
+            heapq.heapify(self._due_heap)
+
+    def _due_after(
+        self, scope: str, key: str, ttl_ms: int | None, keep: bool, now: int
+    ) -> int | None:
+        if ttl_ms is not None:
+            return now + ttl_ms
+        return self._dues.get(scope, {}).get(key) if keep else None
+
+    def set_versioned(
+        self,
+        scope: str,
+        key: str,
+        value_json: str,
+        op_id: str | None = None,
+        *,
+        if_version: int | None = None,
+        ttl_ms: int | None = None,
+    ) -> Change:
+        with self._lock:
+            done = self._ops.find(op_id)
+            if done is not None:
+                return Change(done[0], done[1] or value_json, done[3])
+            now = self.clock_ms()
+            old, current, expired = self._current(scope, key, now)
+            if if_version is not None and if_version != current:
+                raise version_conflict(scope, key, if_version, current, "state::set")
+            gone = self._take_expired(scope, key) if expired else None
+            version = self._next_version(scope)
+            due = None if ttl_ms is None else now + ttl_ms
+            record = self._ops.new(old, value_json, version)
+            self._changed(scope, key, value_json, op_id, record[2], version=version, due_ms=due)
+            self._apply(scope, key, value_json, version, due)
+            if op_id is not None:
+                self._ops.add(op_id, record)
+            return Change(old, value_json, version, gone)
+
+    def delete_versioned(
+        self, scope: str, key: str, op_id: str | None = None, *, if_version: int | None = None
+    ) -> Change:
+        with self._lock:
+            done = self._ops.find(op_id)
+            if done is not None:
+                return Change(done[0], None, done[3])
+            old, current, expired = self._current(scope, key, self.clock_ms())
+            if if_version is not None and if_version != current:
+                raise version_conflict(scope, key, if_version, current, "state::delete")
+            gone = self._take_expired(scope, key) if expired else None
+            if old is None:
+                if op_id is not None:  # nothing to send: settled at once
+                    self._settled_at_once(op_id, self._ops.expiry())
+                return Change(None, None, 0, gone)
+            record = self._ops.new(old, None, current)
+            self._changed(scope, key, None, op_id, record[2], version=current)
+            self._remove(scope, key)
+            if op_id is not None:
+                self._ops.add(op_id, record)
+            return Change(old, None, current)
+
+    def update_versioned(
+        self,
+        scope: str,
+        key: str,
+        ops: Sequence[Op],
+        op_id: str | None = None,
+        *,
+        if_version: int | None = None,
+        ttl_ms: int | None = None,
+    ) -> Change:
+        with self._lock:
+            done = self._ops.find(op_id)
+            if done is not None and done[1] is not None:
+                return Change(done[0], done[1], done[3])
+            now = self.clock_ms()
+            old, current, expired = self._current(scope, key, now)
+            if if_version is not None and if_version != current:
+                raise version_conflict(scope, key, if_version, current, "state::update")
+            new = apply_ops_json(old, ops, self.max_value_bytes)
+            gone = self._take_expired(scope, key) if expired else None
+            version = self._next_version(scope)
+            due = self._due_after(scope, key, ttl_ms, old is not None, now)
+            record = self._ops.new(old, new, version)
+            self._changed(scope, key, new, op_id, record[2], version=version, due_ms=due)
+            self._apply(scope, key, new, version, due)
+            if op_id is not None:
+                self._ops.add(op_id, record)
+            return Change(old, new, version, gone)
+
+    def batch_versioned(
+        self, scope: str, operations: Sequence[BatchOp], op_id: str | None = None
+    ) -> tuple[builtins.list[VersionedBatchResult], builtins.list[Expired]]:
+        with self._lock:
+            done = self._ops.find(op_id)
+            if done is not None and done[1] == BATCH_RECORD and done[0] is not None:
+                return parse_versioned_batch_record(done[0]), []
+            now = self.clock_ms()
+            before: dict[str, tuple[str, int] | None] = {}
+            waiting: builtins.list[str] = []
+            for key in batch_keys(operations):
+                text, version, expired = self._current(scope, key, now)
+                before[key] = None if text is None else (text, version)
+                if expired:
+                    waiting.append(key)
+            results = apply_batch_versioned(
+                scope, before, operations, self.max_value_bytes, lambda: self._next_version(scope)
+            )
+            gone = [self._take_expired(scope, key) for key in waiting]
+            dues: dict[str, int | None] = {}
+            for op, (old, new, _) in zip(operations, results, strict=True):
+                if new is None:
+                    dues[op.key] = None
+                elif op.ttl_ms is not None:
+                    dues[op.key] = now + op.ttl_ms
+                elif op.kind == "set":
+                    dues[op.key] = None
+                else:  # an update without ttl keeps the expiry (none if the key was absent)
+                    keep = dues[op.key] if op.key in dues else self._dues.get(scope, {}).get(op.key)
+                    dues[op.key] = keep if old is not None else None
+            record = self._ops.new(batch_record(results), BATCH_RECORD)
+            self._batch_changed(scope, operations, results, op_id, record[2], dues)
+            for op, (_, new, version) in zip(operations, results, strict=True):
+                self._apply(scope, op.key, new, version, dues[op.key] if new is not None else None)
+            if op_id is not None:
+                self._ops.add(op_id, record)
+            return results, gone
+
+    # The plain methods, on the versioned ones.
+
+    def set(self, scope: str, key: str, value_json: str, op_id: str | None = None) -> str | None:
+        return self.set_versioned(scope, key, value_json, op_id).old
+
+    def delete(self, scope: str, key: str, op_id: str | None = None) -> str | None:
+        return self.delete_versioned(scope, key, op_id).old
+
+    def update(
+        self, scope: str, key: str, ops: Sequence[Op], op_id: str | None = None
+    ) -> tuple[str | None, str]:
+        change = self.update_versioned(scope, key, ops, op_id)
+        assert change.new is not None
+        return change.old, change.new
+
+    def batch(
+        self, scope: str, operations: Sequence[BatchOp], op_id: str | None = None
+    ) -> builtins.list[BatchResult]:
+        results, _ = self.batch_versioned(scope, operations, op_id)
+        return [(old, new) for old, new, _ in results]
+
+    # -- expiry -------------------------------------------------------------------------
+
+    def expire_due(self, limit: int) -> tuple[builtins.list[Expired], float | None]:
+        with self._lock:
+            now = self.clock_ms()
+            gone: builtins.list[Expired] = []
+            heap = self._due_heap
+            while heap and heap[0][0] <= now and len(gone) < limit:
+                due, scope, key = heapq.heappop(heap)
+                if self._dues.get(scope, {}).get(key) != due:
+                    continue  # rewritten or removed since
+                if key in self._scopes.get(scope, {}):
+                    gone.append(self._take_expired(scope, key))
+                else:
+                    self._set_due(scope, key, None)
+            return gone, None if not heap else float(max(0, heap[0][0] - now))
+
+    # -- helpers --------------------------------------------------------------------------
 
     def _put(self, scope: str, key: str, value_json: str) -> None:
         """Store a value, keeping the sorted names (if built) up to date."""
@@ -296,16 +538,22 @@ class KvStore(StateAdapter):
         entries[key] = value_json
 
     def _remove(self, scope: str, key: str) -> str | None:
-        """Remove a key (a scope left empty goes too); return what it held."""
+        """Remove a key, its version and its due time (a scope left empty goes too, but
+        not its version counter); return what it held."""
         entries = self._scopes.get(scope)
         if entries is None or key not in entries:
             return None
         old = entries.pop(key)
+        versions = self._versions.get(scope)
+        if versions is not None:
+            versions.pop(key, None)
+        self._set_due(scope, key, None)
         names = self._sorted_keys.get(scope)
         if names is not None:
             names.discard(key)
         if not entries:
             del self._scopes[scope]
+            self._versions.pop(scope, None)
             self._sorted_keys.pop(scope, None)
             if self._sorted_scopes is not None:
                 self._sorted_scopes.discard(scope)
@@ -316,14 +564,6 @@ class KvStore(StateAdapter):
             moved = self._ops.settle(op_ids)
             if moved:
                 self._ops_settled(moved)
-
-    def list(self, scope: str) -> builtins.list[str]:
-        with self._lock:
-            return list(self._scopes.get(scope, {}).values())
-
-    def list_groups(self) -> builtins.list[str]:
-        with self._lock:
-            return sorted(self._scopes)
 
     def triggers_load(self) -> dict[str, str]:
         with self._lock:
@@ -359,20 +599,27 @@ class KvStore(StateAdapter):
         value_json: str | None,
         op_id: str | None = None,
         op_expires: float = 0.0,
+        *,
+        version: int = 0,
+        due_ms: int | None = None,
+        reason: str = "deleted",
     ) -> None:
-        """A key is about to be set (``value_json``) or deleted (``None``), by ``op_id``
+        """A key is about to be set (``value_json``, at ``version``, expiring at ``due_ms``)
+        or deleted (``None``; ``reason`` ``"expired"`` when its ttl ran out), by ``op_id``
         (remembered until the monotonic time ``op_expires``)."""
 
     def _batch_changed(
         self,
         scope: str,
         operations: Sequence[BatchOp],
-        results: Sequence[BatchResult],
+        results: Sequence[VersionedBatchResult],
         op_id: str | None,
         op_expires: float,
+        dues: dict[str, int | None],
     ) -> None:
-        """A batch is about to be applied: its ``results``, one ``(old, new)`` per
-        operation, by ``op_id`` (remembered until the monotonic time ``op_expires``)."""
+        """A batch is about to be applied: its ``results``, one ``(old, new, version)`` per
+        operation, the keys' due times after it, by ``op_id`` (remembered until the
+        monotonic time ``op_expires``)."""
 
     def _settled_at_once(self, op_id: str, expires: float) -> None:
         """``op_id`` changed nothing (a delete of an absent key): remember it settled."""

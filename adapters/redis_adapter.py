@@ -49,6 +49,7 @@ import logging
 import ssl
 import threading
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, cast
 
 import redis
@@ -56,13 +57,29 @@ from redis.commands.core import Script
 
 from adapters.base import (
     DEFAULT_MAX_VALUE_BYTES,
+    Change,
+    Entry,
+    Expired,
     OperationSettled,
     StateAdapter,
     default_op_window_s,
 )
-from state_tasks.core.batch import BatchOp, BatchResult, apply_batch, batch_keys
+from state_tasks.core.batch import (
+    BatchOp,
+    BatchResult,
+    VersionedBatchResult,
+    apply_batch,
+    batch_conflict,
+    batch_keys,
+)
 from state_tasks.core.codec import apply_ops_json
-from state_tasks.core.errors import AdapterError, AdapterUnavailable, ConfigError, StateError
+from state_tasks.core.errors import (
+    AdapterError,
+    AdapterUnavailable,
+    ConfigError,
+    StateError,
+    version_conflict,
+)
 from state_tasks.core.ops import Op
 from state_tasks.core.urls import redact_url
 
@@ -89,14 +106,17 @@ SETTLE_BATCH_MAX = 64
 # Applied operations: with an operation id (the Celery task id), KEYS[4] is
 # {prefix}:op:{id} and the last ARGV is its time to live in seconds. The script first
 # looks there. A hash is a whole record ('o' old text, 'n' new text, each present when
-# there is one): the operation was applied, and the script returns that result and
-# changes nothing. A string is a settled record (LUA_SETTLE made it): the script
+# there is one, 'v' the version): the operation was applied, and the script returns that
+# result and changes nothing. A string is a settled record (LUA_SETTLE made it): the script
 # changes nothing and says so. Otherwise the whole record is written in the same step as
 # the change. Without an id the last ARGV is '' and KEYS[4] is not touched.
 #
 # KEYS[5] is the scope's key index (a sorted set), kept in step with the hash.
+# KEYS[6] the scope's versions (hash: key -> version; the field '' holds the scope's counter),
+# KEYS[7] its due index (sorted set: key -> due time in ms of the server's clock), KEYS[8]
+# the scopes with keys due (sorted set: scope -> a lower bound of its earliest due time).
 #
-# Settling rides along: KEYS[6] onwards name records to settle (as LUA_SETTLE does) before
+# Settling rides along: KEYS[9] onwards name records to settle (as LUA_SETTLE does) before
 # anything else, so that settling costs no round trip of its own.
 LUA_SETTLE_ONE = """
 local function settle(key)
@@ -111,120 +131,194 @@ local function settle(key)
 end
 """
 
+# Versions and expiry, shared by the mutation scripts. A key whose due time has passed is
+# absent to every script (and every reader) even before the sweep removes it; a write
+# that meets one removes it first and returns it, for its expiry event. A key from before
+# versions has no version field: it is at 1, and a scope from before versions starts its
+# counter above 1.
+LUA_VERSIONS = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function current(key, now)
+  local text = redis.call('HGET', KEYS[1], key)
+  if not text then return false, 0, false end
+  local due = redis.call('ZSCORE', KEYS[7], key)
+  if due and tonumber(due) <= now then return false, 0, true end
+  return text, tonumber(redis.call('HGET', KEYS[6], key) or '1'), false
+end
+local function counter_base()
+  local c = tonumber(redis.call('HGET', KEYS[6], '') or '0')
+  if c == 0 and redis.call('EXISTS', KEYS[1]) == 1 then c = 1 end
+  return c
+end
+local function next_version()
+  local v = redis.call('HINCRBY', KEYS[6], '', 1)
+  if v == 1 and redis.call('EXISTS', KEYS[1]) == 1 then
+    v = redis.call('HINCRBY', KEYS[6], '', 1)
+  end
+  return v
+end
+local function drop(key, scope)
+  redis.call('HDEL', KEYS[1], key)
+  redis.call('HDEL', KEYS[6], key)
+  redis.call('ZREM', KEYS[7], key)
+  redis.call('ZREM', KEYS[5], key)
+  if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], scope) end
+end
+local function take_expired(key, scope)
+  local text = redis.call('HGET', KEYS[1], key)
+  local version = tonumber(redis.call('HGET', KEYS[6], key) or '1')
+  drop(key, scope)
+  return {key, text, version}
+end
+local function put(key, text, scope)
+  if redis.call('HEXISTS', KEYS[1], key) == 0 then
+    -- KEYS[5], the key index, is kept only while it is whole: when it exists, or when the
+    -- scope is empty (a scope from before the index is indexed by its first page).
+    if redis.call('EXISTS', KEYS[5]) == 1 or redis.call('EXISTS', KEYS[1]) == 0 then
+      redis.call('ZADD', KEYS[5], 0, key)
+    end
+    redis.call('ZADD', KEYS[2], 0, scope)
+  end
+  redis.call('HSET', KEYS[1], key, text)
+end
+local function set_due(key, ttl, now, keep, scope)
+  if ttl ~= '' then
+    local due = now + tonumber(ttl)
+    redis.call('ZADD', KEYS[7], due, key)
+    redis.call('ZADD', KEYS[8], 'LT', due, scope)
+  elseif not keep then
+    redis.call('ZREM', KEYS[7], key)
+  end
+end
+"""
+
 LUA_APPLIED = (
     LUA_SETTLE_ONE
+    + LUA_VERSIONS
     + """
-for i = 6, #KEYS do settle(KEYS[i]) end
+for i = 9, #KEYS do settle(KEYS[i]) end
 local function applied()
   if ARGV[#ARGV] == '' then return nil end
   local kind = redis.call('TYPE', KEYS[4]).ok
   if kind == 'hash' then
-    local done = redis.call('HMGET', KEYS[4], 'o', 'n')
-    return {'whole', done[1], done[2]}
+    local done = redis.call('HMGET', KEYS[4], 'o', 'n', 'v')
+    return {'whole', done[1], done[2], tonumber(done[3] or '0')}
   end
   if kind == 'string' then return {'settled'} end
   return nil
 end
-local function record(old, new)
+local function record(old, new, version)
   if ARGV[#ARGV] == '' then return end
   if old then redis.call('HSET', KEYS[4], 'o', old) end
   if new then redis.call('HSET', KEYS[4], 'n', new) end
+  redis.call('HSET', KEYS[4], 'v', version)
   redis.call('EXPIRE', KEYS[4], ARGV[#ARGV])
+end
+local function expired_reply(gone)
+  if gone then return gone[2], gone[3] end
+  return false, 0
 end
 """
 )
 
-# KEYS[1] scope hash, KEYS[2] groups index, KEYS[3] trigger version, KEYS[4] op record,
-# KEYS[5] key index, KEYS[6..] op records to settle; ARGV[1] key, ARGV[2] JSON text,
-# ARGV[3] scope, ARGV[4] op ttl or ''.
-# Returns {replaced JSON text or false when the key is new, trigger version}, or
-# {false, false} when the operation is settled.
+# KEYS as above; ARGV[1] key, ARGV[2] JSON text, ARGV[3] scope, ARGV[4] if_version or '',
+# ARGV[5] ttl_ms or '', ARGV[6] op ttl or ''.
+# Returns {1, replaced text or false, trigger version, new version, expired text or false,
+# its version} when written; {2, recorded old text or false, trigger version, recorded
+# version} when already applied; {0} when already applied and settled; {3, current
+# version} when if_version does not match (nothing written).
 LUA_SET = (
     LUA_APPLIED
     + """
 local done = applied()
-if done and done[1] == 'settled' then return {false, false} end
-if done then return {done[2], redis.call('GET', KEYS[3]) or '0'} end
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-if not old then
-  -- KEYS[5], the key index, is kept only while it is whole: when it exists, or when the
-  -- scope is empty (a scope from before the index is indexed by its first page).
-  if redis.call('EXISTS', KEYS[5]) == 1 or redis.call('EXISTS', KEYS[1]) == 0 then
-    redis.call('ZADD', KEYS[5], 0, ARGV[1])
-  end
-  redis.call('ZADD', KEYS[2], 0, ARGV[3])
-end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-record(old, ARGV[2])
-return {old or false, redis.call('GET', KEYS[3]) or '0'}
+if done and done[1] == 'settled' then return {0} end
+if done then return {2, done[2], redis.call('GET', KEYS[3]) or '0', done[4]} end
+local now = now_ms()
+local old, version, expired = current(ARGV[1], now)
+if ARGV[4] ~= '' and tonumber(ARGV[4]) ~= version then return {3, version} end
+local gone = false
+if expired then gone = take_expired(ARGV[1], ARGV[3]) end
+local new_version = next_version()
+put(ARGV[1], ARGV[2], ARGV[3])
+redis.call('HSET', KEYS[6], ARGV[1], new_version)
+set_due(ARGV[1], ARGV[5], now, false, ARGV[3])
+record(old, ARGV[2], new_version)
+local gone_text, gone_version = expired_reply(gone)
+return {1, old, redis.call('GET', KEYS[3]) or '0', new_version, gone_text, gone_version}
 """
 )
 
-# KEYS[1] scope hash, KEYS[2] groups index, KEYS[3] trigger version, KEYS[4] op record,
-# KEYS[5] key index, KEYS[6..] op records to settle; ARGV[1] key, ARGV[2] scope,
-# ARGV[3] op ttl or ''.
-# Returns {deleted JSON text or false, trigger version}, or {false, false} when the
-# operation is settled. A scope left empty leaves the index. A delete of an absent key
-# under an id is recorded settled at once: it has no trigger work.
+# KEYS as above; ARGV[1] key, ARGV[2] scope, ARGV[3] if_version or '', ARGV[4] op ttl or ''.
+# Returns {1, deleted text or false, trigger version, deleted version (0: none), expired
+# text or false, its version}, {2, recorded text, trigger version, recorded version}, {0}
+# (settled) or {3, current version}. A scope left empty leaves the groups index. A delete
+# of an absent key under an id is recorded settled at once: it has no trigger work.
 LUA_DELETE = (
     LUA_APPLIED
     + """
 local done = applied()
-if done and done[1] == 'settled' then return {false, false} end
-if done then return {done[2], redis.call('GET', KEYS[3]) or '0'} end
-local old = redis.call('HGET', KEYS[1], ARGV[1])
+if done and done[1] == 'settled' then return {0} end
+if done then return {2, done[2], redis.call('GET', KEYS[3]) or '0', done[4]} end
+local now = now_ms()
+local old, version, expired = current(ARGV[1], now)
+if ARGV[3] ~= '' and tonumber(ARGV[3]) ~= version then return {3, version} end
+local gone = false
+if expired then gone = take_expired(ARGV[1], ARGV[2]) end
 if old then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-  redis.call('ZREM', KEYS[5], ARGV[1])
-  if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[2]) end
-  record(old, false)
+  drop(ARGV[1], ARGV[2])
+  record(old, false, version)
 elseif ARGV[#ARGV] ~= '' then
   redis.call('SET', KEYS[4], '1', 'EX', ARGV[#ARGV])
 end
-return {old or false, redis.call('GET', KEYS[3]) or '0'}
+local gone_text, gone_version = expired_reply(gone)
+return {1, old, redis.call('GET', KEYS[3]) or '0', version, gone_text, gone_version}
 """
 )
 
-# KEYS[1] scope hash, KEYS[2] groups index, KEYS[3] trigger version, KEYS[4] op record,
-# KEYS[5] key index, KEYS[6..] op records to settle; ARGV[1] key, ARGV[2] "1" if the key was
-# absent else "0",
-# ARGV[3] expected old text, ARGV[4] new text, ARGV[5] scope, ARGV[6] op ttl or ''.
-# Returns {1, trigger version} when written, {0, current text or false} when the value
-# moved on, {2, recorded old text or false, recorded new text} when already applied,
-# or {3} when already applied and settled.
+# KEYS as above; ARGV[1] key, ARGV[2] "1" if the key was absent else "0", ARGV[3] expected
+# old text, ARGV[4] new text, ARGV[5] scope, ARGV[6] if_version or '', ARGV[7] ttl_ms or ''
+# (none: a key that exists keeps its expiry), ARGV[8] op ttl or ''.
+# Returns {1, trigger version, new version, expired text or false, its version} when
+# written, {0, current text or false} when the value moved on, {2, recorded old text or
+# false, recorded new text, recorded version} when already applied, {3} when already
+# applied and settled, or {4, current version} when if_version does not match.
 LUA_CHECK_AND_SET = (
     LUA_APPLIED
     + """
 local done = applied()
 if done and done[1] == 'settled' then return {3} end
-if done then return {2, done[2], done[3]} end
-local current = redis.call('HGET', KEYS[1], ARGV[1])
+if done then return {2, done[2], done[3], done[4]} end
+local now = now_ms()
+local current_text, version, expired = current(ARGV[1], now)
+if ARGV[6] ~= '' and tonumber(ARGV[6]) ~= version then return {4, version} end
 local expected_absent = ARGV[2] == '1'
-if (expected_absent and current) or (not expected_absent and current ~= ARGV[3]) then
-  return {0, current or false}
+if (expected_absent and current_text) or (not expected_absent and current_text ~= ARGV[3]) then
+  return {0, current_text}
 end
-if expected_absent then
-  -- KEYS[5], the key index, is kept only while it is whole: when it exists, or when the
-  -- scope is empty (a scope from before the index is indexed by its first page).
-  if redis.call('EXISTS', KEYS[5]) == 1 or redis.call('EXISTS', KEYS[1]) == 0 then
-    redis.call('ZADD', KEYS[5], 0, ARGV[1])
-  end
-  redis.call('ZADD', KEYS[2], 0, ARGV[5])
-end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])
-record(current, ARGV[4])
-return {1, redis.call('GET', KEYS[3]) or '0'}
+local gone = false
+if expired then gone = take_expired(ARGV[1], ARGV[5]) end
+local new_version = next_version()
+put(ARGV[1], ARGV[4], ARGV[5])
+redis.call('HSET', KEYS[6], ARGV[1], new_version)
+set_due(ARGV[1], ARGV[7], now, current_text ~= false, ARGV[5])
+record(current_text, ARGV[4], new_version)
+local gone_text, gone_version = expired_reply(gone)
+return {1, redis.call('GET', KEYS[3]) or '0', new_version, gone_text, gone_version}
 """
 )
 
-# KEYS[1] scope hash, KEYS[2] groups index, KEYS[3] trigger version, KEYS[4] op record,
-# KEYS[5] key index, KEYS[6..] op records to settle; ARGV[1] scope, ARGV[2] op ttl or '',
-# ARGV[3] n, then n checks (key, "1" if expected absent else "0", expected text), then one
-# write per operation, in order ("s" or "d", key, new text or '').
-# Returns {1, trigger version, {old text or false per operation}} when written; {0, {current
-# text or false per checked key}} when a checked key moved on (nothing written); {2, the
-# record as HGETALL: 'c' count, 'o<i>'/'n<i>' old/new text of operation i} when already
-# applied; {3} when already applied and settled. The record is one hash for the batch.
+# KEYS as above; ARGV[1] scope, ARGV[2] op ttl or '', ARGV[3] n, then n checks (key, "1" if
+# expected absent else "0", expected text), then one write per operation, in order (kind
+# "s", "u" or "d", key, new text or '', if_version or '', ttl_ms or '').
+# Returns {1, trigger version, {old text or false per operation}, {version per operation},
+# {key, text, version of each key found expired}} when written; {0, {current text or
+# false per checked key}} when a checked key moved on (nothing written); {2, the record as
+# HGETALL: 'c' count, 'o<i>'/'n<i>'/'v<i>' old/new text and version of operation i} when
+# already applied; {3} when already applied and settled; {5, operation index (from 0),
+# expected, current version} when an if_version does not match (nothing written).
 LUA_BATCH = (
     LUA_APPLIED
     + """
@@ -233,52 +327,81 @@ if ARGV[2] ~= '' then
   if kind == 'hash' then return {2, redis.call('HGETALL', KEYS[4])} end
   if kind == 'string' then return {3} end
 end
+local now = now_ms()
 local at, conflict, currents = 4, false, {}
 for i = 1, tonumber(ARGV[3]) do
-  local current = redis.call('HGET', KEYS[1], ARGV[at])
-  currents[i] = current or false
-  if (ARGV[at + 1] == '1' and current) or (ARGV[at + 1] == '0' and current ~= ARGV[at + 2]) then
+  local current_text = current(ARGV[at], now)
+  currents[i] = current_text
+  local absent = ARGV[at + 1] == '1'
+  if (absent and current_text) or (not absent and current_text ~= ARGV[at + 2]) then
     conflict = true
   end
   at = at + 3
 end
 if conflict then return {0, currents} end
-local indexed = redis.call('EXISTS', KEYS[5]) == 1 or redis.call('EXISTS', KEYS[1]) == 0
+-- versions first, on a simulation: a conflict must leave everything untouched
+local first_write = at
+local versions, expired, counter, index = {}, {}, counter_base(), 0
+while at <= #ARGV do
+  local key = ARGV[at + 1]
+  if versions[key] == nil then
+    local text, version, is_expired = current(key, now)
+    versions[key] = version
+    if is_expired then expired[#expired + 1] = key end
+  end
+  if ARGV[at + 3] ~= '' and tonumber(ARGV[at + 3]) ~= versions[key] then
+    return {5, index, tonumber(ARGV[at + 3]), versions[key]}
+  end
+  if ARGV[at] == 'd' then versions[key] = 0 else
+    counter = counter + 1
+    versions[key] = counter
+  end
+  index = index + 1
+  at = at + 5
+end
+local gone = {}
+for _, key in ipairs(expired) do gone[#gone + 1] = take_expired(key, ARGV[1]) end
 local record = ARGV[2] ~= ''
-local olds, i = {}, 0
+local olds, new_versions, i = {}, {}, 0
+at = first_write
 while at <= #ARGV do
   i = i + 1
   local key = ARGV[at + 1]
   local old = redis.call('HGET', KEYS[1], key)
-  if ARGV[at] == 's' then
-    redis.call('HSET', KEYS[1], key, ARGV[at + 2])
-    if indexed and not old then redis.call('ZADD', KEYS[5], 0, key) end
+  local version
+  if ARGV[at] == 'd' then
+    version = 0
+    if old then
+      version = tonumber(redis.call('HGET', KEYS[6], key) or '1')
+      drop(key, ARGV[1])
+    end
+  else
+    version = next_version()
+    put(key, ARGV[at + 2], ARGV[1])
+    redis.call('HSET', KEYS[6], key, version)
+    set_due(key, ARGV[at + 4], now, ARGV[at] == 'u' and old ~= false, ARGV[1])
     if record then redis.call('HSET', KEYS[4], 'n' .. i, ARGV[at + 2]) end
-  elseif old then
-    redis.call('HDEL', KEYS[1], key)
-    redis.call('ZREM', KEYS[5], key)
   end
-  if record and old then redis.call('HSET', KEYS[4], 'o' .. i, old) end
+  if record then
+    if old then redis.call('HSET', KEYS[4], 'o' .. i, old) end
+    redis.call('HSET', KEYS[4], 'v' .. i, version)
+  end
   olds[i] = old or false
-  at = at + 3
+  new_versions[i] = version
+  at = at + 5
 end
 if record then
   redis.call('HSET', KEYS[4], 'c', i)
   redis.call('EXPIRE', KEYS[4], ARGV[2])
 end
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('ZADD', KEYS[2], 0, ARGV[1])
-else
-  redis.call('ZREM', KEYS[2], ARGV[1])
-end
-return {1, redis.call('GET', KEYS[3]) or '0', olds}
+return {1, redis.call('GET', KEYS[3]) or '0', olds, new_versions, gone}
 """
 )
 
-# KEYS[1] scope hash, KEYS[2] key index; ARGV[1] prefix ('' for every key), ARGV[2] the key
-# to continue after, ARGV[3] "1" if there is one, ARGV[4] how many keys at most.
-# Returns {keys, their JSON texts} in key order. A scope without an index (written by an
-# older release) gets its whole index first.
+# KEYS[1] scope hash, KEYS[2] key index, KEYS[3] due index; ARGV[1] prefix ('' for every
+# key), ARGV[2] the key to continue after, ARGV[3] "1" if there is one, ARGV[4] how many
+# keys at most. Returns {keys, their JSON texts (false for a key that expired)} in key
+# order. A scope without an index (written by an older release) gets its whole index first.
 LUA_PAGE = """
 local function chunks(list, size, each)
   for first = 1, #list, size do
@@ -298,7 +421,7 @@ end
 local low = '[' .. ARGV[1]
 if ARGV[3] == '1' then low = '(' .. ARGV[2] end
 local high = '+'
-if ARGV[1] ~= '' then high = '[' .. ARGV[1] .. '\255' end
+if ARGV[1] ~= '' then high = '[' .. ARGV[1] .. '\\255' end
 local keys = redis.call('ZRANGEBYLEX', KEYS[2], low, high, 'LIMIT', 0, tonumber(ARGV[4]))
 local values = {}
 chunks(keys, 1000, function(part)
@@ -306,11 +429,147 @@ chunks(keys, 1000, function(part)
     values[#values + 1] = value
   end
 end)
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  for i, key in ipairs(keys) do
+    local due = redis.call('ZSCORE', KEYS[3], key)
+    if due and tonumber(due) <= now then values[i] = false end
+  end
+end
 return {keys, values}
 """
 
+# Reads that hide expired keys. KEYS[1] scope hash, KEYS[2] versions, KEYS[3] due index.
+LUA_READ_TIME = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function live(key, now)
+  local due = redis.call('ZSCORE', KEYS[3], key)
+  return not (due and tonumber(due) <= now), due
+end
+"""
+
+# ARGV[1] key. Returns the JSON text, or false when absent or expired.
+LUA_GET = (
+    LUA_READ_TIME
+    + """
+local text = redis.call('HGET', KEYS[1], ARGV[1])
+if text and not live(ARGV[1], now_ms()) then return false end
+return text
+"""
+)
+
+# ARGV[1] key. Returns {text, version, ms until it expires or -1}, or false.
+LUA_GET_ENTRY = (
+    LUA_READ_TIME
+    + """
+local text = redis.call('HGET', KEYS[1], ARGV[1])
+if not text then return false end
+local now = now_ms()
+local alive, due = live(ARGV[1], now)
+if not alive then return false end
+local left = -1
+if due then left = tonumber(due) - now end
+return {text, tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '1'), left}
+"""
+)
+
+# ARGV the keys. Returns their texts (false where absent or expired).
+LUA_GET_MANY = (
+    LUA_READ_TIME
+    + """
+local texts = redis.call('HMGET', KEYS[1], unpack(ARGV))
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  local now = now_ms()
+  for i, key in ipairs(ARGV) do
+    if texts[i] and not live(key, now) then texts[i] = false end
+  end
+end
+return texts
+"""
+)
+
+# No ARGV. Returns the scope's live texts (HVALS, without the expired ones).
+LUA_LIST = (
+    LUA_READ_TIME
+    + """
+local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now_ms())
+if #expired == 0 then return redis.call('HVALS', KEYS[1]) end
+local gone = {}
+for _, key in ipairs(expired) do gone[key] = true end
+local all, texts = redis.call('HGETALL', KEYS[1]), {}
+for i = 1, #all, 2 do
+  if not gone[all[i]] then texts[#texts + 1] = all[i + 1] end
+end
+return texts
+"""
+)
+
+# No ARGV. Returns the number of live keys of the scope.
+LUA_LIVE_COUNT = (
+    LUA_READ_TIME
+    + """
+return redis.call('HLEN', KEYS[1]) - redis.call('ZCOUNT', KEYS[3], '-inf', now_ms())
+"""
+)
+
+# KEYS[1] the scopes with keys due; ARGV[1] how many scopes at most. Returns {the server's
+# time in ms, the scopes whose earliest due time has come, the next due time or false}.
+LUA_DUE_SCOPES = (
+    LUA_READ_TIME
+    + """
+local now = now_ms()
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {now, due, first[2] or false}
+"""
+)
+
+# The sweep of one scope: KEYS[1] scope hash, KEYS[2] groups index, KEYS[5] key index,
+# KEYS[6] versions, KEYS[7] due index, KEYS[8] the scopes with keys due (KEYS[3] and
+# KEYS[4] unused); ARGV[1] scope, ARGV[2] how many keys at most. Removes the keys whose due
+# time has come, atomically (two sweepers never both get one), and returns them as {key,
+# text, version, ...}; then files the scope under its next due time (or takes it out).
+LUA_EXPIRE = (
+    LUA_VERSIONS
+    + """
+local now = now_ms()
+local due = redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {}
+for _, key in ipairs(due) do
+  if redis.call('HEXISTS', KEYS[1], key) == 1 then
+    local gone = take_expired(key, ARGV[1])
+    out[#out + 1] = gone[1]
+    out[#out + 1] = gone[2]
+    out[#out + 1] = gone[3]
+  else
+    redis.call('ZREM', KEYS[7], key)
+  end
+end
+local first = redis.call('ZRANGE', KEYS[7], 0, 0, 'WITHSCORES')
+if #first == 0 then
+  redis.call('ZREM', KEYS[8], ARGV[1])
+else
+  redis.call('ZADD', KEYS[8], first[2], ARGV[1])
+end
+return out
+"""
+)
+
 #: Scripts registered on first use (see RedisAdapter._script).
-LAZY_SCRIPTS = {"batch": LUA_BATCH, "page": LUA_PAGE}
+LAZY_SCRIPTS = {
+    "batch": LUA_BATCH,
+    "page": LUA_PAGE,
+    "get_entry": LUA_GET_ENTRY,
+    "get_many": LUA_GET_MANY,
+    "list": LUA_LIST,
+    "live_count": LUA_LIVE_COUNT,
+    "due_scopes": LUA_DUE_SCOPES,
+    "expire": LUA_EXPIRE,
+}
 
 # KEYS: op records {prefix}:op:{id}; no ARGV. Each whole record (a hash) becomes the
 # string '1' with the time to live it had left: a marker of about 150 bytes of Redis
@@ -349,12 +608,20 @@ def _tls_refusal(error: BaseException) -> str | None:
     return None
 
 
+def _arg(number: int | None) -> str:
+    """An optional number as a script argument ('' for none)."""
+    return "" if number is None else str(number)
+
+
 def _escape(scope: str) -> str:
     return scope.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
 
 
 class RedisAdapter(StateAdapter):
     """State in Redis, shared by every worker process on every machine.
+
+    Versions and expiry use Redis's own clock (``TIME`` inside the scripts), so workers on
+    machines whose clocks disagree still agree on what has expired.
 
     :param redis_url: ``redis://`` or ``rediss://``, with password and db number if needed.
     :param key_prefix: first part of every key (no braces).
@@ -370,6 +637,8 @@ class RedisAdapter(StateAdapter):
         encrypted, but anyone in the middle can read it).
     :param client: an existing ``redis.Redis`` to use instead of ``redis_url`` (tests).
     """
+
+    supports_versions = True
 
     def __init__(
         self,
@@ -424,6 +693,7 @@ class RedisAdapter(StateAdapter):
         self._groups_key = f"{key_prefix}:groups"
         self._triggers_key = f"{key_prefix}:triggers"
         self._version_key = f"{key_prefix}:triggers:version"
+        self._due_scopes_key = f"{key_prefix}:due"
         self._scripts: dict[str, Script] = {}
         # (scope, key) -> the JSON text last written or seen there; None: seen absent.
         self._recent: dict[tuple[str, str], str | None] = {}
@@ -454,6 +724,7 @@ class RedisAdapter(StateAdapter):
                     )
                     for name, body in (
                         ("set", LUA_SET),
+                        ("get", LUA_GET),
                         ("delete", LUA_DELETE),
                         ("cas", LUA_CHECK_AND_SET),
                         ("settle", LUA_SETTLE),
@@ -516,6 +787,14 @@ class RedisAdapter(StateAdapter):
         """The Redis key of a scope's key index (same hash tag: same cluster slot)."""
         return f"{self.key_prefix}:k:{{{_escape(scope)}}}"
 
+    def versions_key(self, scope: str) -> str:
+        """The Redis key of a scope's versions (same hash tag: same cluster slot)."""
+        return f"{self.key_prefix}:v:{{{_escape(scope)}}}"
+
+    def due_key(self, scope: str) -> str:
+        """The Redis key of a scope's due index (same hash tag: same cluster slot)."""
+        return f"{self.key_prefix}:x:{{{_escape(scope)}}}"
+
     def _mutation_keys(self, scope: str, op_id: str | None) -> builtins.list[str]:
         return [
             self.scope_key(scope),
@@ -523,41 +802,87 @@ class RedisAdapter(StateAdapter):
             self._version_key,
             self._op_key(op_id),
             self.index_key(scope),
+            self.versions_key(scope),
+            self.due_key(scope),
+            self._due_scopes_key,
         ]
+
+    def _read_keys(self, scope: str) -> builtins.list[str]:
+        return [self.scope_key(scope), self.versions_key(scope), self.due_key(scope)]
 
     # -- the contract ----------------------------------------------------------------
 
     def get(self, scope: str, key: str) -> str | None:
+        script = self._script("get")
+        keys = self._read_keys(scope)
         return cast(
-            "str | None",
-            self._run("get", scope, lambda: self.client.hget(self.scope_key(scope), key)),
+            "str | None", self._run("get", scope, lambda: script(keys=keys, args=[key])) or None
         )
 
-    def set(self, scope: str, key: str, value_json: str, op_id: str | None = None) -> str | None:
+    def get_entry(self, scope: str, key: str) -> Entry | None:
+        script = self._script("get_entry")
+        keys = self._read_keys(scope)
+        found = self._run("get", scope, lambda: script(keys=keys, args=[key]))
+        if not found:
+            return None
+        text, version, left = found
+        return Entry(text, int(version), None if int(left) < 0 else int(left))
+
+    @staticmethod
+    def _expired(scope: str, key: str, text: Any, version: Any) -> Expired | None:
+        return Expired(scope, key, text, int(version)) if text else None
+
+    def set_versioned(
+        self,
+        scope: str,
+        key: str,
+        value_json: str,
+        op_id: str | None = None,
+        *,
+        if_version: int | None = None,
+        ttl_ms: int | None = None,
+    ) -> Change:
         self._seen.version = None
         keys = self._mutation_keys(scope, op_id)
-        args = [key, value_json, scope, self._op_ttl(op_id)]
-        old, version = self._mutate("set", "set", scope, keys, args)
-        if version is None:
+        args = [key, value_json, scope, _arg(if_version), _arg(ttl_ms), self._op_ttl(op_id)]
+        reply: builtins.list[Any] = self._mutate("set", "set", scope, keys, args)
+        if reply[0] == 0:
             raise OperationSettled(op_id or "")
+        if reply[0] == 3:
+            raise version_conflict(scope, key, if_version or 0, int(reply[1]), "state::set")
         self._remember((scope, key), value_json)
-        self._seen.version = int(version)
-        return cast("str | None", old)
+        self._seen.version = int(reply[2])
+        if reply[0] == 2:
+            return Change(reply[1] or None, value_json, int(reply[3]))
+        gone = self._expired(scope, key, reply[4], reply[5])
+        return Change(reply[1] or None, value_json, int(reply[3]), gone)
 
-    def delete(self, scope: str, key: str, op_id: str | None = None) -> str | None:
+    def delete_versioned(
+        self, scope: str, key: str, op_id: str | None = None, *, if_version: int | None = None
+    ) -> Change:
         self._seen.version = None
         keys = self._mutation_keys(scope, op_id)
-        args = [key, scope, self._op_ttl(op_id)]
-        old, version = self._mutate("delete", "delete", scope, keys, args)
-        if version is None:
+        args = [key, scope, _arg(if_version), self._op_ttl(op_id)]
+        reply: builtins.list[Any] = self._mutate("delete", "delete", scope, keys, args)
+        if reply[0] == 0:
             raise OperationSettled(op_id or "")
+        if reply[0] == 3:
+            raise version_conflict(scope, key, if_version or 0, int(reply[1]), "state::delete")
         self._remember((scope, key), None)
-        self._seen.version = int(version)
-        return cast("str | None", old)
+        self._seen.version = int(reply[2])
+        gone = None if reply[0] == 2 else self._expired(scope, key, reply[4], reply[5])
+        return Change(reply[1] or None, None, int(reply[3]), gone)
 
-    def update(
-        self, scope: str, key: str, ops: Sequence[Op], op_id: str | None = None
-    ) -> tuple[str | None, str]:
+    def update_versioned(
+        self,
+        scope: str,
+        key: str,
+        ops: Sequence[Op],
+        op_id: str | None = None,
+        *,
+        if_version: int | None = None,
+        ttl_ms: int | None = None,
+    ) -> Change:
         self._seen.version = None
         keys = self._mutation_keys(scope, op_id)
         ttl = self._op_ttl(op_id)
@@ -575,19 +900,36 @@ class RedisAdapter(StateAdapter):
                 # on the value Redis holds now.
                 guessed, old = False, self.get(scope, key)
                 continue
-            args = [key, "1" if old is None else "0", old or "", new, scope, ttl]
+            args = [key, "1" if old is None else "0", old or "", new, scope]
+            args += [_arg(if_version), _arg(ttl_ms), ttl]
             reply: list[Any] = self._mutate("update", "cas", scope, keys, args)
             if reply[0] == 1:
                 self._remember(slot, new)
                 self._seen.version = int(reply[1])
-                return old, new
+                return Change(old, new, int(reply[2]), self._expired(scope, key, *reply[3:5]))
             if reply[0] == 2:  # applied before, by an earlier delivery of the same task
                 self._recent.pop(slot, None)
-                return reply[1] or None, reply[2]
+                return Change(reply[1] or None, reply[2], int(reply[3]))
             if reply[0] == 3:  # ... and settled since
                 self._recent.pop(slot, None)
                 raise OperationSettled(op_id or "")
+            if reply[0] == 4:
+                self._recent.pop(slot, None)
+                raise version_conflict(scope, key, if_version or 0, int(reply[1]), "state::update")
             guessed, old = False, reply[1] or None  # Lua false -> None: deleted meanwhile
+
+    def set(self, scope: str, key: str, value_json: str, op_id: str | None = None) -> str | None:
+        return self.set_versioned(scope, key, value_json, op_id).old
+
+    def delete(self, scope: str, key: str, op_id: str | None = None) -> str | None:
+        return self.delete_versioned(scope, key, op_id).old
+
+    def update(
+        self, scope: str, key: str, ops: Sequence[Op], op_id: str | None = None
+    ) -> tuple[str | None, str]:
+        change = self.update_versioned(scope, key, ops, op_id)
+        assert change.new is not None
+        return change.old, change.new
 
     def _remember(self, slot: tuple[str, str], text: str | None) -> None:
         if text is not None and len(text) > RECENT_VALUE_MAX_CHARS:
@@ -651,17 +993,25 @@ class RedisAdapter(StateAdapter):
             raise
 
     def list(self, scope: str) -> builtins.list[str]:
-        return cast(
-            "list[str]", self._run("list", scope, lambda: self.client.hvals(self.scope_key(scope)))
-        )
+        script = self._script("list")
+        keys = self._read_keys(scope)
+        return cast("list[str]", self._run("list", scope, lambda: script(keys=keys, args=[])))
 
     def get_many(self, scope: str, keys: Sequence[str]) -> builtins.list[str | None]:
-        found = self._run("get_many", scope, lambda: self.client.hmget(self.scope_key(scope), keys))
-        return cast("list[str | None]", found)
+        script = self._script("get_many")
+        names = self._read_keys(scope)
+        found = self._run("get_many", scope, lambda: script(keys=names, args=list(keys)))
+        return [text or None for text in found]
 
     def batch(
         self, scope: str, operations: Sequence[BatchOp], op_id: str | None = None
     ) -> builtins.list[BatchResult]:
+        results, _ = self.batch_versioned(scope, operations, op_id)
+        return [(old, new) for old, new, _ in results]
+
+    def batch_versioned(
+        self, scope: str, operations: Sequence[BatchOp], op_id: str | None = None
+    ) -> tuple[builtins.list[VersionedBatchResult], builtins.list[Expired]]:
         """One Lua script writes the whole batch (one scope is one hash slot).
 
         A batch of sets and deletes is one round trip: the script reports the old values.
@@ -683,7 +1033,8 @@ class RedisAdapter(StateAdapter):
                 old = before[key]
                 args += [key, "1" if old is None else "0", old or ""]
             for op, (_, new) in zip(operations, results, strict=True):
-                args += ["d", op.key, ""] if new is None else ["s", op.key, new]
+                kind = "d" if new is None else "s" if op.kind == "set" else "u"
+                args += [kind, op.key, new or "", _arg(op.if_version), _arg(op.ttl_ms)]
             reply: builtins.list[Any] = self._mutate("batch", "batch", scope, keys, args)
             if reply[0] == 0:  # a checked key moved on: compute again from what it holds
                 before = dict(zip(distinct, (text or None for text in reply[1]), strict=True))
@@ -692,49 +1043,115 @@ class RedisAdapter(StateAdapter):
                 self._recent.pop((scope, key), None)
             if reply[0] == 3:
                 raise OperationSettled(op_id or "")
+            if reply[0] == 5:
+                index, expected, current = (int(n) for n in reply[1:4])
+                raise batch_conflict(index, scope, operations[index].key, expected, current)
             if reply[0] == 2:  # applied before, by an earlier delivery of the same task
                 record = dict(zip(reply[1][::2], reply[1][1::2], strict=True))
                 count = int(record["c"])
-                return [(record.get(f"o{i}"), record.get(f"n{i}")) for i in range(1, count + 1)]
+                return [
+                    (record.get(f"o{i}"), record.get(f"n{i}"), int(record.get(f"v{i}", 0)))
+                    for i in range(1, count + 1)
+                ], []
             self._seen.version = int(reply[1])
-            return [(old or None, new) for old, (_, new) in zip(reply[2], results, strict=True)]
+            gone = [Expired(scope, key, text, int(version)) for key, text, version in reply[4]]
+            return [
+                (old or None, new, int(version))
+                for old, version, (_, new) in zip(reply[2], reply[3], results, strict=True)
+            ], gone
 
     def list_page(
         self, scope: str, prefix: str, after: str | None, limit: int
     ) -> tuple[builtins.list[tuple[str, str]], bool]:
         script = self._script("page")
-        keys = [self.scope_key(scope), self.index_key(scope)]
-        args = [prefix, after or "", "0" if after is None else "1", limit + 1]
-        found, texts = self._run("list", scope, lambda: script(keys=keys, args=args))
-        rows = [(key, text) for key, text in zip(found, texts, strict=True) if text is not None]
-        return rows[:limit], len(found) > limit
+        keys = [self.scope_key(scope), self.index_key(scope), self.due_key(scope)]
+        rows: builtins.list[tuple[str, str]] = []
+        while True:  # expired keys not yet removed are skipped, not counted
+            wanted = limit - len(rows)
+            args = [prefix, after or "", "0" if after is None else "1", wanted + 1]
+            found, texts = self._run("list", scope, partial(script, keys=keys, args=args))
+            rows += [(k, t) for k, t in zip(found[:wanted], texts, strict=False) if t]
+            more = len(found) > wanted
+            if not more or len(rows) == limit:
+                return rows, more
+            after = found[wanted - 1]
 
     def list_groups_page(
         self, prefix: str, after: str | None, limit: int, with_counts: bool
     ) -> tuple[builtins.list[tuple[str, int | None]], bool]:
-        # Bytes, not str: the upper bound ends in the byte 0xFF, which no UTF-8 text holds.
-        low = b"(" + after.encode() if after is not None else b"[" + prefix.encode()
-        high = b"[" + prefix.encode() + b"\xff" if prefix else b"+"
-        scopes = cast(
-            "list[str]",
-            self._run(
-                "list_groups",
-                None,
-                lambda: self.client.zrangebylex(self._groups_key, low, high, 0, limit + 1),
-            ),
-        )
-        more, scopes = len(scopes) > limit, scopes[:limit]
-        counts: builtins.list[int | None] = [None] * len(scopes)
-        if with_counts and scopes:
-            pipe = self.client.pipeline(transaction=False)
-            for scope in scopes:
-                pipe.hlen(self.scope_key(scope))
-            counts = self._run("list_groups", None, pipe.execute)
-        return builtins.list(zip(scopes, counts, strict=True)), more
+        pending = self._pending_scopes()
+        rows: builtins.list[tuple[str, int | None]] = []
+        while True:  # a scope whose keys all expired (not yet swept) is skipped
+            # Bytes, not str: the upper bound ends in the byte 0xFF, which no UTF-8 text holds.
+            low = b"(" + after.encode() if after is not None else b"[" + prefix.encode()
+            high = b"[" + prefix.encode() + b"\xff" if prefix else b"+"
+            wanted = limit - len(rows)
+            found = cast(
+                "list[str]",
+                self._run(
+                    "list_groups",
+                    None,
+                    partial(self.client.zrangebylex, self._groups_key, low, high, 0, wanted + 1),
+                ),
+            )
+            more, scopes = len(found) > wanted, found[:wanted]
+            counts: builtins.list[int | None] = [None] * len(scopes)
+            if with_counts and scopes:
+                pipe = self.client.pipeline(transaction=False)
+                for scope in scopes:
+                    pipe.hlen(self.scope_key(scope))
+                counts = self._run("list_groups", None, pipe.execute)
+            for scope, count in zip(scopes, counts, strict=True):
+                if scope in pending:
+                    if pending[scope] == 0:
+                        continue
+                    count = pending[scope] if with_counts else None
+                rows.append((scope, count))
+            if not more or len(rows) == limit:
+                return rows, more
+            after = scopes[-1]
 
     def list_groups(self) -> builtins.list[str]:
+        pending = self._pending_scopes()
         groups = self._run("list_groups", None, lambda: self.client.zrange(self._groups_key, 0, -1))
-        return cast("list[str]", groups)
+        return [scope for scope in groups if pending.get(scope) != 0]
+
+    def _pending_scopes(self) -> dict[str, int]:
+        """The scopes with keys due and not yet swept, and how many live keys each holds."""
+        script = self._script("due_scopes")
+        _, scopes, _ = self._run(
+            "list_groups", None, lambda: script(keys=[self._due_scopes_key], args=[10_000])
+        )
+        counter = self._script("live_count")
+        counts = {}
+        for scope in scopes:
+            keys = self._read_keys(scope)
+            count = self._run("list_groups", scope, partial(counter, keys=keys))
+            counts[scope] = int(count)
+        return counts
+
+    def expire_due(self, limit: int) -> tuple[builtins.list[Expired], float | None]:
+        """Remove the keys whose due time has come (one script per scope with keys due:
+        atomic, so two workers never both get one); return them and the milliseconds
+        until the next due time, from the server's clock."""
+        script = self._script("due_scopes")
+        now, scopes, next_due = self._run(
+            "expire", None, lambda: script(keys=[self._due_scopes_key], args=[limit])
+        )
+        expire = self._script("expire")
+        gone: builtins.list[Expired] = []
+        for scope in scopes:
+            if len(gone) >= limit:
+                return gone, 0.0
+            keys = self._mutation_keys(scope, None)
+            args = [scope, limit - len(gone)]
+            flat = self._run("expire", scope, partial(expire, keys=keys, args=args))
+            for at in range(0, len(flat), 3):
+                gone.append(Expired(scope, flat[at], flat[at + 1], int(flat[at + 2])))
+                self._recent.pop((scope, flat[at]), None)
+        if scopes:
+            return gone, 0.0  # look again at once: more may be due, or the next due time moved
+        return gone, None if not next_due else max(0.0, float(next_due) - float(now))
 
     def triggers_load(self) -> dict[str, str]:
         found = self._run("triggers_load", None, lambda: self.client.hgetall(self._triggers_key))

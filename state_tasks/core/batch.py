@@ -19,12 +19,12 @@ import binascii
 import hashlib
 import hmac
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from state_tasks.core.codec import apply_ops_json
-from state_tasks.core.errors import StateError, ValidationError
+from state_tasks.core.errors import StateError, ValidationError, version_conflict
 from state_tasks.core.ops import Op
 
 #: Most operations in one ``state::batch``.
@@ -41,16 +41,61 @@ BatchKind = Literal["set", "update", "delete"]
 #: What one operation of a batch did: (old JSON text or None, new JSON text or None for a
 #: delete). A delete of an absent key is ``(None, None)``.
 BatchResult = tuple[str | None, str | None]
+#: The same with the key's version after it (a delete: the version deleted; 0: none).
+VersionedBatchResult = tuple[str | None, str | None, int]
 
 
 @dataclass(frozen=True)
 class BatchOp:
-    """One operation of a batch, validated: ``value_json`` for a set, ``ops`` for an update."""
+    """One operation of a batch, validated: ``value_json`` for a set, ``ops`` for an update;
+    ``if_version`` and ``ttl_ms`` as in the single calls."""
 
     kind: BatchKind
     key: str
     value_json: str | None = None
     ops: tuple[Op, ...] = field(default=())
+    if_version: int | None = None
+    ttl_ms: int | None = None
+
+
+def batch_conflict(index: int, scope: str, key: str, expected: int, current: int) -> StateError:
+    """The ``VERSION_CONFLICT`` of operation ``index`` of a batch (nothing was written)."""
+    error = version_conflict(scope, key, expected, current, f"operation {index} ({key!r})")
+    details = dict(error.details or {}) | {"operation_index": index}
+    return type(error)(
+        f"state::batch: {error.message.replace('; nothing was written', '')}; the batch wrote "
+        "nothing",
+        error.code,
+        details,
+    )
+
+
+def apply_batch_versioned(
+    scope: str,
+    before: Mapping[str, tuple[str, int] | None],
+    operations: Sequence[BatchOp],
+    max_value_bytes: int,
+    next_version: Callable[[], int],
+) -> list[VersionedBatchResult]:
+    """:func:`apply_batch` with versions: ``before`` maps each key to ``(text, version)`` or
+    ``None``; each ``if_version`` is checked against the version its key holds when the
+    operation runs (after the operations before it), and each set or update takes
+    ``next_version()``. Raises before anything may be written."""
+    texts = {key: None if entry is None else entry[0] for key, entry in before.items()}
+    values = apply_batch(texts, operations, max_value_bytes)
+    versions = {key: 0 if entry is None else entry[1] for key, entry in before.items()}
+    results: list[VersionedBatchResult] = []
+    for index, (op, (old, new)) in enumerate(zip(operations, values, strict=True)):
+        current = versions.get(op.key, 0)
+        if op.if_version is not None and op.if_version != current:
+            raise batch_conflict(index, scope, op.key, op.if_version, current)
+        if new is None:
+            versions[op.key] = 0
+            results.append((old, None, current if old is not None else 0))
+        else:
+            version = versions[op.key] = next_version()
+            results.append((old, new, version))
+    return results
 
 
 def batch_keys(operations: Sequence[BatchOp]) -> list[str]:
@@ -92,14 +137,19 @@ def apply_batch(
     return results
 
 
-def batch_record(results: Sequence[BatchResult]) -> str:
+def batch_record(results: Sequence[BatchResult | VersionedBatchResult]) -> str:
     """The results of a batch as one JSON text (the whole record of its operation id)."""
     return json.dumps([list(result) for result in results], separators=(",", ":"))
 
 
 def parse_batch_record(text: str) -> list[BatchResult]:
     """The results :func:`batch_record` encoded."""
-    return [(old, new) for old, new in json.loads(text)]
+    return [(row[0], row[1]) for row in json.loads(text)]
+
+
+def parse_versioned_batch_record(text: str) -> list[VersionedBatchResult]:
+    """The results :func:`batch_record` encoded, with versions (0 from a record without)."""
+    return [(row[0], row[1], row[2] if len(row) > 2 else 0) for row in json.loads(text)]
 
 
 # -- cursors ------------------------------------------------------------------------------
@@ -188,10 +238,14 @@ __all__ = [
     "DEFAULT_PAGE_LIMIT",
     "BatchOp",
     "BatchResult",
+    "VersionedBatchResult",
     "apply_batch",
+    "apply_batch_versioned",
+    "batch_conflict",
     "batch_keys",
     "batch_record",
     "decode_cursor",
     "encode_cursor",
     "parse_batch_record",
+    "parse_versioned_batch_record",
 ]

@@ -17,7 +17,7 @@ class StateError(Exception):
     """Root of every error state_tasks raises on purpose.
 
     ``code`` is one of ``VALIDATION_ERROR``, ``UPDATE_OP_ERROR``,
-    ``VALUE_TOO_LARGE``, ``ADAPTER_ERROR`` (the state functions) or
+    ``VALUE_TOO_LARGE``, ``VERSION_CONFLICT``, ``ADAPTER_ERROR`` (the state functions) or
     ``CONFIG_ERROR`` (start-up).
 
     ``details`` is ``None`` or a JSON-safe dict of machine-readable facts; an
@@ -66,6 +66,30 @@ class ValueTooLarge(StateError):
     """A value whose JSON form exceeds the adapter's ``max_value_bytes``."""
 
     default_code = "VALUE_TOO_LARGE"
+
+
+class VersionConflict(StateError):
+    """``if_version`` did not match the key's current version; nothing was written.
+
+    ``details`` is ``{"expected": n, "current": m}`` (``0``: the key does not exist), plus
+    ``operation_index`` in a batch.
+    """
+
+    default_code = "VERSION_CONFLICT"
+
+
+def version_conflict(
+    scope: str, key: str, expected: int, current: int, what: str = "the call"
+) -> VersionConflict:
+    """The :class:`VersionConflict` every adapter raises, naming both versions."""
+    now = "the key does not exist (version 0)" if current == 0 else f"it is at version {current}"
+    wanted = "the key to be absent (version 0)" if expected == 0 else f"version {expected}"
+    return VersionConflict(
+        f"{what} expected {wanted} of key {key!r} in scope {scope!r}, but {now}; nothing was "
+        "written (read it again with with_version: true and retry with its version)",
+        None,
+        {"expected": expected, "current": current},
+    )
 
 
 class AdapterError(StateError):

@@ -19,6 +19,10 @@ from state_tasks.core.batch import (
 from state_tasks.core.errors import ValidationError
 
 MAX_NAME_BYTES = 1024
+#: The longest ``ttl_ms``: ten years (of 365.25 days).
+MAX_TTL_MS = 10 * 36525 * 24 * 3600 * 10
+#: The largest ``if_version`` (versions stay exact as Lua numbers, which are doubles).
+MAX_VERSION = 2**53 - 1
 
 EventType = Literal["state:created", "state:updated", "state:deleted"]
 
@@ -46,6 +50,14 @@ class _Payload(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+#: ``if_version``: the version the key must be at (``0``: it must not exist). Strict: a
+#: float or a boolean is refused.
+IfVersion = Annotated[int, Field(strict=True, ge=0, le=MAX_VERSION)]
+#: ``ttl_ms``: the key expires this many milliseconds after the write (1 ms to ten years).
+TtlMs = Annotated[int, Field(strict=True, ge=1, le=MAX_TTL_MS)]
+StrictBool = Annotated[bool, Field(strict=True)]
+
+
 class ScopePayload(_Payload):
     scope: Name
 
@@ -55,10 +67,28 @@ class KeyPayload(_Payload):
     key: Name
 
 
+class GetPayload(KeyPayload):
+    """``state::get``: ``with_version: true`` returns ``{"value", "version", "expires_in_ms"}``."""
+
+    with_version: StrictBool | None = None
+
+
+class DeletePayload(KeyPayload):
+    """``state::delete``: only if the key is at ``if_version``, when given."""
+
+    if_version: IfVersion | None = None
+
+
 class SetPayload(KeyPayload):
-    """``state::set``: ``value`` (or its alias ``data``) is required; JSON ``null`` is a value."""
+    """``state::set``: ``value`` (or its alias ``data``) is required; JSON ``null`` is a value.
+
+    ``if_version``: only if the key is at that version (``0``: only if absent). ``ttl_ms``:
+    the key expires that long after this write; without it the key is permanent.
+    """
 
     value: Any
+    if_version: IfVersion | None = None
+    ttl_ms: TtlMs | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -82,7 +112,11 @@ def _value_or_data(raw: Any) -> Any:
 
 
 class UpdatePayload(KeyPayload):
+    """``state::update``: ``ttl_ms`` sets a new expiry; without it the key keeps its own."""
+
     ops: Any
+    if_version: IfVersion | None = None
+    ttl_ms: TtlMs | None = None
 
 
 #: A page's ``limit`` (see :mod:`state_tasks.core.batch` for the bounds).
@@ -143,6 +177,8 @@ class BatchSetOperation(_Payload):
     op: Literal["set"] = "set"
     key: Name
     value: Any
+    if_version: IfVersion | None = None
+    ttl_ms: TtlMs | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -156,6 +192,8 @@ class BatchUpdateOperation(_Payload):
     op: Literal["update"] = "update"
     key: Name
     ops: Any
+    if_version: IfVersion | None = None
+    ttl_ms: TtlMs | None = None
 
 
 class BatchDeleteOperation(_Payload):
@@ -163,6 +201,7 @@ class BatchDeleteOperation(_Payload):
 
     op: Literal["delete"] = "delete"
     key: Name
+    if_version: IfVersion | None = None
 
 
 BatchOperation = BatchSetOperation | BatchUpdateOperation | BatchDeleteOperation
@@ -182,9 +221,26 @@ def batch_json(*operations: BatchOperation | dict[str, Any]) -> list[dict[str, A
                BatchUpdateOperation(op="update", key="n", ops=ops_json(IncrementOp(field="n"))))
     """
     return [
-        op.model_dump(mode="json", exclude_unset=False) if isinstance(op, BaseModel) else op
+        {
+            name: value
+            for name, value in op.model_dump(mode="json").items()
+            if value is not None or name not in ("if_version", "ttl_ms")
+        }
+        if isinstance(op, BaseModel)
+        else op
         for op in operations
     ]
+
+
+class VersionedValue(BaseModel):
+    """What ``state::get`` with ``with_version: true`` returns: a missing key is
+    ``value=None, version=0``; ``expires_in_ms`` is ``None`` for a permanent key."""
+
+    model_config = ConfigDict(frozen=True)
+
+    value: Any
+    version: int
+    expires_in_ms: int | None
 
 
 class ListPage(BaseModel):
@@ -317,6 +373,11 @@ class StateEvent(BaseModel):
     new_value: Any = None
     event_id: str
     timestamp: str
+    #: The key's new version, or for ``state:deleted`` the version deleted (``None`` from an
+    #: adapter without versions).
+    version: int | None = None
+    #: ``state:deleted`` only: ``"deleted"`` (a call) or ``"expired"`` (its ``ttl_ms`` ran out).
+    reason: Literal["deleted", "expired"] | None = None
 
 
 class TriggerConfig(BaseModel):

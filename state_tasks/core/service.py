@@ -14,10 +14,19 @@ that thread has by then stored the task's result, so a task redelivered after a 
 finds its record whole whenever its caller has not had a result yet. Records of an idle
 thread wait for its next call, or for any thread's call once
 :data:`SETTLE_ANY_THREAD_AFTER_S` has passed.
+
+Expiry: :meth:`StateService.sweep_expired` (every worker runs it in a loop, see
+:mod:`state_tasks.expiry`) has the adapter remove the keys whose ``ttl_ms`` ran out and
+fires one ``state:deleted`` event with ``"reason": "expired"`` for each. Its ``event_id``
+is derived from the scope, the key and the version that expired
+(:func:`expiry_event_id`), so whoever fires it (the sweeper, or a write that found the key
+expired first) gives it the same id.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import threading
 import time
@@ -26,7 +35,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from adapters.base import OperationSettled, StateAdapter
+from adapters.base import Change, Expired, OperationSettled, StateAdapter
 from state_tasks.core import codec
 from state_tasks.core.batch import (
     DEFAULT_PAGE_LIMIT,
@@ -38,11 +47,13 @@ from state_tasks.core.batch import (
 from state_tasks.core.errors import AdapterError, AdapterUnavailable, StateError, ValidationError
 from state_tasks.core.models import (
     BATCH_OPERATIONS,
+    BatchDeleteOperation,
     BatchPayload,
     BatchSetOperation,
     BatchUpdateOperation,
+    DeletePayload,
     GetManyPayload,
-    KeyPayload,
+    GetPayload,
     ListGroupsPayload,
     ListPayload,
     SetPayload,
@@ -68,6 +79,8 @@ STATE_FUNCTIONS = (
 #: A change's record is settled by the next call of the thread that made it, or by the next
 #: call of any thread once this many seconds have passed since its trigger work was sent.
 SETTLE_ANY_THREAD_AFTER_S = 60.0
+#: Most keys one sweep of expired keys removes (the sweeper calls again at once when full).
+DEFAULT_SWEEP_LIMIT = 1000
 
 ChangeListener = Callable[[dict[str, Any]], None]
 
@@ -79,9 +92,13 @@ def make_event(
     old_value: Any,
     new_value: Any,
     event_id: str | None = None,
+    version: int | None = None,
+    reason: str | None = None,
 ) -> dict[str, Any]:
-    """Build the event payload of SPEC §4 as a JSON-safe dict."""
-    return {
+    """Build the event payload of SPEC §4 as a JSON-safe dict: with the key's ``version``
+    (for ``state:deleted``, the version deleted) and, for ``state:deleted``, its ``reason``
+    (``"deleted"`` or ``"expired"``)."""
+    event = {
         "type": "state",
         "event_type": event_type,
         "scope": scope,
@@ -90,7 +107,32 @@ def make_event(
         "new_value": new_value,
         "event_id": event_id or uuid.uuid4().hex,
         "timestamp": datetime.now(UTC).isoformat(timespec="microseconds"),
+        "version": version,
     }
+    if event_type == "state:deleted":
+        event["reason"] = reason or "deleted"
+    return event
+
+
+def expiry_event_id(scope: str, key: str, version: int) -> str:
+    """The ``event_id`` of the expiry of ``version`` of ``(scope, key)``: the same whoever
+    fires it, so a handler deduplicating on ``event_id`` sees one expiry once."""
+    digest = hashlib.sha256(json.dumps([scope, key, version]).encode()).hexdigest()[:32]
+    return f"expired-{digest}"
+
+
+def expiry_event(expired: Expired) -> dict[str, Any]:
+    """The ``state:deleted`` event (``reason: "expired"``) of a key whose ttl ran out."""
+    return make_event(
+        "state:deleted",
+        expired.scope,
+        expired.key,
+        codec.decode(expired.value_json),
+        None,
+        expiry_event_id(expired.scope, expired.key, expired.version),
+        expired.version,
+        "expired",
+    )
 
 
 class StateService:
@@ -159,41 +201,68 @@ class StateService:
         request = parse(SetPayload, payload, "state::set")
         text = codec.encode(request.value, self.adapter.max_value_bytes)
         try:
-            old_text = self.adapter.set(request.scope, request.key, text, op_id)
+            change = self.adapter.set_versioned(
+                request.scope,
+                request.key,
+                text,
+                op_id,
+                if_version=request.if_version,
+                ttl_ms=request.ttl_ms,
+            )
         except OperationSettled:
             return {"old_value": None, "new_value": request.value, "replayed": True}
-        old = codec.decode(old_text)
-        event_type = "state:created" if old_text is None else "state:updated"
-        self._changed(event_type, request.scope, request.key, old, request.value, op_id)
-        return {"old_value": old, "new_value": request.value}
+        old = codec.decode(change.old)
+        event_type = "state:created" if change.old is None else "state:updated"
+        self._changed(event_type, request.scope, request.key, old, request.value, op_id, change)
+        return {"old_value": old, "new_value": request.value, "version": change.version}
 
     def _get(self, payload: Mapping[str, Any], op_id: str | None) -> Any:
-        request = parse(KeyPayload, payload, "state::get")
-        return codec.decode(self.adapter.get(request.scope, request.key))
+        request = parse(GetPayload, payload, "state::get")
+        if not request.with_version:
+            return codec.decode(self.adapter.get(request.scope, request.key))
+        entry = self.adapter.get_entry(request.scope, request.key)
+        if entry is None:
+            return {"value": None, "version": 0, "expires_in_ms": None}
+        return {
+            "value": codec.decode(entry.value_json),
+            "version": entry.version,
+            "expires_in_ms": entry.expires_in_ms,
+        }
 
     def _delete(self, payload: Mapping[str, Any], op_id: str | None) -> Any:
-        request = parse(KeyPayload, payload, "state::delete")
+        request = parse(DeletePayload, payload, "state::delete")
         try:
-            old_text = self.adapter.delete(request.scope, request.key, op_id)
+            change = self.adapter.delete_versioned(
+                request.scope, request.key, op_id, if_version=request.if_version
+            )
         except OperationSettled:
             return None
-        if old_text is None:
+        if change.old is None:
+            if change.expired is not None:
+                self._dispatch([expiry_event(change.expired)], None)
             return None
-        old = codec.decode(old_text)
-        self._changed("state:deleted", request.scope, request.key, old, None, op_id)
+        old = codec.decode(change.old)
+        self._changed("state:deleted", request.scope, request.key, old, None, op_id, change)
         return old
 
     def _update(self, payload: Mapping[str, Any], op_id: str | None) -> dict[str, Any]:
         request = parse(UpdatePayload, payload, "state::update")
         ops = parse_ops(request.ops)
         try:
-            old_text, new_text = self.adapter.update(request.scope, request.key, ops, op_id)
+            change = self.adapter.update_versioned(
+                request.scope,
+                request.key,
+                ops,
+                op_id,
+                if_version=request.if_version,
+                ttl_ms=request.ttl_ms,
+            )
         except OperationSettled:
             return {"old_value": None, "new_value": None, "replayed": True}
-        old, new = codec.decode(old_text), codec.decode(new_text)
-        event_type = "state:created" if old_text is None else "state:updated"
-        self._changed(event_type, request.scope, request.key, old, new, op_id)
-        return {"old_value": old, "new_value": new}
+        old, new = codec.decode(change.old), codec.decode(change.new)
+        event_type = "state:created" if change.old is None else "state:updated"
+        self._changed(event_type, request.scope, request.key, old, new, op_id, change)
+        return {"old_value": old, "new_value": new, "version": change.version}
 
     def _list(self, payload: Mapping[str, Any], op_id: str | None) -> Any:
         request = parse(ListPayload, payload, "state::list")
@@ -242,25 +311,31 @@ class StateService:
         check_batch_size(request.operations)
         operations = [self._batch_op(i, raw) for i, raw in enumerate(request.operations)]
         try:
-            results = self.adapter.batch(request.scope, operations, op_id)
+            results, expired = self.adapter.batch_versioned(request.scope, operations, op_id)
         except OperationSettled:
             return {"results": [_replayed(op) for op in operations], "replayed": True}
         answers: list[Any] = []
-        events: list[dict[str, Any]] = []
-        for index, (op, (old_text, new_text)) in enumerate(zip(operations, results, strict=True)):
+        events = [expiry_event(gone) for gone in expired]
+        for index, (op, (old_text, new_text, version)) in enumerate(
+            zip(operations, results, strict=True)
+        ):
             old = codec.decode(old_text)
             event_id = None if op_id is None else f"{op_id}:{index}"
             if op.kind == "delete":
                 answers.append(old)
                 if old_text is not None:
                     events.append(
-                        make_event("state:deleted", request.scope, op.key, old, None, event_id)
+                        make_event(
+                            "state:deleted", request.scope, op.key, old, None, event_id, version
+                        )
                     )
                 continue
             new = codec.decode(new_text)
-            answers.append({"old_value": old, "new_value": new})
+            answers.append({"old_value": old, "new_value": new, "version": version})
             event_type = "state:created" if old_text is None else "state:updated"
-            events.append(make_event(event_type, request.scope, op.key, old, new, event_id))
+            events.append(
+                make_event(event_type, request.scope, op.key, old, new, event_id, version)
+            )
         self._dispatch(events, op_id)
         return {"results": answers}
 
@@ -287,12 +362,38 @@ class StateService:
             parsed = parse(model, raw, f"operation {index} ({kind})")
             if isinstance(parsed, BatchSetOperation):
                 text = codec.encode(parsed.value, self.adapter.max_value_bytes)
-                return BatchOp("set", parsed.key, value_json=text)
+                return BatchOp(
+                    "set",
+                    parsed.key,
+                    value_json=text,
+                    if_version=parsed.if_version,
+                    ttl_ms=parsed.ttl_ms,
+                )
             if isinstance(parsed, BatchUpdateOperation):
-                return BatchOp("update", parsed.key, ops=tuple(parse_ops(parsed.ops)))
-            return BatchOp("delete", parsed.key)
+                return BatchOp(
+                    "update",
+                    parsed.key,
+                    ops=tuple(parse_ops(parsed.ops)),
+                    if_version=parsed.if_version,
+                    ttl_ms=parsed.ttl_ms,
+                )
+            assert isinstance(parsed, BatchDeleteOperation)
+            return BatchOp("delete", parsed.key, if_version=parsed.if_version)
         except StateError as e:
             raise _in_operation(index, e) from None
+
+    def sweep_expired(self, limit: int = DEFAULT_SWEEP_LIMIT) -> tuple[int, float | None]:
+        """Remove keys whose ``ttl_ms`` ran out and fire their ``state:deleted`` events
+        (``reason: "expired"``); return how many, and the milliseconds until the next
+        expiry (``None``: none known). The adapter claims each key atomically, so several
+        workers sweeping at once fire each expiry once. A key removed but whose event could
+        not be sent (the broker is away) is logged: its event is lost."""
+        if self._sent:
+            self.settle_sent(threading.get_ident())
+        expired, next_due_ms = self.adapter.expire_due(limit)
+        if expired:
+            self._dispatch([expiry_event(gone) for gone in expired], None)
+        return len(expired), next_due_ms
 
     def settle_sent(self, thread_id: int | None = None) -> None:
         """Settle the records of changes whose trigger work was sent.
@@ -323,10 +424,20 @@ class StateService:
             )
 
     def _changed(
-        self, event_type: str, scope: str, key: str, old: Any, new: Any, op_id: str | None
+        self,
+        event_type: str,
+        scope: str,
+        key: str,
+        old: Any,
+        new: Any,
+        op_id: str | None,
+        change: Change,
     ) -> None:
-        """Send the change's trigger work; then its record may be settled."""
-        self._dispatch([make_event(event_type, scope, key, old, new, op_id)], op_id)
+        """Send the change's trigger work (after the expiry it found, if any); then its
+        record may be settled."""
+        events = [] if change.expired is None else [expiry_event(change.expired)]
+        events.append(make_event(event_type, scope, key, old, new, op_id, change.version))
+        self._dispatch(events, op_id)
 
     def _dispatch(self, events: list[dict[str, Any]], op_id: str | None) -> None:
         """Send the trigger work of an operation's stored changes; then its record may be

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import redis
-from helpers import REMOTE_STATE_DB
+from helpers import REMOTE_STATE_DB, plain
 
 from adapters.base import StateAdapter
 from adapters.bridge import Bridge
@@ -81,3 +81,6 @@ def events() -> Recorder:
 @pytest.fixture
 def service(adapter: StateAdapter, events: Recorder) -> StateService:
     return StateService(adapter, on_change=events)
+
+
+__all__ = ["ADAPTERS", "Recorder", "build", "plain"]

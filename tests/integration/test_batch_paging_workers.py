@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from celery.exceptions import TimeoutError as CeleryTimeoutError
-from helpers import Deployment, RedisServer, own_db, redis_state_yaml
+from helpers import Deployment, RedisServer, own_db, plain, redis_state_yaml
 from test_triggers import SENTINEL, Recorded
 
 from state_tasks import (
@@ -74,7 +74,7 @@ def test_a_batch_through_a_worker_fires_one_event_per_change(
                 },
             }
         )
-        assert result == {
+        assert plain(result) == {
             "results": [
                 {"old_value": None, "new_value": {"n": 1}},
                 {"old_value": {"n": 1}, "new_value": {"n": 2}},

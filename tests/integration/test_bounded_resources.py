@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import redis
-from helpers import HANDLERS, Deployment, RedisServer, Worker, own_db, wait_until
+from helpers import HANDLERS, Deployment, RedisServer, Worker, own_db, plain, wait_until
 
 from state_tasks import III, UpdateOpError, create_app
 from state_tasks.embedded_broker import embedded_settings, remove_leftovers, transport_options
@@ -148,7 +148,7 @@ def test_state_results_expire_within_the_documented_bound_and_iii_forgets_what_i
 
     # A result read with .get() and not forgotten stays until it expires: within the bound.
     done = app.send_task("state::set", kwargs={"scope": scope, "key": "k", "value": {"n": 1}})
-    assert done.get(timeout=20) == {"old_value": None, "new_value": {"n": 1}}
+    assert plain(done.get(timeout=20)) == {"old_value": None, "new_value": {"n": 1}}
     failed = app.send_task("state::update", kwargs={"scope": scope, "key": "k", "ops": [{"x": 1}]})
     with pytest.raises(UpdateOpError):
         failed.get(timeout=20)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import redis
-from helpers import Deployment, RedisServer, adapter_yaml, own_db, wait_until
+from helpers import Deployment, RedisServer, adapter_yaml, own_db, plain, wait_until
 
 from state_tasks import AdapterError, UpdateOpError
 from state_tasks.core.urls import redact_url
@@ -46,13 +46,15 @@ def pair(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) ->
 
 def test_every_function_lands_in_the_remote(pair: Pair) -> None:
     local, remote = pair.local, pair.remote
-    assert local.call("state::set", scope="b", key="k", value={"n": 1}) == {
+    assert plain(local.call("state::set", scope="b", key="k", value={"n": 1})) == {
         "old_value": None,
         "new_value": {"n": 1},
     }
     assert remote.call("state::get", scope="b", key="k") == {"n": 1}
-    assert local.call(
-        "state::update", scope="b", key="k", ops=[{"increment": {"field": "n", "by": 2**70}}]
+    assert plain(
+        local.call(
+            "state::update", scope="b", key="k", ops=[{"increment": {"field": "n", "by": 2**70}}]
+        )
     ) == {"old_value": {"n": 1}, "new_value": {"n": 1 + 2**70}}
     assert remote.call("state::get", scope="b", key="k") == {"n": 1 + 2**70}
     remote.call("state::set", scope="b", key="k2", value=[])

@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import Any
 
-from helpers import OUR_VARIABLES
+from helpers import OUR_VARIABLES, plain
 
 CLI = [os.path.join(os.path.dirname(sys.executable), "state-tasks")]
 
@@ -28,7 +28,10 @@ def test_every_state_command_round_trips(kv_deployment: Any) -> None:
     scope = f"cli-{uuid.uuid4().hex[:6]}"
     done = run(kv_deployment, "set", scope, "u1", '{"name": "Alice", "n": 1}')
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"old_value": None, "new_value": {"name": "Alice", "n": 1}}
+    assert plain(json.loads(done.stdout)) == {
+        "old_value": None,
+        "new_value": {"name": "Alice", "n": 1},
+    }
     assert json.loads(run(kv_deployment, "get", scope, "u1").stdout) == {"name": "Alice", "n": 1}
     updated = run(kv_deployment, "update", scope, "u1", '[{"increment": {"field": "n", "by": 41}}]')
     assert json.loads(updated.stdout)["new_value"]["n"] == 42

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from helpers import Deployment, RedisServer, own_db, redis_state_yaml, wait_until
+from helpers import Deployment, RedisServer, own_db, plain, redis_state_yaml, wait_until
 
 
 def recorded(record: redis.Redis, name: str) -> list[dict[str, Any]]:
@@ -108,7 +108,7 @@ def test_a_crash_between_storing_and_dispatching_still_runs_the_handler(
         # it again, and sends the trigger work: the handler runs for that change
         assert marker.exists(), "the fault hook did not fire"
         assert "test fault hook: dying" in worker.log()
-        assert value == {"old_value": None, "new_value": {"n": 1}}
+        assert plain(value) == {"old_value": None, "new_value": {"n": 1}}
         # Sentinel: a second change of the scope (no crash now), made after the first one's
         # answer. The worker's one child takes tasks in queue order, and every dispatch of
         # the first change (each run of its task) was queued before that answer, so once the
@@ -201,8 +201,10 @@ def test_broker_redis_killed_and_restarted_the_same_worker_serves_again(tmp_path
         broker.start()
         # Then the same worker (no crash loop, no restart) serves again, state intact
         wait_until(lambda: worker.log().count("Connected to redis://") >= 2, 60, "the reconnect")
-        assert deployment.client.call(
-            "state::update", timeout_s=60, scope="b", key="k", ops=[{"set": 2}]
+        assert plain(
+            deployment.client.call(
+                "state::update", timeout_s=60, scope="b", key="k", ops=[{"set": 2}]
+            )
         ) == {"old_value": 1, "new_value": 2}
         assert worker.process is not None and worker.process.poll() is None
     finally:

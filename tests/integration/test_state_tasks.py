@@ -6,6 +6,7 @@ import uuid
 from typing import Any
 
 import pytest
+from helpers import plain
 
 from state_tasks import StateError, UpdateOpError, ValidationError, ValueTooLarge
 from state_tasks.tasks import state_get, state_set
@@ -17,11 +18,11 @@ def scope() -> str:
 
 def test_set_get_and_the_data_alias(deployment: Any) -> None:
     s = scope()
-    assert deployment.call("state::set", scope=s, key="u1", value={"name": "Alice"}) == {
+    assert plain(deployment.call("state::set", scope=s, key="u1", value={"name": "Alice"})) == {
         "old_value": None,
         "new_value": {"name": "Alice"},
     }
-    assert deployment.call("state::set", scope=s, key="u1", data={"name": "Bob"}) == {
+    assert plain(deployment.call("state::set", scope=s, key="u1", data={"name": "Bob"})) == {
         "old_value": {"name": "Alice"},
         "new_value": {"name": "Bob"},
     }
@@ -59,7 +60,10 @@ def test_update_in_both_op_spellings_with_exact_numbers(deployment: Any) -> None
             {"decrement": {"field": "f", "by": 0.25}},
         ],
     )
-    assert result == {"old_value": None, "new_value": {"n": 2**63 + 1, "f": 0.25, "l": [], "o": {}}}
+    assert plain(result) == {
+        "old_value": None,
+        "new_value": {"n": 2**63 + 1, "f": 0.25, "l": [], "o": {}},
+    }
     assert deployment.call("state::get", scope=s, key="c") == result["new_value"]
 
 
@@ -116,7 +120,7 @@ def test_typed_task_objects_work_with_delay(deployment: Any) -> None:
     s = scope()
     app = deployment.client.app
     result = app.send_task(state_set.name, kwargs={"scope": s, "key": "k", "value": [1]})
-    assert result.get(timeout=20) == {"old_value": None, "new_value": [1]}
+    assert plain(result.get(timeout=20)) == {"old_value": None, "new_value": [1]}
     assert app.send_task(state_get.name, kwargs={"scope": s, "key": "k"}).get(timeout=20) == [1]
 
 
@@ -133,12 +137,14 @@ def test_facade_trigger_waits_or_returns_none_for_void(deployment: Any) -> None:
         )
         is None
     )
-    assert iii.trigger(
-        {
-            "function_id": "state::update",
-            "payload": {"scope": s, "key": "k", "ops": [{"set": 2}]},
-            "timeout_ms": 20_000,
-        }
+    assert plain(
+        iii.trigger(
+            {
+                "function_id": "state::update",
+                "payload": {"scope": s, "key": "k", "ops": [{"set": 2}]},
+                "timeout_ms": 20_000,
+            }
+        )
     ) == {"old_value": 1, "new_value": 2}
     with pytest.raises(ValidationError, match="unknown keys"):
         iii.trigger({"function_id": "state::get", "paylod": {}})
