@@ -37,6 +37,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from state_tasks.core.errors import ConfigError
+from state_tasks.core.ops import deeper_than
 
 TLS_VARIABLES = ("CELERY_SSL_CA_CERTS", "CELERY_SSL_CERTFILE", "CELERY_SSL_KEYFILE")
 CERT_REQS_VARIABLE = "CELERY_SSL_CERT_REQS"
@@ -143,24 +144,6 @@ def setup_signing(app: Any) -> None:
 #: refused when decoded. Python's JSON decoder stops near 1,000 levels, and a prefork
 #: worker's pool failed well before that.
 DEFAULT_MAX_JSON_DEPTH = 256
-
-
-def deeper_than(value: Any, max_depth: int) -> bool:
-    """Whether a decoded JSON value nests lists and objects more than ``max_depth`` deep
-    (without recursion: the value may be deeper than the interpreter's stack)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, dict):
-            children: Any = node.values()
-        elif isinstance(node, list):
-            children = node
-        else:
-            continue
-        if depth > max_depth:
-            return True
-        stack.extend((child, depth + 1) for child in children)
-    return False
 
 
 def limit_json_depth(max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from state_tasks.core.errors import UpdateOpError, ValidationError, ValueTooLarge
-from state_tasks.core.ops import Op, apply_ops
+from state_tasks.core.ops import Op, apply_ops, deeper_than
 
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
@@ -21,12 +21,27 @@ _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(","
 dumps = _encoder.encode
 
 
+#: Values nested deeper than this (lists and objects) are refused. Results, pages, batches
+#: and events carry a value a few levels deeper than it is, and the broker refuses messages
+#: nested deeper than ``state_tasks.security.DEFAULT_MAX_JSON_DEPTH`` (256): a value that was
+#: stored must always be readable back.
+MAX_STORED_DEPTH = 200
+
+
 def encode(value: Any, max_bytes: int, *, what: str = "value") -> str:
     """Encode a JSON value; raise ``ValidationError`` or ``ValueTooLarge``."""
     try:
         text = _encoder.encode(value)
     except (TypeError, ValueError, RecursionError) as e:
         raise ValidationError(f"the {what} is not a JSON value: {e}") from None
+    # Cheap first: the depth cannot exceed the number of opening brackets.
+    if text.count("[") + text.count("{") > MAX_STORED_DEPTH and deeper_than(
+        value, MAX_STORED_DEPTH
+    ):
+        raise ValidationError(
+            f"the {what} nests lists and objects more than {MAX_STORED_DEPTH} levels deep; "
+            "flatten it (results and events carry a value a few levels deeper still)"
+        )
     try:
         size = len(text.encode("utf-8"))
     except UnicodeEncodeError as e:

@@ -408,14 +408,22 @@ def _edit(
     return root
 
 
-def _deeper_than(value: Any, limit: int) -> bool:
-    """Whether ``value`` nests objects/arrays more than ``limit`` deep (the engine's count)."""
-    if not isinstance(value, (dict, list)):
-        return False
-    if limit == 0:
-        return True
-    children = value.values() if isinstance(value, dict) else value
-    return any(_deeper_than(child, limit - 1) for child in children)
+def deeper_than(value: Any, max_depth: int) -> bool:
+    """Whether a decoded JSON value nests lists and objects more than ``max_depth`` deep
+    (without recursion: the value may be deeper than the interpreter's stack)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > max_depth:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _check_merge_value(index: int, op: Op) -> dict[str, Any]:
@@ -442,7 +450,7 @@ def _check_merge_value(index: int, op: Op) -> dict[str, Any]:
                 f"the object to merge has the key {key!r}, which is not allowed "
                 "(JavaScript prototype pollution)",
             )
-    if _deeper_than(value, MAX_VALUE_DEPTH):
+    if deeper_than(value, MAX_VALUE_DEPTH):
         raise _fail(
             index,
             op,
