@@ -77,7 +77,7 @@ def _forwarded(op: BatchOp) -> dict[str, Any]:
     if op.kind == "set":
         return {"op": "set", "key": op.key, "value": decode(op.value_json), **options}
     if op.kind == "update":
-        ops = [o.to_engine_form() for o in op.ops]
+        ops = [o.to_wire_form() for o in op.ops]
         return {"op": "update", "key": op.key, "ops": ops, **options}
     return {"op": "delete", "key": op.key, **options}
 
@@ -180,7 +180,7 @@ class Bridge(StateAdapter):
         if done is not None and done[1] is not None:
             return Change(done[0], done[1], done[3])
         payload: dict[str, Any] = {"scope": scope, "key": key}
-        payload |= {"ops": [op.to_engine_form() for op in ops]} | _options(if_version, ttl_ms)
+        payload |= {"ops": [op.to_wire_form() for op in ops]} | _options(if_version, ttl_ms)
         result = self._applied(op_id, self.remote("state::update", payload, op_id))
         old, new = _text(result["old_value"]), dumps(result["new_value"])
         version = int(result.get("version") or 0)
