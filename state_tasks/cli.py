@@ -3,7 +3,10 @@
 ::
 
     state-tasks set users u1 '{"name": "Alice"}'
+    state-tasks set sessions s1 '{"user": "u1"}' --ttl-ms 60000    # expires in a minute
     state-tasks get users u1
+    state-tasks get users u1 --with-version                    # {"value", "version", ...}
+    state-tasks set users u1 '{"name": "Bob"}' --if-version 7  # only if still at version 7
     state-tasks update counters visits '[{"increment": {"field": "n", "by": 1}}]'
     state-tasks delete users u1
     state-tasks list users
@@ -86,6 +89,23 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument(argument, metavar=argument.upper())
         if name == "get-many":
             command.add_argument("keys", metavar="KEY", nargs="+")
+        if name in ("set", "update", "delete"):
+            command.add_argument(
+                "--if-version",
+                type=int,
+                metavar="N",
+                help="only if the key is at version N (0: only if it does not exist)",
+            )
+        if name in ("set", "update"):
+            command.add_argument(
+                "--ttl-ms", type=int, metavar="MS", help="the key expires MS ms after this write"
+            )
+        if name == "get":
+            command.add_argument(
+                "--with-version",
+                action="store_true",
+                help='print {"value", "version", "expires_in_ms"}',
+            )
         if name in ("list", "groups"):
             command.add_argument("--limit", type=int, help="page size (1 to 10000)")
             command.add_argument("--cursor", help="the cursor printed with the previous page")
@@ -121,21 +141,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """--if-version, --ttl-ms and --with-version, where given."""
+    given = {
+        "if_version": getattr(args, "if_version", None),
+        "ttl_ms": getattr(args, "ttl_ms", None),
+        "with_version": getattr(args, "with_version", False) or None,
+    }
+    return {name: value for name, value in given.items() if value is not None}
+
+
 def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     if args.command == "set":
         return "state::set", {
             "scope": args.scope,
             "key": args.key,
             "value": _json_argument(args.json, "JSON"),
-        }
+        } | _options(args)
     if args.command == "update":
         return "state::update", {
             "scope": args.scope,
             "key": args.key,
             "ops": _json_argument(args.ops_json, "OPS_JSON"),
-        }
+        } | _options(args)
     if args.command in ("get", "delete"):
-        return f"state::{args.command}", {"scope": args.scope, "key": args.key}
+        return f"state::{args.command}", {"scope": args.scope, "key": args.key} | _options(args)
     if args.command == "batch":
         return "state::batch", {
             "scope": args.scope,

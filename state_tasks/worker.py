@@ -6,6 +6,7 @@ bad configuration stops it with one clear message; a store that lives in one pro
 (the KvStore, the Bridge's local triggers) refuses a second worker on the same broker; a
 prefork child opens its own connections; a warm shutdown flushes the adapter.
 
+Every worker also sweeps the keys whose ``ttl_ms`` ran out (:mod:`state_tasks.expiry`).
 A worker on the embedded default also cleans its data folder as it runs (no celery beat
 needed): a daemon thread, every ``state_tasks_cleanup_interval`` seconds
 (``STATE_TASKS_CLEANUP_INTERVAL``), removes result files older than ``result_expires``
@@ -29,8 +30,10 @@ from celery.worker.control import inspect_command
 from state_tasks.celery_app import app
 from state_tasks.core.errors import ConfigError, StateError
 from state_tasks.core.ownership import OwnedElsewhere, take_ownership
+from state_tasks.core.service import StateService
 from state_tasks.core.urls import is_embedded_broker
 from state_tasks.embedded_broker import remove_leftovers, result_folder
+from state_tasks.expiry import ExpirySweeper
 from state_tasks.runtime import (
     close_runtime,
     current_runtime,
@@ -176,11 +179,33 @@ def _stop_child(**_: Any) -> None:
 @signals.worker_shutdown.connect
 def _stop_worker(sender: Any = None, **_: Any) -> None:
     """Flush the adapter on a clean (warm) shutdown."""
-    global _cleaner
+    global _cleaner, _sweeper
+    if _sweeper is not None:
+        _sweeper.stop()
+        _sweeper = None
     if _cleaner is not None:
         _cleaner.stop()
         _cleaner = None
     close_runtime()
+
+
+# -- keys whose ttl ran out: every worker sweeps them (state_tasks/expiry.py) --------------
+
+_sweeper: ExpirySweeper | None = None
+
+
+def _runtime_service() -> StateService | None:
+    runtime = current_runtime()
+    return None if runtime is None else runtime.service
+
+
+@signals.worker_ready.connect
+def _start_sweeper(sender: Any = None, **_: Any) -> None:
+    """Start the expiry sweeper in the worker's main process."""
+    global _sweeper
+    if getattr(sender, "app", None) is not app or _sweeper is not None:
+        return
+    _sweeper = ExpirySweeper(_runtime_service).start()
 
 
 # -- the data folder of the embedded default cleans itself ---------------------------------

@@ -1,0 +1,85 @@
+"""The expiry sweeper: every worker removes the keys whose ``ttl_ms`` ran out and fires
+their ``state:deleted`` events (``"reason": "expired"``).
+
+A daemon thread of the worker's main process, started when the worker is ready (like the
+data folder's cleaner in :mod:`state_tasks.worker`) and stopped at its shutdown. It calls
+:meth:`state_tasks.core.service.StateService.sweep_expired` on the process's runtime: the
+adapter claims due keys atomically (a lock in the KvStore; one Lua script per scope on
+Redis, which several workers may run at once without firing an expiry twice), and the
+events go through the same trigger dispatch as every change. Between sweeps it sleeps
+until the next due time, at most :data:`DEFAULT_MAX_SLEEP_S`, so an expiry fires well
+within a second of its due time, and a worker that starts after a due time fires it at
+its first sweep.
+
+A key is removed before its event is sent: a worker killed in between loses that event
+(the key is gone all the same). A failure to send is logged as a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from state_tasks.core.service import DEFAULT_SWEEP_LIMIT, StateService
+
+logger = logging.getLogger(__name__)
+
+#: The longest sleep between two sweeps (an expiry set meanwhile waits at most this long).
+DEFAULT_MAX_SLEEP_S = 0.2
+#: The shortest, so that a burst of expiries does not spin the thread.
+MIN_SLEEP_S = 0.005
+#: How long to wait after a failed sweep (the storage is away) before the next.
+FAILURE_SLEEP_S = 1.0
+
+
+class ExpirySweeper:
+    """A daemon thread that sweeps expired keys through ``service()`` until stopped.
+
+    :param service: returns the service to sweep with (the process's runtime's), or
+        ``None`` while there is none.
+    """
+
+    def __init__(
+        self,
+        service: Callable[[], StateService | None],
+        max_sleep_s: float = DEFAULT_MAX_SLEEP_S,
+        limit: int = DEFAULT_SWEEP_LIMIT,
+    ) -> None:
+        self.service = service
+        self.max_sleep_s = max_sleep_s
+        self.limit = limit
+        self.fired = 0
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="state_tasks-expiry", daemon=True)
+
+    def start(self) -> ExpirySweeper:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=5)
+
+    def sweep_once(self) -> float:
+        """One sweep; return how long to sleep before the next, in seconds."""
+        service = self.service()
+        if service is None:
+            return self.max_sleep_s
+        fired, next_due_ms = service.sweep_expired(self.limit)
+        self.fired += fired
+        if fired >= self.limit:
+            return 0.0  # more are due: go on at once
+        if next_due_ms is None:
+            return self.max_sleep_s
+        return max(MIN_SLEEP_S, min(self.max_sleep_s, next_due_ms / 1000))
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                sleep_s = self.sweep_once()
+            except Exception as e:  # never let a sweep end the thread, or the worker
+                logger.warning("state_tasks: the sweep of expired keys failed: %s", e)
+                sleep_s = FAILURE_SLEEP_S
+            if sleep_s and self._stopped.wait(sleep_s):
+                return
