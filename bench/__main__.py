@@ -16,9 +16,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -304,6 +306,113 @@ class Bench:
                 {"update_per_s": round(median(updates)), "hset_per_s": round(median(hsets2))},
             ),
         ]
+
+    def redis_set_if_version_vs_set(self) -> Figure:
+        """``set`` with ``if_version`` (the key's current version) against a plain ``set``
+        of the same keys, adapter level, interleaved rounds."""
+        adapter = RedisAdapter(redis_url=self.server.url(5), key_prefix="cas")
+        n = self.sizes.adapter_ops
+        versions = {i: adapter.set_versioned("cas", f"k{i}", VALUE_JSON).version for i in range(n)}
+
+        def checked(i: int) -> None:
+            versions[i] = adapter.set_versioned(
+                "cas", f"k{i}", VALUE_JSON, if_version=versions[i]
+            ).version
+
+        ratio, checked_rates, plain_rates = self.interleaved_ratio(
+            lambda: timed_ops_per_s(checked, n),
+            lambda: timed_ops_per_s(lambda i: adapter.set("plain", f"k{i}", VALUE_JSON), n),
+        )
+        return Figure(
+            "redis_set_if_version_vs_set",
+            ratio,
+            ">= 0.9",
+            {
+                "if_version_per_s": round(median(checked_rates)),
+                "set_per_s": round(median(plain_rates)),
+            },
+        )
+
+    def expiry(self) -> list[Figure]:
+        """5,000 keys with ttls spread over 5 s, expired by the workers of the Redis
+        deployment (three, each with its sweeper). First with no trigger on their scope: the
+        sets per second of this process meanwhile against the same with nothing expiring
+        (the cost of expiry itself). Then with a trigger: how late each expiry fired after its
+        due time (the event's timestamp; when its handler started is in the detail)."""
+        deployment = self.deployment("redis")
+        while len(deployment.extra_workers) < 2:
+            deployment.add_worker()
+        record = redis.Redis.from_url(self.server.url(3), decode_responses=True)
+        record.delete("bench:expired")
+        writer = RedisAdapter(redis_url=self.server.url(2), key_prefix="bench")
+        service = StateService(writer)
+        keys, spread_ms, first_ms = 5000, 5000, 1000
+        window_s = (first_ms + spread_ms) / 1000
+
+        def sets_per_s(seconds: float) -> float:
+            done, started = 0, time.perf_counter()
+            while time.perf_counter() - started < seconds:
+                writer.set("expiry-writes", f"k{done % 1000}", VALUE_JSON)
+                done += 1
+            return done / (time.perf_counter() - started)
+
+        def expire_keys(scope: str) -> dict[str, float]:
+            dues: dict[str, float] = {}
+            for start in range(0, keys, 1000):
+                sent = time.time()
+                operations = []
+                for i in range(start, start + 1000):
+                    ttl_ms = first_ms + i * spread_ms // keys
+                    dues[f"k{i}"] = sent + ttl_ms / 1000
+                    operations.append({"op": "set", "key": f"k{i}", "value": i, "ttl_ms": ttl_ms})
+                service.call("state::batch", {"scope": scope, "operations": operations})
+            return dues
+
+        quiet = sets_per_s(window_s)
+        expire_keys(f"expiry-cost-{time.monotonic_ns()}")
+        busy = sets_per_s(window_s)
+        scope = f"expiry-{time.monotonic_ns()}"
+        handle = deployment.iii.register_trigger(
+            {"type": "state", "function_id": "bench::expiryHandler", "config": {"scope": scope}}
+        )
+        try:
+            dues = expire_keys(scope)
+            deadline = time.monotonic() + 180
+            while record.llen("bench:expired") < keys and time.monotonic() < deadline:
+                time.sleep(0.2)
+            rows = [line.split(" ") for line in record.lrange("bench:expired", 0, -1)]
+        finally:
+            handle.unregister()
+            writer.close()
+        fired = sorted(
+            (datetime.fromisoformat(stamp).timestamp() - dues[key]) * 1000 for key, stamp, _ in rows
+        )
+        started = sorted((float(at) - dues[key]) * 1000 for key, _, at in rows)
+        counts = Counter(key for key, _, _ in rows)
+
+        def p99(values: list[float]) -> float:
+            return values[min(len(values) - 1, int(len(values) * 0.99))] if values else 1e9
+
+        lag = Figure(
+            "expiry_lag_p99_ms",
+            p99(fired) if len(counts) == keys else 1e9,
+            "<= 1000",
+            {
+                "expired": len(counts),
+                "fired_twice": sum(1 for n in counts.values() if n > 1),
+                "p50_ms": round(fired[len(fired) // 2], 1) if fired else None,
+                "max_ms": round(fired[-1], 1) if fired else None,
+                "handler_started_p99_ms": round(p99(started), 1),
+                "workers": 1 + len(deployment.extra_workers),
+            },
+        )
+        cost = Figure(
+            "expiry_cost_vs_set",
+            busy / quiet,
+            ">= 0.8",
+            {"sets_per_s_expiring": round(busy), "sets_per_s_quiet": round(quiet)},
+        )
+        return [lag, cost]
 
     def redis_list_groups_scaling(self) -> Figure:
         raw = redis.Redis.from_url(self.server.url(6), decode_responses=True)
@@ -615,6 +724,8 @@ print(json.dumps({"rss_growth": rss() - before, "json_bytes": total}))
 
 FIGURES: dict[str, Callable[[Bench], Figure | list[Figure]]] = {
     "redis_set_vs_hset": lambda b: b.redis_vs_hset(),  # also redis_update_vs_hset
+    "redis_set_if_version_vs_set": Bench.redis_set_if_version_vs_set,
+    "expiry_lag_p99_ms": lambda b: b.expiry(),  # also expiry_cost_vs_set
     "redis_list_groups_scaling": Bench.redis_list_groups_scaling,
     "kv_save_dirty_only": Bench.kv_save_dirty_only,
     "kv_journal_vs_memory": Bench.kv_journal_vs_memory,

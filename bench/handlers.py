@@ -48,3 +48,12 @@ def soak_handler(event: dict[str, Any]) -> dict[str, Any]:
 def soak_condition(event: dict[str, Any]) -> bool:
     """The soak's condition: true for every other change it sees."""
     return bool((event["new_value"]["i"] // 100) % 2 == 0)
+
+
+@app.task(name="bench::expiryHandler")
+def expiry_handler(event: dict[str, Any]) -> dict[str, Any]:
+    """Records each expiry: its key, when it was fired (the event's timestamp) and when this
+    handler started (wall clock, same machine)."""
+    if _record is not None and event.get("reason") == "expired":
+        _record.rpush("bench:expired", f"{event['key']} {event['timestamp']} {time.time()!r}")
+    return {}

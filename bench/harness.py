@@ -38,10 +38,12 @@ class BenchDeployment:
             env["STATE_CONFIG"] = str(workdir / "state.yaml")
         if record_db is not None:
             env["BENCH_RECORD_URL"] = server.url(record_db)
+        self._workdir, self._env, self._worker_args = workdir, env, tuple(worker_args)
         self.worker = Worker(
             workdir, env, tuple(worker_args), includes=("bench.handlers",), pythonpath=[REPO]
         )
         self.worker.start()
+        self.extra_workers: list[Worker] = []
         self.app: Celery = create_app(
             f"bench-client-{broker_db}", broker_url=self.broker_url, result_backend=self.broker_url
         )
@@ -60,7 +62,21 @@ class BenchDeployment:
         self.app.send_task(task, kwargs=kwargs).get(timeout=60, interval=0.001)
         return time.perf_counter() - started
 
+    def add_worker(self) -> Worker:
+        """One more worker on the same broker and state (stopped by close)."""
+        worker = Worker(
+            self._workdir,
+            self._env,
+            self._worker_args,
+            includes=("bench.handlers",),
+            pythonpath=[REPO],
+        )
+        self.extra_workers.append(worker.start())
+        return worker
+
     def close(self) -> None:
+        for worker in self.extra_workers:
+            worker.stop()
         self.worker.stop()
         self.app.close()
 

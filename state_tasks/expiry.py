@@ -21,7 +21,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from state_tasks.core.service import DEFAULT_SWEEP_LIMIT, StateService
+from state_tasks.core.service import StateService
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,10 @@ DEFAULT_MAX_SLEEP_S = 0.2
 MIN_SLEEP_S = 0.005
 #: How long to wait after a failed sweep (the storage is away) before the next.
 FAILURE_SLEEP_S = 1.0
+#: Most keys one sweep claims: small, so that the workers of a deployment share a burst of
+#: expiries (each claims a few, fires them, claims again) instead of one claiming it all
+#: and firing it alone.
+DEFAULT_CLAIM_LIMIT = 50
 
 
 class ExpirySweeper:
@@ -44,7 +48,7 @@ class ExpirySweeper:
         self,
         service: Callable[[], StateService | None],
         max_sleep_s: float = DEFAULT_MAX_SLEEP_S,
-        limit: int = DEFAULT_SWEEP_LIMIT,
+        limit: int = DEFAULT_CLAIM_LIMIT,
     ) -> None:
         self.service = service
         self.max_sleep_s = max_sleep_s
