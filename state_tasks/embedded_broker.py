@@ -8,12 +8,25 @@ temporary name first, so a reader never sees half a message.
 
 A consumer takes a message by renaming its file into the ``processing`` folder beside
 the queue folder (one atomic rename on the same file system, so two consumers never
-both take it), reads it and removes it. kombu's own transport moves it to the system's
-temporary folder instead (a copy when that is another file system, and a file left
-there for good if the process dies in between). What a crash can leave behind in the
-broker folder (a taken message, a half-written one, messages for the remote-control
-and event queues of processes that are gone) is removed by :func:`remove_leftovers`,
-which the worker calls periodically (``state_tasks.worker``).
+both take it), under a name that records the taking process: ``<owner>-<original
+name>``, where ``<owner>`` is ``<pid>.<random>``. It keeps the file there until the
+message is acknowledged (then removes it) or rejected with requeue, recovered, or left
+unacknowledged when the channel closes (then renames it back under its original name,
+so it keeps its place in the queue's order). So Celery's late acks work as on Redis or
+RabbitMQ: a task whose worker dies before acknowledging it is delivered again. (A
+message of a queue consumed without acknowledgements, remote control and events, is
+removed as soon as it is read.)
+
+Whether an owner is alive is told by a lock file, ``<owner>.lock`` in the processing
+folder, that the process holds with ``flock`` from before its first take until it ends
+(the kernel releases it however the process ends, and a reused pid cannot inherit it).
+:func:`requeue_orphans` moves the messages of owners that are gone back to their queue;
+a consumer runs it before its first take, and the worker's periodic cleaner
+(``state_tasks.worker``) runs it too. kombu's own transport moves a message to the
+system's temporary folder instead and removes it as soon as it is read, before the task
+runs. What else a crash can leave behind in the broker folder (a half-written message,
+messages for the remote-control and event queues of processes that are gone) is removed
+by :func:`remove_leftovers`, which the worker's cleaner also calls.
 
 Celery's file result backend writes a result file in place, so a client polling for it
 can read half of it (a ``DecodeError``, seen under load with 10 KB values).
@@ -24,7 +37,10 @@ registered with Celery as ``statefile``, and the embedded default's result backe
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -52,6 +68,16 @@ PARTIAL_PREFIX = "partial-"
 #: messages for a queue nobody reads any more would otherwise pile up.
 TRANSIENT_QUEUE_SUFFIXES = (".celery.pidbox",)
 TRANSIENT_QUEUE_PREFIXES = ("celeryev.",)
+
+logger = logging.getLogger(__name__)
+
+#: An owner of taken messages: ``<pid>.<random>`` (the pid is for people reading the
+#: folder; the lock file, not the pid, tells whether the owner is alive).
+_OWNER = r"[0-9]+\.[0-9a-f]{12}"
+#: A message taken by an owner: ``<owner>-<original name>``.
+_TAKEN_NAME = re.compile(rf"^({_OWNER})-([^/]+\.msg)$")
+#: The lock file an owner holds while it lives.
+_OWNER_LOCK = re.compile(rf"^({_OWNER})\.lock$")
 
 _last_stamp = 0
 _stamp_lock = threading.Lock()
@@ -117,7 +143,138 @@ def _processing_folder(options: dict[str, Any]) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(queue_folder)), "processing")
 
 
+# -- owners of taken messages: one per process, alive while it holds its lock file ---------
+
+_owner_lock = threading.Lock()
+_owner_pid = 0
+_owner_token = ""
+#: processing folder -> the open, flock-ed descriptor of this process's lock file there.
+_owner_fds: dict[str, int] = {}
+#: delivery tag -> (the taken file in the processing folder, its place in the queue folder),
+#: for every message this process has taken and not yet acknowledged, rejected or put back.
+#: Shared by the process's channels: kombu may reject a message on another channel than
+#: the one that took it; acknowledgements come from the worker pool's threads.
+_taken: dict[str, tuple[str, str]] = {}
+
+
+def _forget_owner_after_fork() -> None:
+    """A forked child is another owner: it drops its parent's lock (the parent keeps it)
+    and its record of the parent's taken messages."""
+    global _owner_lock, _owner_pid, _owner_token
+    _owner_lock = threading.Lock()
+    for fd in _owner_fds.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _owner_fds.clear()
+    _taken.clear()
+    _owner_pid, _owner_token = 0, ""
+
+
+os.register_at_fork(after_in_child=_forget_owner_after_fork)
+
+
+def _hold_owner_lock(processing: str, owner: str) -> int:
+    """Create ``<owner>.lock`` in ``processing``, locked before it shows under its name."""
+    partial = os.path.join(processing, f"{PARTIAL_PREFIX}{owner}.lock")
+    fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        os.replace(partial, os.path.join(processing, f"{owner}.lock"))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _owner(processing: str, queue_folder: str) -> str:
+    """This process's owner name in ``processing``.
+
+    On its first use in a folder the lock file is created, then the messages of owners
+    that are gone are put back in their queue, before this process takes any.
+    """
+    global _owner_pid, _owner_token
+    with _owner_lock:
+        if _owner_pid != os.getpid():
+            _owner_pid, _owner_token = os.getpid(), f"{os.getpid()}.{uuid.uuid4().hex[:12]}"
+        if processing in _owner_fds:
+            return _owner_token
+        _owner_fds[processing] = _hold_owner_lock(processing, _owner_token)
+        requeued = requeue_orphans(processing, queue_folder)
+        if requeued:
+            logger.warning(
+                "state_tasks: %d message(s) taken by a process that is gone put back in %s",
+                requeued,
+                queue_folder,
+            )
+        return _owner_token
+
+
+def _lock_if_gone(processing: str, owner: str) -> int | None:
+    """Take the lock of ``owner`` if its process is gone: the descriptor holding it (-1 if
+    the lock file is gone too), or ``None`` while the owner lives."""
+    try:
+        fd = os.open(os.path.join(processing, f"{owner}.lock"), os.O_RDONLY)
+    except FileNotFoundError:
+        return -1  # an owner creates its lock file before it takes anything
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def requeue_orphans(processing: str, queue_folder: str) -> int:
+    """Put the messages taken by processes that are gone back in ``queue_folder``.
+
+    Each goes back under its original name, so it keeps its place in its queue's order;
+    the owner's lock file is removed after. Messages of live owners are left alone (they
+    are being processed). Returns how many messages were put back.
+    """
+    try:
+        names = os.listdir(processing)
+    except FileNotFoundError:
+        return 0
+    taken: dict[str, list[tuple[str, str]]] = {}
+    for name in names:
+        match = _TAKEN_NAME.match(name)
+        if match:
+            taken.setdefault(match[1], []).append((name, match[2]))
+        elif (match := _OWNER_LOCK.match(name)) is not None:
+            taken.setdefault(match[1], [])
+    requeued = 0
+    for owner, messages in sorted(taken.items()):
+        fd = _lock_if_gone(processing, owner)
+        if fd is None:
+            continue
+        try:
+            for name, original in sorted(messages, key=lambda m: m[1]):
+                try:
+                    os.rename(os.path.join(processing, name), os.path.join(queue_folder, original))
+                    requeued += 1
+                except FileNotFoundError:
+                    pass  # put back by another process meanwhile
+            if fd >= 0:
+                try:
+                    os.remove(os.path.join(processing, f"{owner}.lock"))
+                except FileNotFoundError:
+                    pass
+        finally:
+            if fd >= 0:
+                os.close(fd)
+    return requeued
+
+
 class Channel(filesystem.Channel):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        #: Queues consumed without acknowledgements (remote-control, events): a message
+        #: taken from one is removed as soon as it is read.
+        self._no_ack_queues: set[str] = set()
+
     def _put(self, queue: Any, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
         name = f"{_next_stamp():020d}_{uuid.uuid4().hex}.{queue}.msg"
         final = os.path.join(self.data_folder_out, name)
@@ -136,31 +293,110 @@ class Channel(filesystem.Channel):
         os.makedirs(folder, exist_ok=True)
         return folder
 
+    def basic_consume(
+        self, queue: Any, no_ack: Any, callback: Any, consumer_tag: Any, **kwargs: Any
+    ) -> Any:
+        if no_ack:
+            self._no_ack_queues.add(queue)
+        else:
+            self._no_ack_queues.discard(queue)
+        return super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)  # type: ignore[no-untyped-call]
+
+    def basic_get(self, queue: Any, no_ack: bool = False, **kwargs: Any) -> Any:
+        try:
+            payload = self._take(queue, keep=not no_ack)
+        except Empty:
+            return None
+        message = self.Message(payload, channel=self)  # type: ignore[no-untyped-call]
+        if not no_ack:
+            self.qos.append(message, message.delivery_tag)
+        return message
+
     def _get(self, queue: Any, timeout: Any = None) -> Any:
-        """Take the oldest message of ``queue``: rename it out of the queue, read, remove."""
+        return self._take(queue, keep=queue not in self._no_ack_queues)
+
+    def _take(self, queue: Any, keep: bool) -> Any:
+        """Take the oldest message of ``queue``: rename it into the processing folder
+        under this process's name and read it. Kept there until it is acknowledged when
+        ``keep`` (its delivery tag is then the taken file's name), else removed at once."""
         if self.store_processed:
             return super()._get(queue)  # type: ignore[no-untyped-call]
+        processing = self.processing_folder
+        owner = _owner(processing, self.data_folder_in)
         wanted = f"{queue}.msg"
         for name in sorted(os.listdir(self.data_folder_in)):
             if name.partition(".")[2] != wanted:
                 continue
-            taken = os.path.join(self.processing_folder, name)
+            original = os.path.join(self.data_folder_in, name)
+            tag = f"{owner}-{name}"
+            taken = os.path.join(processing, tag)
             try:
-                os.replace(os.path.join(self.data_folder_in, name), taken)
+                os.rename(original, taken)
             except OSError:
                 continue  # another consumer took it first
             try:
                 with open(taken, "rb") as handle:
-                    payload = handle.read()
+                    payload = loads(handle.read().decode("utf-8"))  # type: ignore[no-untyped-call]
+                properties = payload["properties"]
+                properties["delivery_tag"] = tag
             except OSError as exc:
+                self._put_back(taken, original)
                 raise ChannelError(f"Cannot read the message {taken!r}") from exc
-            finally:
-                try:
-                    os.remove(taken)
-                except OSError:
-                    pass  # removed later by remove_leftovers
-            return loads(payload.decode("utf-8"))  # type: ignore[no-untyped-call]
+            except Exception as exc:  # not a kombu message: it would fail every time
+                logger.error("state_tasks: dropping the malformed message %s: %r", name, exc)
+                _remove(taken)
+                continue
+            if keep:
+                with _owner_lock:
+                    _taken[tag] = (taken, original)
+            else:
+                _remove(taken)
+            return payload
         raise Empty()
+
+    @staticmethod
+    def _put_back(taken: str, original: str) -> None:
+        try:
+            os.rename(taken, original)
+        except OSError as exc:
+            raise ChannelError(f"Cannot put the message {taken!r} back in its queue") from exc
+
+    def _settle(self, delivery_tag: Any) -> None:
+        """The message is done with: remove its taken file."""
+        with _owner_lock:
+            found = _taken.pop(delivery_tag, None)
+        if found is not None:
+            _remove(found[0])
+
+    def basic_ack(self, delivery_tag: Any, multiple: bool = False) -> None:
+        self._settle(delivery_tag)
+        super().basic_ack(delivery_tag, multiple)  # type: ignore[no-untyped-call]
+
+    def basic_reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        super().basic_reject(delivery_tag, requeue=requeue)  # type: ignore[no-untyped-call]
+        if not requeue:
+            self._settle(delivery_tag)
+
+    def _restore(self, message: Any) -> None:
+        """Put an unacknowledged message back in its queue, in its place (rejected with
+        requeue, recovered, or still unacknowledged when the channel closes)."""
+        tag = message.delivery_tag
+        with _owner_lock:
+            found = _taken.pop(tag, None)
+        if found is not None:
+            self._put_back(*found)
+        elif not (isinstance(tag, str) and _TAKEN_NAME.match(tag)):
+            super()._restore(message)  # type: ignore[no-untyped-call]
+        # else: one this process took and has acknowledged meanwhile: nothing to put back
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # left behind: delivered again once this process has ended
+        logger.warning("state_tasks: cannot remove the taken message %s: %r", path, exc)
 
 
 class Transport(filesystem.Transport):
@@ -179,11 +415,14 @@ def _is_transient_message(name: str) -> bool:
 def remove_leftovers(options: dict[str, Any], older_than_s: float) -> int:
     """Remove what no consumer will read any more from the broker folders; return how many.
 
-    Removed when older than ``older_than_s``: messages left in the processing folder (a
-    consumer died between taking and removing one), half-written messages (a producer
-    died mid-write), and messages for transient queues (remote-control commands and
+    Removed when older than ``older_than_s``: half-written messages and owner lock files
+    (a producer or consumer died mid-write), files in the processing folder that no owner
+    claims (left by an earlier version of this transport, which removed each message as
+    soon as it was read), and messages for transient queues (remote-control commands and
     replies, monitoring events), whose consumers may be long gone. Task messages waiting
-    in a queue are never removed, however old: a worker may come back for them.
+    in a queue are never removed, however old: a worker may come back for them. Nor are
+    the messages a consumer has taken: :func:`requeue_orphans` puts those of a consumer
+    that is gone back in their queue.
     """
     cutoff = time.time() - older_than_s
     removed = 0
@@ -196,11 +435,11 @@ def remove_leftovers(options: dict[str, Any], older_than_s: float) -> int:
         except FileNotFoundError:
             continue
         for name in names:
-            if (
-                folder == processing
-                or name.startswith(PARTIAL_PREFIX)
-                or _is_transient_message(name)
-            ):
+            if folder == processing:
+                owned = _TAKEN_NAME.match(name) or _OWNER_LOCK.match(name)
+                if not owned:
+                    candidates.append(os.path.join(folder, name))
+            elif name.startswith(PARTIAL_PREFIX) or _is_transient_message(name):
                 candidates.append(os.path.join(folder, name))
     for path in candidates:
         try:
@@ -210,6 +449,13 @@ def remove_leftovers(options: dict[str, Any], older_than_s: float) -> int:
         except FileNotFoundError:
             pass  # taken or removed meanwhile
     return removed
+
+
+def requeue_orphaned_messages(options: dict[str, Any]) -> int:
+    """:func:`requeue_orphans` for the broker folders of ``options`` (transport options)."""
+    if not options.get("data_folder_in"):
+        return 0
+    return requeue_orphans(_processing_folder(options), str(options["data_folder_in"]))
 
 
 class FileResultBackend(FilesystemBackend):  # type: ignore[misc]

@@ -10,7 +10,9 @@ Every worker also sweeps the keys whose ``ttl_ms`` ran out (:mod:`state_tasks.ex
 A worker on the embedded default also cleans its data folder as it runs (no celery beat
 needed): a daemon thread, every ``state_tasks_cleanup_interval`` seconds
 (``STATE_TASKS_CLEANUP_INTERVAL``), removes result files older than ``result_expires``
-and the broker's leftovers (:func:`state_tasks.embedded_broker.remove_leftovers`).
+and the broker's leftovers (:func:`state_tasks.embedded_broker.remove_leftovers`), and puts
+the messages that a process which is gone had taken back in their queue
+(:func:`state_tasks.embedded_broker.requeue_orphaned_messages`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,11 @@ from state_tasks.core.errors import ConfigError, StateError
 from state_tasks.core.ownership import OwnedElsewhere, take_ownership
 from state_tasks.core.service import StateService
 from state_tasks.core.urls import is_embedded_broker
-from state_tasks.embedded_broker import remove_leftovers, result_folder
+from state_tasks.embedded_broker import (
+    remove_leftovers,
+    requeue_orphaned_messages,
+    result_folder,
+)
 from state_tasks.expiry import ExpirySweeper
 from state_tasks.runtime import (
     close_runtime,
@@ -245,8 +251,9 @@ class DataFolderCleaner:
     """A daemon thread that keeps the embedded default's data folder bounded.
 
     Every ``interval_s`` it removes the result files older than ``result_expires`` (file
-    result backend) and the broker's leftovers (embedded broker). Each sweep is one
-    listing of each folder; what it removed is logged at debug, a failure at warning, and
+    result backend) and the broker's leftovers (embedded broker), and puts the messages
+    taken by processes that are gone back in their queue. Each sweep is one listing of
+    each folder; what it removed is logged at debug, a failure at warning, and
     nothing it meets stops the thread or the worker.
     """
 
@@ -278,27 +285,35 @@ class DataFolderCleaner:
         seconds = expires.total_seconds() if hasattr(expires, "total_seconds") else expires
         return float(seconds) if seconds and seconds > 0 else None
 
-    def sweep(self) -> tuple[int, int]:
-        """One pass: (result files removed, broker files removed)."""
+    def sweep(self) -> tuple[int, int, int]:
+        """One pass: (result files removed, broker files removed, messages put back)."""
         expires_s = self.expires_s()
         results = 0
         backend = self.app.backend
         if isinstance(backend, FilesystemBackend) and expires_s is not None:
             results = remove_expired_result_files(backend, expires_s)
-        broker = 0
+        broker = requeued = 0
         if is_embedded_broker(self.app.conf.broker_url):
+            options = dict(self.app.conf.broker_transport_options or {})
+            requeued = requeue_orphaned_messages(options)
             age = max(expires_s or 0.0, MIN_BROKER_LEFTOVER_AGE_S)
-            broker = remove_leftovers(dict(self.app.conf.broker_transport_options or {}), age)
-        return results, broker
+            broker = remove_leftovers(options, age)
+        return results, broker, requeued
 
     def _run(self) -> None:
         while True:
             started = time.monotonic()
             try:
-                results, broker = self.sweep()
+                results, broker, requeued = self.sweep()
             except Exception as e:  # never let a sweep end the thread, or the worker
                 logger.warning("state_tasks: cleaning the data folder failed: %r", e)
             else:
+                if requeued:
+                    logger.warning(
+                        "state_tasks: %d message(s) taken by a process that is gone put back "
+                        "in the queue",
+                        requeued,
+                    )
                 logger.debug(
                     "state_tasks: removed %d expired result files and %d broker leftovers "
                     "in %.1f ms",
