@@ -34,11 +34,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from kombu.exceptions import OperationalError
-from redis.exceptions import RedisError
-
+from state_tasks.broker_errors import UNREACHABLE_ERRORS, describe_unreachable
+from state_tasks.console import DEFAULT_CALL_TIMEOUT_S, DEFAULT_HOST, DEFAULT_PORT
 from state_tasks.core.errors import CallTimeout, StateError
-from state_tasks.core.urls import redact_url
 from state_tasks.facade import III
 
 EXIT_STATE_ERROR = 1
@@ -56,6 +54,9 @@ def _json_argument(text: str, what: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         message = f"{what} is not valid JSON ({e.msg} at column {e.colno}): {text!r}"
+        raise SystemExit(_fail(EXIT_USAGE, message)) from None
+    except RecursionError:  # a RuntimeError: it must not reach the broker-failure branch
+        message = f"{what} is nested too deeply to read ({len(text)} characters)"
         raise SystemExit(_fail(EXIT_USAGE, message)) from None
 
 
@@ -122,8 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
         "console",
         help='serve the state console in the browser (pip install "state_tasks[console]")',
     )
-    console.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
-    console.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    console.add_argument("--host", default=DEFAULT_HOST, help=f"address (default {DEFAULT_HOST})")
+    console.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})"
+    )
     console.add_argument(
         "--allow-writes", action="store_true", help="allow set, update, delete, trigger changes"
     )
@@ -131,7 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--token", help="token to require (default: none on 127.0.0.1, a random one elsewhere)"
     )
     console.add_argument(
-        "--call-timeout", type=float, default=10.0, metavar="SECONDS", help="per call (10)"
+        "--call-timeout",
+        type=float,
+        default=DEFAULT_CALL_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"how long one console call may take (default {DEFAULT_CALL_TIMEOUT_S:g})",
     )
     triggers = commands.add_parser("triggers", help="list or remove triggers")
     actions = triggers.add_subparsers(dest="action", required=True, parser_class=_Parser)
@@ -213,13 +220,10 @@ def run(argv: Sequence[str] | None = None, facade: III | None = None) -> int:
         return _fail(EXIT_UNREACHABLE, e.message)
     except StateError as e:
         return _fail(EXIT_STATE_ERROR, f"{e.code}: {e.message}")
-    except (OperationalError, OSError, RuntimeError, RedisError) as e:
-        # Celery raises RuntimeError when its result backend cannot reconnect.
-        broker = redact_url(str(facade.app.conf.broker_url))
-        backend = redact_url(str(facade.app.conf.result_backend))
-        where = broker if broker == backend else f"{broker} (results: {backend})"
-        detail = " ".join(str(e).split()).replace(str(facade.app.conf.broker_url), broker)
-        return _fail(EXIT_UNREACHABLE, f"cannot reach the broker at {where}: {detail}")
+    except RecursionError:  # a RuntimeError, but no broker failure
+        return _fail(EXIT_USAGE, "a value is nested too deeply to send or read")
+    except UNREACHABLE_ERRORS as e:
+        return _fail(EXIT_UNREACHABLE, describe_unreachable(facade.app, e))
     indent = 2 if sys.stdout.isatty() else None
     print(json.dumps(result, indent=indent, ensure_ascii=False))
     return 0

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 #: The install line shown when the extra is missing.
 INSTALL_HINT = 'pip install "state_tasks[console]"'
-#: Where the console listens unless told otherwise.
+#: Where the console listens unless told otherwise (the CLI's defaults: this module imports
+#: nothing, so ``state-tasks --help`` needs no console extra).
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
+#: Seconds a console call may take before the page is told that no worker answered.
+DEFAULT_CALL_TIMEOUT_S = 10.0

@@ -47,6 +47,7 @@ FEED_HEARTBEAT_S = 10.0
 #: A request body larger than this is refused (a value is at most 1 MiB as JSON by default).
 MAX_BODY_BYTES = 8 * 1024 * 1024
 
+#: Sent with every response, the sign-in page and the refusals included (none may be framed).
 SECURITY_HEADERS = {
     "content-security-policy": (
         "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
@@ -56,6 +57,9 @@ SECURITY_HEADERS = {
     "referrer-policy": "same-origin",
     "x-frame-options": "DENY",
 }
+_SECURITY_HEADER_PAIRS = [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+#: What the sign-in page loads, served without the token (nothing in it is private).
+SIGN_IN_ASSETS = frozenset({"/static/console.css"})
 
 LOGIN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>state-tasks console: sign in</title><link rel="stylesheet" href="/static/console.css">
@@ -70,33 +74,42 @@ def _error(error: ConsoleError) -> JSONResponse:
 
 
 class GuardMiddleware:
-    """Host check and token for every request (the login page aside), security headers."""
+    """Host check and token for every request (the sign-in page and its stylesheet aside),
+    and the security headers on every response, refusals included."""
 
     def __init__(self, app: ASGIApp, guard: ConsoleGuard) -> None:
         self.app = app
         self.guard = guard
 
+    def _open(self, request: Request) -> bool:
+        """Whether the request is for the sign-in page or what it loads (no token needed)."""
+        path = request.url.path
+        return path == "/login" or (path in SIGN_IN_ASSETS and request.method in ("GET", "HEAD"))
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = [
+                    (name, value)
+                    for name, value in message.get("headers", [])
+                    if name.lower().decode("latin-1") not in SECURITY_HEADERS
+                ]
+                message = {**message, "headers": headers + _SECURITY_HEADER_PAIRS}
+            await send(message)
+
         request = Request(scope)
-        if not self.guard.host_allowed(request.headers.get("host")):
+        if not self.guard.host_allowed(request.headers.get("host"), request.url.scheme):
             response: Response = JSONResponse(
                 {"error": {"code": "FORBIDDEN", "message": "unknown Host header"}},
                 status_code=403,
             )
-        elif request.url.path == "/login" or self.guard.authorized(
+        elif self._open(request) or self.guard.authorized(
             request.headers.get("authorization"), request.cookies.get(COOKIE_NAME)
         ):
-
-            async def send_with_headers(message: Any) -> None:
-                if message["type"] == "http.response.start":
-                    headers = list(message.get("headers", []))
-                    headers += [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
-                    message = {**message, "headers": headers}
-                await send(message)
-
             await self.app(scope, receive, send_with_headers)
             return
         elif request.url.path.startswith("/api/"):
@@ -106,7 +119,7 @@ class GuardMiddleware:
                 message="Open the link printed at start-up, or give the token."
             )
             response = HTMLResponse(page, status_code=401)
-        await response(scope, receive, send)
+        await response(scope, receive, send_with_headers)
 
 
 def _page_size(request: Request) -> int:
@@ -158,7 +171,7 @@ def _matches(change: Change, scope_prefix: str) -> bool:
     return not scope_prefix or str(change.get("scope", "")).startswith(scope_prefix)
 
 
-def _sse(event: str, data: Any, event_id: int | None = None) -> str:
+def _sse(event: str, data: Any, event_id: str | None = None) -> str:
     lines = [f"event: {event}"]
     if event_id is not None:
         lines.append(f"id: {event_id}")
@@ -292,8 +305,11 @@ def create_console(gateway: StateGateway, feed: ChangeFeed, guard: ConsoleGuard)
 
     async def changes(request: Request) -> Response:
         scope_prefix = request.query_params.get("scope", "")
-        raw_after = request.headers.get("last-event-id") or request.query_params.get("after")
-        after = int(raw_after) if raw_after and raw_after.isdigit() else 0
+        # A page that reconnects names the last change it got; one from before a restart of
+        # the console (another boot: its numbers start again at 1) is ignored.
+        after = feed.seq_after(
+            request.headers.get("last-event-id") or request.query_params.get("after")
+        )
         queue: asyncio.Queue[Change] = asyncio.Queue(maxsize=FEED_QUEUE_MAX)
         loop = asyncio.get_running_loop()
         dropped = 0
@@ -321,7 +337,7 @@ def create_console(gateway: StateGateway, feed: ChangeFeed, guard: ConsoleGuard)
                 for change in backlog:
                     last = change["seq"]
                     if _matches(change, scope_prefix):
-                        yield _sse("change", change, change["seq"])
+                        yield _sse("change", change, feed.event_id(change))
                 while True:
                     try:
                         change = await asyncio.wait_for(queue.get(), FEED_HEARTBEAT_S)
@@ -335,7 +351,7 @@ def create_console(gateway: StateGateway, feed: ChangeFeed, guard: ConsoleGuard)
                         yield _sse("status", feed.status() | {"dropped": dropped})
                         dropped = 0
                     if _matches(change, scope_prefix):
-                        yield _sse("change", change, change["seq"])
+                        yield _sse("change", change, feed.event_id(change))
             finally:
                 unsubscribe()
 

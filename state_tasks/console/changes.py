@@ -24,6 +24,7 @@ import ast
 import io
 import itertools
 import logging
+import secrets
 import threading
 import time
 import tokenize
@@ -45,6 +46,10 @@ DEFAULT_PENDING_MAX = 10_000
 #: been cut.
 REPR_LIMIT = 1024
 REPR_MARGIN = 48
+#: The task events that end a task: its pending arguments are dropped (only a success makes
+#: rows). A task rejected by its worker (``task_reject_on_worker_lost``: requeued, or given up
+#: without a result) ends too; a requeued one is received again.
+FINISHED_EVENTS = ("task-succeeded", "task-failed", "task-revoked", "task-rejected")
 #: Seconds between two attempts to reconnect the event receiver.
 RECONNECT_DELAY_S = 2.0
 
@@ -348,6 +353,10 @@ class ChangeFeed:
         self._listeners: list[Listener] = []
         self._lock = threading.Lock()
         self._seq = itertools.count(1)
+        #: This run's mark: a change's event id is ``<boot>-<seq>``, so the id a page kept from
+        #: before a restart of the console (numbers start again at 1) is never taken for one
+        #: of this run's.
+        self.boot = secrets.token_hex(4)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._receiver: Any = None
@@ -373,6 +382,18 @@ class ChangeFeed:
         with self._lock:
             return [change for change in self._recent if change["seq"] > after_seq]
 
+    def event_id(self, change: Change) -> str:
+        """The server-sent event id of a change: ``<boot>-<seq>``."""
+        return f"{self.boot}-{change['seq']}"
+
+    def seq_after(self, last_event_id: str | None) -> int:
+        """The ``seq`` a reconnecting page got last, from its ``Last-Event-ID``: 0 (send the
+        whole backlog) for an id of another run of the console, or none."""
+        boot, _, seq = (last_event_id or "").partition("-")
+        if boot != self.boot or not seq.isascii() or not seq.isdigit() or len(seq) > 18:
+            return 0
+        return int(seq)
+
     def status(self) -> dict[str, Any]:
         """Whether the receiver is connected, and its last error (passwords redacted)."""
         return {"connected": self.connected, "error": self.error}
@@ -390,7 +411,7 @@ class ChangeFeed:
                     while len(self._pending) > self._pending_max:
                         self._pending.popitem(last=False)
             return
-        if kind not in ("task-succeeded", "task-failed", "task-revoked", "task-rejected"):
+        if kind not in FINISHED_EVENTS:
             return
         with self._lock:
             known = self._pending.pop(task_id, None)
@@ -434,10 +455,7 @@ class ChangeFeed:
             self._receiver.should_stop = True
 
     def _run(self) -> None:
-        handlers = {
-            name: self.handle
-            for name in ("task-received", "task-succeeded", "task-failed", "task-revoked")
-        }
+        handlers = {name: self.handle for name in ("task-received", *FINISHED_EVENTS)}
         while not self._stop.is_set():
             try:
                 with self.app.connection_for_read() as connection:

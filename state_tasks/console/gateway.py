@@ -9,20 +9,18 @@ they run in a pool of threads, each with a deadline, and every failure becomes a
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from kombu.exceptions import OperationalError
-from redis.exceptions import RedisError
-
+from state_tasks import broker_errors
+from state_tasks.broker_errors import UNREACHABLE_ERRORS, describe_unreachable
+from state_tasks.console import DEFAULT_CALL_TIMEOUT_S
 from state_tasks.core.errors import CallTimeout, StateError
-from state_tasks.core.urls import redact_url
 from state_tasks.facade import III
 
-#: Seconds a call may take before the page is told that no worker answered.
-DEFAULT_CALL_TIMEOUT_S = 10.0
 #: Broker calls in flight at once (each holds a thread while it waits for its result).
 DEFAULT_THREADS = 8
 #: HTTP status of each error code (the state functions' codes and the console's own).
@@ -61,8 +59,9 @@ class ConsoleError(Exception):
 class StateGateway:
     """State functions and trigger calls for the console, off the event loop.
 
-    :param facade: the iii facade on the deployment's Celery app.
-    :param timeout_s: how long one call may take.
+    :param facade: the iii facade on the deployment's Celery app (not changed: the gateway
+        calls through a copy of it whose own timeout is ``timeout_s``).
+    :param timeout_s: how long one call may take, state functions and trigger calls alike.
     """
 
     def __init__(
@@ -71,27 +70,26 @@ class StateGateway:
         timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
         threads: int = DEFAULT_THREADS,
     ) -> None:
-        self.facade = facade
         self.timeout_s = timeout_s
+        self.timeout_ms = max(1, int(timeout_s * 1000))
+        # The trigger calls (list, register, unregister) take no timeout of their own but the
+        # facade's: it must be ours, or a pool thread waits on after the page was told
+        # TIMEOUT, and a few such calls with no worker up hold every thread of the pool.
+        self.facade = copy.copy(facade)
+        self.facade.timeout_ms = self.timeout_ms
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="console-call")
 
     def redact(self, text: str) -> str:
-        """``text`` with the broker's and the result backend's passwords replaced by ``***``."""
-        for url in {str(self.facade.app.conf.broker_url), str(self.facade.app.conf.result_backend)}:
-            if url and url != "None":
-                text = text.replace(url, redact_url(url))
-        return text
+        """``text`` with the passwords of the app's URLs (broker, results) replaced by ``***``."""
+        return broker_errors.redact(self.facade.app, text)
 
     def where(self) -> str:
         """The broker (and result backend, if another) as they may be shown."""
-        broker = redact_url(str(self.facade.app.conf.broker_url))
-        backend = redact_url(str(self.facade.app.conf.result_backend))
-        return broker if broker == backend else f"{broker} (results: {backend})"
+        return broker_errors.where(self.facade.app)
 
     async def call(self, function_id: str, payload: dict[str, Any]) -> Any:
         """Run one state function through the broker and return its result."""
-        timeout_ms = max(1, int(self.timeout_s * 1000))
-        request = {"function_id": function_id, "payload": payload, "timeout_ms": timeout_ms}
+        request = {"function_id": function_id, "payload": payload, "timeout_ms": self.timeout_ms}
         return await self._run(functools.partial(self.facade.trigger, request), function_id)
 
     async def list_triggers(self) -> list[dict[str, Any]]:
@@ -132,9 +130,11 @@ class StateGateway:
             raise ConsoleError("TIMEOUT", e.message) from None
         except StateError as e:
             raise ConsoleError(e.code, self.redact(e.message)) from None
-        except (OperationalError, OSError, RuntimeError, RedisError) as e:
-            # Celery raises RuntimeError when its result backend cannot reconnect.
-            detail = self.redact(" ".join(str(e).split()))
+        except RecursionError:  # a RuntimeError, but no broker failure
             raise ConsoleError(
-                "BROKER_UNREACHABLE", f"cannot reach the broker at {self.where()}: {detail}"
+                "VALIDATION_ERROR", f"{what}: a value is nested too deeply to send or read"
+            ) from None
+        except UNREACHABLE_ERRORS as e:
+            raise ConsoleError(
+                "BROKER_UNREACHABLE", describe_unreachable(self.facade.app, e)
             ) from None

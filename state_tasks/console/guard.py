@@ -3,7 +3,8 @@
 Three checks, each a function of the request's headers:
 
 - **Host** (:meth:`ConsoleGuard.host_allowed`): on a loopback address the ``Host`` header
-  must name the loopback (``127.0.0.1``, ``localhost``, ``[::1]`` with the console's port).
+  must name the loopback (``127.0.0.1``, ``localhost``, ``[::1]`` with the console's port;
+  without one when the port is the scheme's default, as browsers send it for port 80).
   A web page on another site that points its own name at 127.0.0.1 (DNS rebinding) then
   cannot talk to the console from the visitor's browser.
 - **Token** (:meth:`ConsoleGuard.authorized`): required whenever the console listens on
@@ -32,6 +33,8 @@ COOKIE_NAME = "state_tasks_console"
 #: Methods that never change anything.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+#: The port a browser leaves out of ``Host`` for each scheme.
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def is_loopback(host: str) -> bool:
@@ -82,13 +85,20 @@ class ConsoleGuard:
 
     # -- the Host header -----------------------------------------------------------------
 
-    def host_allowed(self, host_header: str | None) -> bool:
-        """Whether the request's ``Host`` names this console (checked on the loopback only)."""
+    def host_allowed(self, host_header: str | None, scheme: str = "http") -> bool:
+        """Whether the request's ``Host`` names this console (checked on the loopback only).
+
+        A ``Host`` without a port is this console's when its port is the default of the
+        request's ``scheme`` (80 for http): a browser then leaves the port out.
+        """
         if not is_loopback(self.host):
             return True  # reachable under any name; the token guards it
         if not host_header:
             return False
-        return host_header.lower() in {f"{name}:{self.port}" for name in LOOPBACK_NAMES}
+        allowed = {f"{name}:{self.port}" for name in LOOPBACK_NAMES}
+        if DEFAULT_PORTS.get(scheme.lower()) == self.port:
+            allowed.update(LOOPBACK_NAMES)
+        return host_header.lower() in allowed
 
     # -- the token -----------------------------------------------------------------------
 

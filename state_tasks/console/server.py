@@ -13,10 +13,10 @@ from typing import Any
 
 import uvicorn
 
-from state_tasks.console import DEFAULT_HOST, DEFAULT_PORT
+from state_tasks.console import DEFAULT_CALL_TIMEOUT_S, DEFAULT_HOST, DEFAULT_PORT
 from state_tasks.console.app import create_console
 from state_tasks.console.changes import ChangeFeed
-from state_tasks.console.gateway import DEFAULT_CALL_TIMEOUT_S, StateGateway
+from state_tasks.console.gateway import StateGateway
 from state_tasks.console.guard import ConsoleGuard, is_loopback, new_token
 from state_tasks.facade import III
 

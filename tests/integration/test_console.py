@@ -33,8 +33,10 @@ FEED_DEADLINE_S = 2.0
 class Console:
     """``state-tasks console`` in a subprocess, stopped by :meth:`stop`."""
 
-    def __init__(self, workdir: Path, broker: str, backend: str, *args: str) -> None:
-        self.port = free_port()
+    def __init__(
+        self, workdir: Path, broker: str, backend: str, *args: str, port: int | None = None
+    ) -> None:
+        self.port = port or free_port()
         self.log_path = workdir / f"console-{self.port}.log"
         env = {k: v for k, v in os.environ.items() if k not in OUR_VARIABLES}
         env |= {"CELERY_BROKER_URL": broker, "CELERY_RESULT_BACKEND": backend}
@@ -92,12 +94,13 @@ class Console:
 def console_factory(kv_deployment: Any, tmp_path: Path) -> Iterator[Any]:
     started: list[Console] = []
 
-    def start(*args: str, broker: str | None = None) -> Console:
+    def start(*args: str, broker: str | None = None, port: int | None = None) -> Console:
         console = Console(
             tmp_path,
             broker or kv_deployment.broker_url,
             broker or kv_deployment.backend_url,
             *args,
+            port=port,
         )
         started.append(console)
         return console
@@ -336,3 +339,47 @@ def test_no_password_reaches_the_page_or_the_log(console_factory: Any) -> None:
     assert "s3cret-pw" not in json.dumps([info, answer]) + str(page)
     assert "s3cret-pw" not in console.log()
     assert "***" in console.log()
+
+
+def test_the_open_page_keeps_its_live_feed_across_a_console_restart(
+    kv_deployment: Any, console_factory: Any, browser: Any
+) -> None:
+    # A page that has seen a change of the console's first run...
+    first = console_factory()
+    browser.get(first.url)
+    wait_for(browser, "#live-dot.live")
+    scope = f"console-restart-{uuid.uuid4().hex[:8]}"
+    kv_deployment.call("state::set", scope=scope, key="before", value=1)
+    feed_row(browser, scope, "before", "state:created", "created")
+
+    # ...stays open while the console restarts on the same port (its numbers start again)
+    first.stop()
+    second = console_factory(port=first.port)
+    wait_for(browser, "#live-dot.live", timeout_s=15)  # the page reconnected by itself
+
+    # and the changes made after the restart arrive, none taken for ones already seen
+    for key in ("after1", "after2"):
+        kv_deployment.call("state::set", scope=scope, key=key, value=2)
+        feed_row(browser, scope, key, "state:created", "created")
+    assert second.process.poll() is None
+
+
+def test_signed_out_the_sign_in_page_is_styled_and_cannot_be_framed(
+    console_factory: Any, browser: Any
+) -> None:
+    console = console_factory("--host", "0.0.0.0")
+    browser.delete_all_cookies()
+    browser.get(console.url)
+    form = wait_for(browser, "body.login form")
+    # its stylesheet loaded without the token (the page is centred by it)
+    assert browser.execute_script("return getComputedStyle(document.body).display") == "grid"
+    assert form.value_of_css_property("border-radius") == "10px"
+    status, _, headers = console.request("/")
+    assert status == 401
+    headers = {k.lower(): v for k, v in headers.items()}
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert headers["x-frame-options"] == "DENY"
+    # only the stylesheet: the page's script and the API need the token
+    assert console.request("/static/console.css")[0] == 200
+    assert console.request("/static/console.js")[0] == 401
+    assert console.request("/api/info")[0] == 401

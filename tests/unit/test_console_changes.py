@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from types import SimpleNamespace
 from typing import Any
 
 from celery.utils.saferepr import saferepr
 
 from state_tasks.console.changes import (
+    FINISHED_EVENTS,
     ChangeFeed,
     changes_from_task,
     list_items,
@@ -17,7 +20,7 @@ from state_tasks.console.changes import (
 
 def r(value: Any) -> str:
     """What Celery puts in a task event (argsrepr_maxsize, resultrepr_maxsize)."""
-    return saferepr(value, 1024)
+    return str(saferepr(value, 1024))
 
 
 def test_a_set_is_created_then_updated_with_exact_values() -> None:
@@ -180,3 +183,43 @@ def test_the_feed_pairs_received_and_succeeded_events_and_keeps_a_backlog() -> N
     unsubscribe()
     feed.publish([{"scope": "s", "key": "later"}])
     assert len(seen) == 3
+
+
+def test_event_ids_carry_the_run_so_a_restarted_console_ignores_an_old_one() -> None:
+    before, after = ChangeFeed(app=None), ChangeFeed(app=None)
+    assert before.boot != after.boot
+    before.publish([{"scope": "s", "key": f"k{i}"} for i in range(5)])
+    old_id = before.event_id(before.recent()[-1])
+    assert old_id == f"{before.boot}-5"
+    assert before.seq_after(old_id) == 5
+    # The console restarted: its numbers start again at 1, under another boot
+    after.publish([{"scope": "s", "key": "new"}])
+    assert after.seq_after(old_id) == 0
+    assert [row["key"] for row in after.recent(after.seq_after(old_id))] == ["new"]
+    for junk in (None, "", "5", f"{after.boot}-", f"{after.boot}-x", f"{after.boot}-" + "9" * 40):
+        assert after.seq_after(junk) == 0, junk
+
+
+def test_the_receiver_listens_to_every_event_that_ends_a_task() -> None:
+    feed = ChangeFeed(app=None)
+    subscribed: list[str] = []
+
+    class Receiver:
+        def __init__(self, connection: Any, handlers: dict[str, Any]) -> None:
+            subscribed.extend(handlers)
+
+        def capture(self, **kwargs: Any) -> None:
+            feed._stop.set()
+
+    feed.app = SimpleNamespace(
+        events=SimpleNamespace(Receiver=Receiver),
+        connection_for_read=contextlib.nullcontext,
+    )
+    feed._run()
+    assert set(subscribed) == {"task-received", *FINISHED_EVENTS}
+    assert "task-rejected" in subscribed
+
+    # A rejected task (given up by its worker) leaves nothing pending
+    feed.handle({"type": "task-received", "uuid": "t", "name": "state::set", "kwargs": "{}"})
+    feed.handle({"type": "task-rejected", "uuid": "t", "requeue": False})
+    assert not feed._pending

@@ -119,3 +119,23 @@ def test_writes_must_come_from_the_console_itself(
 ) -> None:
     guard = ConsoleGuard("127.0.0.1", 8765, allow_writes=True)
     assert guard.same_origin(method, headers) is allowed
+
+
+@pytest.mark.parametrize(
+    ("port", "scheme", "host_header", "allowed"),
+    [
+        (80, "http", "127.0.0.1", True),  # what a browser sends for http://127.0.0.1/
+        (80, "http", "localhost", True),
+        (80, "http", "[::1]", True),
+        (80, "http", "127.0.0.1:80", True),
+        (80, "http", "evil.example", False),
+        (443, "https", "localhost", True),
+        (443, "http", "localhost", False),
+        (8765, "http", "127.0.0.1", False),
+        (8765, "http", "localhost", False),
+    ],
+)
+def test_a_host_without_a_port_is_fine_when_the_port_is_the_schemes_default(
+    port: int, scheme: str, host_header: str, allowed: bool
+) -> None:
+    assert ConsoleGuard("127.0.0.1", port).host_allowed(host_header, scheme) is allowed

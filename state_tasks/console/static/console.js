@@ -521,15 +521,16 @@ function triggersView() {
 
 // -- the live feed ----------------------------------------------------------------------------
 
-const feed = { source: null, paused: false, held: [], lastId: 0, max: 500 };
+// lastId: the last change's event id, "<boot>-<seq>" (a console restarted since ignores it).
+const feed = { source: null, paused: false, held: [], lastId: "", max: 500 };
 
 function connectFeed() {
   if (feed.source) feed.source.close();
   const filter = $("#feed-filter").value;
-  feed.source = new EventSource(`/api/changes?${query({ scope: filter, after: feed.lastId || "" })}`);
+  feed.source = new EventSource(`/api/changes?${query({ scope: filter, after: feed.lastId })}`);
   feed.source.addEventListener("change", (event) => {
     const change = parseExact(event.data);
-    feed.lastId = Math.max(feed.lastId, change.seq);
+    if (event.lastEventId) feed.lastId = event.lastEventId;
     if (feed.paused) { feed.held.push(change); $("#feed-pause").textContent = `Resume (${feed.held.length})`; }
     else addChange(change);
     noticeChange(change);

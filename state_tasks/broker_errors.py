@@ -1,0 +1,61 @@
+"""What a client says when the broker or the result backend cannot be reached.
+
+One sentence naming where it looked, with every password of the app's URLs (broker, its
+read and write URLs, result backend) replaced by ``***``. Shared by the command line
+(:mod:`state_tasks.cli`) and the console's gateway (:mod:`state_tasks.console.gateway`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu.exceptions import OperationalError
+from redis.exceptions import RedisError
+
+from state_tasks.core.urls import redact_url
+
+#: What a call through the broker raises when the broker or the result backend cannot be
+#: reached (Celery raises ``RuntimeError`` when its result backend cannot reconnect).
+#: ``RecursionError`` is a ``RuntimeError`` too but means a value nested too deeply: catch
+#: it before these.
+UNREACHABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OperationalError,
+    OSError,
+    RuntimeError,
+    RedisError,
+)
+
+_URL_SETTINGS = ("broker_url", "broker_read_url", "broker_write_url", "result_backend")
+
+
+def app_urls(app: Any) -> list[str]:
+    """Every URL the app connects with, and each part of a ``;``-separated list of them,
+    longest first (a whole list is replaced before its parts)."""
+    urls: set[str] = set()
+    for name in _URL_SETTINGS:
+        value = app.conf.get(name)
+        if not isinstance(value, str) or not value:
+            continue
+        urls.add(value)
+        urls.update(part for part in value.split(";") if part)
+    return sorted(urls, key=len, reverse=True)
+
+
+def redact(app: Any, text: str) -> str:
+    """``text`` with each of the app's URLs shown as :func:`redact_url` shows it."""
+    for url in app_urls(app):
+        text = text.replace(url, redact_url(url))
+    return text
+
+
+def where(app: Any) -> str:
+    """The broker (and the result backend, if another) as they may be shown."""
+    broker = redact_url(str(app.conf.broker_url))
+    backend = redact_url(str(app.conf.result_backend))
+    return broker if broker == backend else f"{broker} (results: {backend})"
+
+
+def describe_unreachable(app: Any, error: BaseException) -> str:
+    """One line for one of :data:`UNREACHABLE_ERRORS`: where, and what went wrong."""
+    detail = redact(app, " ".join(str(error).split()))
+    return f"cannot reach the broker at {where(app)}: {detail}"
