@@ -244,21 +244,19 @@ def create_console(gateway: StateGateway, feed: ChangeFeed, guard: ConsoleGuard)
     async def value(request: Request) -> Any:
         params = dict(request.query_params)
         scope, key = _required(params, "scope"), _required(params, "key")
-        # The first key at or after `key` with it as a prefix is `key` itself, if it exists:
-        # one call tells a missing key from one that holds null, and brings the value.
-        page = await gateway.call(
-            "state::list", {"scope": scope, "prefix": key, "limit": 1, "with_keys": True}
-        )
-        found = [item for item in page["items"] if item["key"] == key]
-        if not found:
+        # With its version: a missing key is at version 0, one that holds null at 1 or more.
+        got = await gateway.call("state::get", {"scope": scope, "key": key, "with_version": True})
+        if not got.get("version"):
             raise ConsoleError("NOT_FOUND", f"scope {scope!r} has no key {key!r}")
-        text = _dump(found[0]["value"])
+        text = _dump(got["value"])
         return {
             "scope": scope,
             "key": key,
             "json": text,
-            "pretty": _dump(found[0]["value"], indent=2),
+            "pretty": _dump(got["value"], indent=2),
             "size": len(text.encode("utf-8", "surrogatepass")),
+            "version": got["version"],
+            "expires_in_ms": got.get("expires_in_ms"),
         }
 
     async def set_value(request: Request) -> Any:
@@ -266,7 +264,11 @@ def create_console(gateway: StateGateway, feed: ChangeFeed, guard: ConsoleGuard)
         scope, key = _required(data, "scope"), _required(data, "key")
         new = _json_text(data.get("value_json"), "the value")
         result = await gateway.call("state::set", {"scope": scope, "key": key, "value": new})
-        return {"old_json": _dump(result.get("old_value")), "new_json": _dump(new)}
+        return {
+            "old_json": _dump(result.get("old_value")),
+            "new_json": _dump(new),
+            "version": result.get("version"),
+        }
 
     async def update_value(request: Request) -> Any:
         data = await body(request)
@@ -276,6 +278,7 @@ def create_console(gateway: StateGateway, feed: ChangeFeed, guard: ConsoleGuard)
         return {
             "old_json": _dump(result.get("old_value")),
             "new_json": _dump(result.get("new_value")),
+            "version": result.get("version"),
         }
 
     async def delete_value(request: Request) -> Any:

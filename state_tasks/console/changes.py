@@ -5,7 +5,16 @@ so watching them costs the workers nothing: the console opens one more event rec
 as Flower does. A ``task-received`` event carries the task's keyword arguments (scope and
 key), the ``task-succeeded`` event of the same task its result (old and new value), and
 the two together are one change, in the shape of the trigger events:
-``state:created``, ``state:updated``, ``state:deleted``.
+``state:created``, ``state:updated``, ``state:deleted``, with the key's ``version`` where
+the task's result gives it (set and update; a delete's answer is the old value only) and a
+delete's ``reason``.
+
+An expiry has no state task: a worker's sweeper removes the key and fires its
+``state:deleted`` event (``reason: "expired"``) straight to the triggers. The feed sees it
+in the arguments of the trigger tasks that event starts (each handler or condition task
+carries the event), so an expiry shows when a trigger watches its key, once per expiry
+(its ``event_id``), unless its value was so long that Celery cut the event before its
+``reason``.
 
 What Celery puts in an event is a ``repr``, cut at 1024 characters and three levels of
 nesting (``argsrepr_maxsize``, ``resultrepr_maxsize``). Within that, the values are parsed
@@ -183,6 +192,12 @@ def _value(fields: dict[str, str], name: str, trusted: bool = True) -> tuple[boo
     return False, None, text
 
 
+def _version(fields: dict[str, str]) -> int | None:
+    """The ``version`` entry of a result or an event, if it has one."""
+    ok, version = parse_repr(fields.get("version"))
+    return version if ok and isinstance(version, int) and not isinstance(version, bool) else None
+
+
 def _row(
     event_type: str,
     scope: str,
@@ -190,8 +205,9 @@ def _row(
     old: tuple[bool, Any, str | None],
     new: tuple[bool, Any, str | None],
     base: dict[str, Any],
+    version: int | None = None,
 ) -> Change:
-    return {
+    row = {
         **base,
         "event_type": event_type,
         "scope": scope,
@@ -202,7 +218,12 @@ def _row(
         "old_text": old[2],
         "new_text": new[2],
         "exact": old[0] and new[0],
+        # The key's version after the change (null where the task's answer does not say).
+        "version": version,
     }
+    if event_type == "state:deleted":
+        row["reason"] = "deleted"
+    return row
 
 
 _NONE = (True, None, None)
@@ -255,7 +276,8 @@ def changes_from_task(
     trusted = not may_be_cut(result_repr)
     old, new = _value(outcome, "old_value", trusted), _value(outcome, "new_value", trusted)
     created = outcome.get("old_value") == "None"
-    return [_row("state:created" if created else "state:updated", scope, key, old, new, base)]
+    kind = "state:created" if created else "state:updated"
+    return [_row(kind, scope, key, old, new, base, _version(outcome))]
 
 
 def _batch_changes(
@@ -311,6 +333,7 @@ def _batch_changes(
                 _value(values, "old_value", trusted),
                 _value(values, "new_value", trusted),
                 base,
+                _version(values),
             )
         )
     if cut or len(operations) != len(results):
@@ -326,9 +349,47 @@ def _batch_changes(
                 "old_text": None,
                 "new_text": result_repr,
                 "exact": False,
+                "version": None,
             }
         )
     return rows
+
+
+def expiry_from_task(
+    args_repr: str,
+    *,
+    task_id: str = "",
+    worker: str = "",
+    timestamp: float | None = None,
+) -> Change | None:
+    """The expiry a trigger task carries, from its arguments' repr: a ``state:deleted`` event
+    with ``reason: "expired"`` as its first argument; ``None`` for any other task."""
+    if "'expired'" not in args_repr:  # most tasks: no parsing
+        return None
+    elements = _elements(args_repr, "(") or _elements(args_repr, "[")
+    if not elements:
+        return None
+    fields = top_level_fields(elements[0])
+    expected = {"type": "state", "event_type": "state:deleted", "reason": "expired"}
+    for name, wanted in expected.items():
+        if parse_repr(fields.get(name)) != (True, wanted):
+            return None
+    scope_ok, scope = _name(fields.get("scope"), False)
+    key_ok, key = _name(fields.get("key"), False)
+    id_ok, event_id = parse_repr(fields.get("event_id"))
+    if not (scope_ok and key_ok and id_ok and isinstance(event_id, str)):
+        return None
+    moment = datetime.fromtimestamp(timestamp or time.time(), UTC)
+    base: dict[str, Any] = {
+        "time": moment.isoformat(timespec="milliseconds"),
+        "task_id": task_id,
+        "worker": worker,
+        "event_id": event_id,
+    }
+    old = _value(fields, "old_value", not may_be_cut(args_repr))
+    row = _row("state:deleted", scope, key, old, _NONE, base, _version(fields))
+    row["reason"] = "expired"
+    return row
 
 
 class ChangeFeed:
@@ -350,6 +411,8 @@ class ChangeFeed:
         self._recent: deque[Change] = deque(maxlen=backlog)
         self._pending: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._pending_max = pending_max
+        # The event ids of the expiries shown (several trigger tasks carry the same one).
+        self._expiries: OrderedDict[str, None] = OrderedDict()
         self._listeners: list[Listener] = []
         self._lock = threading.Lock()
         self._seq = itertools.count(1)
@@ -410,6 +473,8 @@ class ChangeFeed:
                     self._pending[task_id] = (str(name), str(event.get("kwargs", "")))
                     while len(self._pending) > self._pending_max:
                         self._pending.popitem(last=False)
+            else:
+                self._expiry(event, task_id)
             return
         if kind not in FINISHED_EVENTS:
             return
@@ -427,6 +492,24 @@ class ChangeFeed:
             timestamp=event.get("timestamp"),
         )
         self.publish(rows)
+
+    def _expiry(self, event: dict[str, Any], task_id: str) -> None:
+        """Publish the expiry a trigger task carries, the first time it is seen."""
+        row = expiry_from_task(
+            str(event.get("args", "")),
+            task_id=task_id,
+            worker=str(event.get("hostname", "")),
+            timestamp=event.get("timestamp"),
+        )
+        if row is None:
+            return
+        with self._lock:
+            if row["event_id"] in self._expiries:
+                return
+            self._expiries[row["event_id"]] = None
+            while len(self._expiries) > self._pending_max:
+                self._expiries.popitem(last=False)
+        self.publish([row])
 
     def publish(self, rows: Iterable[Change]) -> None:
         """Number the rows, keep them, and hand them to every listener."""

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import OUR_VARIABLES
+from helpers import OUR_VARIABLES, Deployment, own_db
 
 from state_tasks.contrib.servers import free_port, wait_until
 
@@ -184,10 +184,12 @@ def test_a_user_sees_a_scope_appear_opens_edits_and_watches_the_change_arrive(
     # ...and the change made by that service is already in the live feed
     assert '{"n":1,"tags":["a"]}' in feed_row(browser, scope, "profile", "state:created", "created")
 
-    # Opening the key shows its value
+    # Opening the key shows its value, its version and its expiry (none)
     wait_for(browser, "#keys a.key-link", text="profile").click()
     assert '"tags"' in wait_for(browser, "#value-tree", text='"tags"').text
-    assert "version, expiry" in browser.find_element("css selector", ".meta").text
+    version = kv_deployment.call("state::get", scope=scope, key="profile", with_version=True)
+    assert wait_for(browser, "#value-version").text == f"version {version['version']}"
+    assert wait_for(browser, "#value-expiry").text == "expiry never"
 
     # The editor refuses invalid JSON before sending anything
     wait_for(browser, "#edit-value").click()
@@ -383,3 +385,46 @@ def test_signed_out_the_sign_in_page_is_styled_and_cannot_be_framed(
     assert console.request("/static/console.css")[0] == 200
     assert console.request("/static/console.js")[0] == 401
     assert console.request("/api/info")[0] == 401
+
+
+@pytest.fixture(scope="module")
+def triggered(redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A deployment whose worker loads the test handlers (a trigger's task can run)."""
+    deployment = Deployment(redis_server, tmp_path_factory.mktemp("console-triggers"), None)
+    deployment.worker(includes=("trigger_handlers",), RECORD_REDIS_URL=redis_server.url(own_db()))
+    yield deployment
+    deployment.close()
+
+
+def test_versions_and_expiry_on_the_key_page_and_in_the_feed(
+    triggered: Any, browser: Any, tmp_path: Path
+) -> None:
+    console = Console(tmp_path, triggered.broker_url, triggered.backend_url)
+    try:
+        scope = f"console-ttl-{uuid.uuid4().hex[:8]}"
+        triggered.client.iii.register_trigger(
+            {"type": "state", "function_id": "test::onScope", "config": {"scope": scope}}
+        )
+        browser.get(console.url)
+        wait_for(browser, "#live-dot.live")
+        # A key that expires in a few seconds: its page shows its version and when it expires
+        done = triggered.call("state::set", scope=scope, key="session", value=1, ttl_ms=4000)
+        row = feed_row(browser, scope, "session", "state:created", "created")
+        assert f"v{done['version']}" in row
+        browser.get(f"{console.url}/#/scope/{scope}/key/session")
+        assert wait_for(browser, "#value-version").text == f"version {done['version']}"
+        assert wait_for(browser, "#value-expiry", text="expiry in").text.endswith(")")
+        # When it expires, the feed says so (the trigger's task carries the expiry)
+        css = (
+            f'#feed-rows li[data-scope="{scope}"][data-key="session"]'
+            '[data-kind="state:deleted"][data-reason="expired"]'
+        )
+        expired = wait_for(browser, css, 10, "expired").text
+        assert f"v{done['version']}" in expired
+        # An ordinary delete is a deletion, not an expiry
+        triggered.call("state::set", scope=scope, key="plain", value=2)
+        triggered.call("state::delete", scope=scope, key="plain")
+        deleted = feed_row(browser, scope, "plain", "state:deleted", "deleted")
+        assert "expired" not in deleted
+    finally:
+        console.stop()

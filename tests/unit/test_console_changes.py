@@ -12,6 +12,7 @@ from state_tasks.console.changes import (
     FINISHED_EVENTS,
     ChangeFeed,
     changes_from_task,
+    expiry_from_task,
     list_items,
     parse_repr,
     top_level_fields,
@@ -223,3 +224,90 @@ def test_the_receiver_listens_to_every_event_that_ends_a_task() -> None:
     feed.handle({"type": "task-received", "uuid": "t", "name": "state::set", "kwargs": "{}"})
     feed.handle({"type": "task-rejected", "uuid": "t", "requeue": False})
     assert not feed._pending
+
+
+def test_rows_carry_the_version_and_a_deletes_reason() -> None:
+    [row] = changes_from_task(
+        "state::set",
+        r({"scope": "s", "key": "k", "value": 2}),
+        r({"old_value": 1, "new_value": 2, "version": 7}),
+    )
+    assert (row["event_type"], row["version"]) == ("state:updated", 7)
+    [row] = changes_from_task("state::delete", r({"scope": "s", "key": "k"}), r(2))
+    assert (row["reason"], row["version"]) == ("deleted", None)
+    rows = changes_from_task(
+        "state::batch",
+        r({"scope": "s", "operations": [{"op": "set", "key": "a", "value": 1}]}),
+        r({"results": [{"old_value": None, "new_value": 1, "version": 9}]}),
+    )
+    assert [(row["key"], row["version"]) for row in rows] == [("a", 9)]
+
+
+def expiry_event(key: str, event_id: str, old: Any = None) -> dict[str, Any]:
+    return {
+        "type": "state",
+        "event_type": "state:deleted",
+        "scope": "sessions",
+        "key": key,
+        "old_value": {"user": "u1"} if old is None else old,
+        "new_value": None,
+        "event_id": event_id,
+        "timestamp": "2026-01-01T00:00:00.000000+00:00",
+        "version": 4,
+        "reason": "expired",
+    }
+
+
+def test_an_expiry_is_read_from_the_trigger_task_that_carries_it() -> None:
+    row = expiry_from_task(r((expiry_event("s1", "e1"),)), task_id="t", worker="w")
+    assert row is not None
+    assert (row["event_type"], row["reason"], row["scope"], row["key"]) == (
+        "state:deleted",
+        "expired",
+        "sessions",
+        "s1",
+    )
+    assert (row["old_value"], row["version"], row["event_id"], row["exact"]) == (
+        {"user": "u1"},
+        4,
+        "e1",
+        True,
+    )
+    # A value nested past Celery's limit keeps the key and the reason, shown as Celery cut it
+    deep = expiry_from_task(r((expiry_event("s2", "e2", old={"a": [{"b": {"c": 1}}] * 300}),)))
+    assert deep is not None and deep["key"] == "s2" and not deep["exact"]
+    assert deep["old_text"] == "{'a': [...]}"
+    # A value so long that Celery cut the event before its reason: not taken for an expiry
+    assert expiry_from_task(r((expiry_event("s4", "e4", old="x" * 5000),))) is None
+    # Anything else is not an expiry
+    deleted = expiry_event("s3", "e3") | {"reason": "deleted"}
+    for args in ((deleted,), ({"expired": "expired"},), ("'expired'",), ()):
+        assert expiry_from_task(r(args)) is None, args
+    assert expiry_from_task("not a repr 'expired'") is None
+
+
+def test_the_feed_shows_each_expiry_once() -> None:
+    feed = ChangeFeed(app=None)
+    seen: list[dict[str, Any]] = []
+    feed.subscribe(seen.append)
+    for task in ("handler", "condition", "other-handler"):
+        feed.handle(
+            {
+                "type": "task-received",
+                "uuid": task,
+                "name": "test::onScope",
+                "args": r((expiry_event("s1", "same-expiry"),)),
+            }
+        )
+    feed.handle(
+        {
+            "type": "task-received",
+            "uuid": "next",
+            "name": "test::onScope",
+            "args": r((expiry_event("s1", "next-expiry"),)),
+        }
+    )
+    assert [(row["key"], row["event_id"], row["seq"]) for row in seen] == [
+        ("s1", "same-expiry", 1),
+        ("s1", "next-expiry", 2),
+    ]

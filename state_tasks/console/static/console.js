@@ -319,6 +319,14 @@ async function openEditor(scope, key) {
   if (value) editDialog({ scope, key, text: value.pretty + "\n", isNew: false });
 }
 
+// When a key expires, from get's expires_in_ms (null: never), as read when the page loaded.
+function expiryText(ms) {
+  if (ms === null || ms === undefined) return "never";
+  const at = new Date(Date.now() + ms).toLocaleTimeString("en-GB", { hour12: false });
+  const left = ms < 60000 ? `${(ms / 1000).toFixed(1)} s` : ms < 3600000 ? `${Math.round(ms / 60000)} min` : `${(ms / 3600000).toFixed(1)} h`;
+  return `in ${left} (at ${at})`;
+}
+
 function valueView() {
   const { scope, key } = state.route;
   const body = h("div", { class: "muted", text: "loading…" });
@@ -334,8 +342,10 @@ function valueView() {
     body.replaceChildren(
       h("div", { class: "meta" },
         h("span", {}, "size ", h("b", { text: bytes(value.size) })),
-        h("span", { title: "The state functions keep a value per key, without a version or a time to live" },
-          "version, expiry: ", h("b", { text: "not kept by the state contract" }))),
+        h("span", { id: "value-version", title: "Goes up with every change of the key (set, update, batch)" },
+          "version ", h("b", { text: String(value.version) })),
+        h("span", { id: "value-expiry", title: "Set with ttl_ms on a set or an update" },
+          "expiry ", h("b", { text: expiryText(value.expires_in_ms) }))),
       h("div", { class: "toolbar" },
         toggle,
         h("button", { type: "button", onclick: () => navigator.clipboard && navigator.clipboard.writeText(value.pretty) }, "Copy JSON"),
@@ -551,6 +561,7 @@ function valueText(value, text) {
 
 function addChange(change) {
   const kind = change.event_type.replace("state:", "");
+  const expired = kind === "deleted" && change.reason === "expired";
   const where = change.key
     ? h("a", { href: keyHref(change.scope, change.key), class: "where", text: `${change.scope} / ${change.key}` })
     : h("a", { href: scopeHref(change.scope), class: "where", text: `${change.scope} (a batch)` });
@@ -564,10 +575,11 @@ function addChange(change) {
     oldText !== null ? h("div", {}, h("div", { class: "small muted", text: "old" }), change.exact ? tree(JSON.stringify(change.old_value), 1) : h("pre", { class: "json", text: oldText })) : null,
     newText !== null ? h("div", {}, h("div", { class: "small muted", text: "new" }), change.exact ? tree(JSON.stringify(change.new_value), 1) : h("pre", { class: "json", text: newText })) : null);
   const time = new Date(change.time);
-  const row = h("li", { class: `change fresh ${kind}`, "data-scope": change.scope, "data-key": change.key, "data-kind": change.event_type },
+  const row = h("li", { class: `change fresh ${kind}`, "data-scope": change.scope, "data-key": change.key, "data-kind": change.event_type, "data-reason": change.reason || "" },
     h("div", { class: "line1" },
       h("time", { datetime: change.time, title: change.time, text: time.toLocaleTimeString("en-GB", { hour12: false }) + "." + String(time.getMilliseconds()).padStart(3, "0") }),
-      h("span", { class: `kind ${kind}`, text: kind }), where),
+      h("span", { class: `kind ${kind}`, text: expired ? "expired" : kind, title: expired ? "deleted: its ttl_ms ran out" : "" }), where,
+      change.version ? h("span", { class: "version muted small", title: "the key's version after this change", text: `v${change.version}` }) : null),
     diff, (oldText !== null && oldText.length > 120) || (newText !== null && newText.length > 120) || !change.exact ? full : null);
   const rows = $("#feed-rows");
   rows.prepend(row);
@@ -579,7 +591,7 @@ function noticeChange(change) {
   if (route && route.view === "value" && route.scope === change.scope && route.key === change.key) {
     const note = $("#changed-note");
     if (note) {
-      note.replaceChildren(h("div", { class: "notice" }, `This key was ${change.event_type.replace("state:", "")} at ${new Date(change.time).toLocaleTimeString("en-GB")}. `,
+      note.replaceChildren(h("div", { class: "notice" }, `This key was ${change.reason === "expired" ? "removed: it expired" : change.event_type.replace("state:", "")} at ${new Date(change.time).toLocaleTimeString("en-GB")}. `,
         h("button", { type: "button", onclick: () => state.reloadValue() }, "Reload")));
     }
   }
