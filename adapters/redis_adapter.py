@@ -81,6 +81,7 @@ from state_tasks.core.errors import (
     version_conflict,
 )
 from state_tasks.core.ops import Op
+from state_tasks.core.sentinel import SentinelTarget, is_sentinel_url, parse_sentinel_url
 from state_tasks.core.urls import redact_url
 
 logger = logging.getLogger(__name__)
@@ -99,6 +100,8 @@ RECENT_VALUE_MAX_CHARS = 16 * 1024
 #: Records to settle wait for the next write of this process to carry them (no round trip
 #: of their own) unless this many are waiting.
 SETTLE_BATCH_MAX = 64
+#: How long a write waits for its ``wait_replicas`` replicas before it fails (and is retried).
+DEFAULT_WAIT_TIMEOUT_MS = 1000
 
 # Every mutation script also returns the trigger version, read in the same atomic step,
 # so matching triggers after a change costs no extra round trip.
@@ -635,6 +638,17 @@ class RedisAdapter(StateAdapter):
     :param ssl_cert_reqs: ``rediss://`` only: ``required`` (the default: the server's
         certificate must verify and name the host), ``optional`` or ``none`` (no checks:
         encrypted, but anyone in the middle can read it).
+    :param master_name: with a ``sentinel://`` URL (every sentinel, ``;``-separated, as
+        kombu writes it): the name the sentinels watch the master under. The client asks
+        the sentinels for the master, and asks again after a failover.
+    :param sentinel_password: the sentinels' own password, if they require one (the
+        master's is the URL's).
+    :param wait_replicas: after each write, wait until this many replicas have it (Redis
+        ``WAIT``, on the write's connection) before answering; 0 (the default) answers as
+        soon as the master has it. Not reached within ``wait_timeout_ms``: the call fails
+        as :class:`AdapterUnavailable` (a state task retries it; its operation record makes
+        the retry apply nothing twice).
+    :param wait_timeout_ms: how long a write waits for ``wait_replicas`` replicas.
     :param client: an existing ``redis.Redis`` to use instead of ``redis_url`` (tests).
     """
 
@@ -652,14 +666,41 @@ class RedisAdapter(StateAdapter):
         ssl_certfile: str | None = None,
         ssl_keyfile: str | None = None,
         ssl_cert_reqs: str = DEFAULT_SSL_CERT_REQS,
+        master_name: str | None = None,
+        sentinel_password: str | None = None,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = DEFAULT_WAIT_TIMEOUT_MS,
         client: redis.Redis | None = None,
     ) -> None:
         if "{" in key_prefix or "}" in key_prefix:
             raise ConfigError(f"key_prefix {key_prefix!r} may not contain braces")
-        if not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        if not redis_url.startswith(("redis://", "rediss://", "unix://", "sentinel://")):
             raise ConfigError(
-                f"redis_url {redact_url(redis_url)!r} must start with redis://, rediss:// or unix://"
+                f"redis_url {redact_url(redis_url)!r} must start with redis://, rediss://, "
+                "unix:// or sentinel://"
             )
+        self._sentinel: SentinelTarget | None = None
+        if is_sentinel_url(redis_url):
+            if not master_name:
+                raise ConfigError(
+                    f"redis_url {redact_url(redis_url)!r} names sentinels: set master_name "
+                    "(the name they watch the master under, e.g. mymaster)"
+                )
+            self._sentinel = parse_sentinel_url(redis_url)
+        elif master_name:
+            raise ConfigError(
+                f"master_name {master_name!r} needs a sentinel:// redis_url "
+                f"(got {redact_url(redis_url)!r})"
+            )
+        self.master_name = master_name
+        self._sentinel_password = sentinel_password
+        if wait_replicas < 0 or wait_timeout_ms <= 0:
+            raise ConfigError(
+                f"wait_replicas ({wait_replicas}) must be 0 or more and wait_timeout_ms "
+                f"({wait_timeout_ms}) positive"
+            )
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
         if ssl_cert_reqs not in ("required", "optional", "none"):
             raise ConfigError(
                 f"ssl_cert_reqs {ssl_cert_reqs!r} must be 'required', 'optional' or 'none'"
@@ -686,6 +727,8 @@ class RedisAdapter(StateAdapter):
         self.op_window_s = default_op_window_s() if op_window_s is None else op_window_s
         self.redis_url = redis_url
         self.safe_url = redact_url(redis_url)
+        if master_name:
+            self.safe_url += f" (master {master_name!r})"
         self.key_prefix = key_prefix
         self._socket_timeout_s = socket_timeout_s
         self._client = client
@@ -714,14 +757,7 @@ class RedisAdapter(StateAdapter):
         if self._client is None:
             with self._client_lock:
                 if self._client is None:
-                    self._client = redis.Redis.from_url(
-                        self.redis_url,
-                        decode_responses=True,
-                        socket_timeout=self._socket_timeout_s,
-                        socket_connect_timeout=self._socket_timeout_s,
-                        health_check_interval=30,
-                        **self._tls_options,
-                    )
+                    self._client = self._connect()
                     for name, body in (
                         ("set", LUA_SET),
                         ("get", LUA_GET),
@@ -733,6 +769,37 @@ class RedisAdapter(StateAdapter):
                     ):
                         self._scripts[name] = self._client.register_script(body)
         return self._client
+
+    def _connect(self) -> redis.Redis:
+        timeouts = {
+            "socket_timeout": self._socket_timeout_s,
+            "socket_connect_timeout": self._socket_timeout_s,
+        }
+        if self._sentinel is None:
+            return redis.Redis.from_url(
+                self.redis_url,
+                decode_responses=True,
+                health_check_interval=30,
+                **timeouts,
+                **self._tls_options,
+            )
+        # The sentinels name the master on every new connection; a connection to a master
+        # that became a replica fails as a connection error (redis-py's
+        # SentinelManagedConnection), which the state tasks retry: the retry finds the new one.
+        sentinels = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            self._sentinel.sentinels,
+            sentinel_kwargs={**timeouts, "password": self._sentinel_password},
+            **timeouts,
+        )
+        assert self.master_name is not None
+        return sentinels.master_for(  # type: ignore[no-untyped-call,no-any-return]
+            self.master_name,
+            decode_responses=True,
+            health_check_interval=30,
+            db=self._sentinel.db,
+            username=self._sentinel.username,
+            password=self._sentinel.password,
+        )
 
     def close(self) -> None:
         if self._client is not None:
@@ -987,10 +1054,33 @@ class RedisAdapter(StateAdapter):
         script = self._script(script_name)
         settles = self._take_settles()
         try:
-            return self._run(what, scope, lambda: script(keys=keys + settles, args=args))
+            return self._run(what, scope, lambda: self._write(script, keys + settles, args))
         except BaseException:
             self._requeue_settles(settles)
             raise
+
+    def _write(self, script: Script, keys: builtins.list[str], args: builtins.list[Any]) -> Any:
+        """Run a script that writes; with ``wait_replicas``, ``WAIT`` for the replicas.
+
+        ``WAIT`` counts the writes of its own connection, so it rides in one pipeline with
+        the script. A write that no replica confirmed in time may be lost in a failover: it
+        fails as :class:`AdapterUnavailable`, and the pool is dropped so that the retry
+        asks the sentinels anew (the master may be one that was just replaced).
+        """
+        if not self.wait_replicas:
+            return script(keys=keys, args=args)
+        pipe = self.client.pipeline(transaction=False)
+        script(keys=keys, args=args, client=pipe)
+        pipe.wait(self.wait_replicas, self.wait_timeout_ms)
+        reply, confirmed = pipe.execute()
+        if int(confirmed) < self.wait_replicas:
+            self.client.connection_pool.disconnect()
+            raise AdapterUnavailable(
+                f"Redis at {self.safe_url}: the write reached {confirmed} of the "
+                f"{self.wait_replicas} replicas that wait_replicas asks for within "
+                f"{self.wait_timeout_ms} ms; it is retried (and applied once)"
+            )
+        return reply
 
     def list(self, scope: str) -> builtins.list[str]:
         script = self._script("list")
@@ -1162,7 +1252,7 @@ class RedisAdapter(StateAdapter):
         keys = [self._triggers_key, self._version_key]
         return bool(
             self._run(
-                "triggers_put", None, lambda: script(keys=keys, args=[trigger_id, trigger_json])
+                "triggers_put", None, lambda: self._write(script, keys, [trigger_id, trigger_json])
             )
         )
 
@@ -1170,7 +1260,7 @@ class RedisAdapter(StateAdapter):
         script = self._script("trigger_delete")
         keys = [self._triggers_key, self._version_key]
         return bool(
-            self._run("triggers_delete", None, lambda: script(keys=keys, args=[trigger_id]))
+            self._run("triggers_delete", None, lambda: self._write(script, keys, [trigger_id]))
         )
 
     def triggers_version(self) -> int:

@@ -19,6 +19,10 @@ variable                   default
 ``CELERY_RESULT_EXPIRES``  seconds a state task's result is kept: ``3600``
 ``STATE_TASKS_CLEANUP_``   seconds between two sweeps of the embedded default's
 ``INTERVAL``               data folder by the worker: ``60``
+``STATE_TASKS_SENTINEL_``  the master's name for a ``sentinel://`` broker,
+``MASTER``                 results or state (and ``_PASSWORD``, the sentinels')
+``STATE_TASKS_QUEUE_``     ``quorum``: RabbitMQ quorum queues (default
+``TYPE``                   ``classic``)
 =========================  =====================================================
 """
 
@@ -30,6 +34,7 @@ from state_tasks.core.config import visibility_timeout_s
 from state_tasks.core.errors import ConfigError
 from state_tasks.core.urls import is_embedded_broker
 from state_tasks.embedded_broker import result_url
+from state_tasks.high_availability import queue_type_settings, sentinel_transport_options
 from state_tasks.security import backend_ssl_options, broker_ssl_options, signing_settings
 
 _redis_url = os.environ.get("REDIS_URL") or None
@@ -83,8 +88,18 @@ task_send_sent_event = True
 # child, which Celery requeues at once) is handed out again after this many seconds. It
 # must be longer than the longest task, including its retries with backoff (at most
 # about 15 s for the state tasks), or a slow task would be delivered twice.
-if broker_url.startswith(("redis://", "rediss://")):
-    broker_transport_options = {"visibility_timeout": visibility_timeout_s()}
+if broker_url.startswith(("redis://", "rediss://", "sentinel://")):
+    broker_transport_options = {
+        "visibility_timeout": visibility_timeout_s(),
+        **sentinel_transport_options(broker_url, os.environ),
+    }
+
+# Behind Sentinel (state_tasks.high_availability): a sentinel://host:port;sentinel://...
+# broker or result backend, with the master's name in STATE_TASKS_SENTINEL_MASTER.
+if sentinel_transport_options(result_backend, os.environ):
+    result_backend_transport_options = sentinel_transport_options(result_backend, os.environ)
+# RabbitMQ quorum queues with STATE_TASKS_QUEUE_TYPE=quorum (replicated; see the module).
+globals().update(queue_type_settings(broker_url, os.environ))
 
 #: How long a state task's result is kept, by default: one hour. A caller that waits for its
 #: result reads it within its timeout (30 s by default), and ``iii.trigger`` removes it once

@@ -16,6 +16,7 @@ from state_tasks.contrib.servers import (
     adapter_yaml,
     wait_until,
 )
+from state_tasks.high_availability import queue_type_settings
 
 __all__ = [
     "OUR_VARIABLES",
@@ -83,12 +84,18 @@ class Deployment:
         self.vhost = RabbitVhost() if broker_kind == "amqp" else None
         self.broker_url = self.vhost.url if self.vhost is not None else self.backend_url
         self.env = {"CELERY_BROKER_URL": self.broker_url, "CELERY_RESULT_BACKEND": self.backend_url}
+        # On RabbitMQ the suite runs on quorum queues (replicated), as a deployment that
+        # wants the broker highly available does; the client declares them the same way.
+        queues = {"STATE_TASKS_QUEUE_TYPE": "quorum"} if self.vhost is not None else {}
+        self.env.update(queues)
         if state_yaml is not None:
             config = workdir / "state.yaml"
             config.write_text(state_yaml)
             self.env["STATE_CONFIG"] = str(config)
         self.workers: list[Worker] = []
-        self.client = Client(self.broker_url, self.backend_url)
+        self.client = Client(
+            self.broker_url, self.backend_url, **queue_type_settings(self.broker_url, queues)
+        )
 
     def worker(
         self, *args: str, includes: tuple[str, ...] = (), start: bool = True, **env: str

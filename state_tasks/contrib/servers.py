@@ -49,6 +49,9 @@ OUR_VARIABLES = (
     "STATE_TASKS_SIGNING_KEY",
     "STATE_TASKS_SIGNING_CERT",
     "STATE_TASKS_SIGNING_CERT_STORE",
+    "STATE_TASKS_SENTINEL_MASTER",
+    "STATE_TASKS_SENTINEL_PASSWORD",
+    "STATE_TASKS_QUEUE_TYPE",
 )
 
 
@@ -348,7 +351,7 @@ class RedisSentinelGroup:
         self.master_name = master_name
         self.master_port, self.replica_port = free_port(), free_port()
         self.sentinel_ports = [free_port() for _ in range(3)]
-        common = ("--save", "", "--appendonly", "no")
+        common = ("--save", "", "--appendonly", "no", "--databases", "1024")
         self.processes = {
             self.master_port: _launch_redis(workdir / "master", self.master_port, *common),
             self.replica_port: _launch_redis(

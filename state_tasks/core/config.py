@@ -31,8 +31,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from adapters.base import DEFAULT_MAX_VALUE_BYTES, StateAdapter
 from adapters.file_store import DEFAULT_FILE_PATH, DEFAULT_SAVE_INTERVAL_MS
 from adapters.kv_store import DEFAULT_MAX_OPS
-from adapters.redis_adapter import DEFAULT_KEY_PREFIX, DEFAULT_REDIS_URL
+from adapters.redis_adapter import DEFAULT_KEY_PREFIX, DEFAULT_REDIS_URL, DEFAULT_WAIT_TIMEOUT_MS
 from state_tasks.core.errors import ConfigError
+from state_tasks.core.sentinel import (
+    SENTINEL_MASTER_VARIABLE,
+    SENTINEL_PASSWORD_VARIABLE,
+    is_sentinel_url,
+)
 
 STATE_MODULE_CLASS = "modules::state::StateModule"
 DEFAULT_CONFIG_FILE = "state.yaml"
@@ -97,6 +102,13 @@ class RedisAdapterConfig(_AdapterConfig):
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
     ssl_cert_reqs: Literal["required", "optional", "none"] | None = None
+    # Sentinel, for a sentinel:// URL (state_tasks.core.sentinel); unset: the environment's
+    # STATE_TASKS_SENTINEL_MASTER / STATE_TASKS_SENTINEL_PASSWORD, as the broker uses.
+    master_name: str | None = None
+    sentinel_password: str | None = None
+    # Synchronous replication: WAIT for this many replicas after each write (0: off).
+    wait_replicas: int = Field(0, ge=0)
+    wait_timeout_ms: int = Field(DEFAULT_WAIT_TIMEOUT_MS, gt=0)
 
 
 class BridgeConfig(_AdapterConfig):
@@ -136,12 +148,24 @@ def _redis(config: RedisAdapterConfig) -> StateAdapter:
         for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
         if getattr(config, name) is not None
     }
+    sentinel: dict[str, Any] = {}
+    if is_sentinel_url(config.redis_url):
+        sentinel = {
+            "master_name": config.master_name or os.environ.get(SENTINEL_MASTER_VARIABLE),
+            "sentinel_password": config.sentinel_password
+            or os.environ.get(SENTINEL_PASSWORD_VARIABLE),
+        }
+    elif config.master_name:
+        sentinel = {"master_name": config.master_name}  # refused by the adapter, by name
     return RedisAdapter(
         redis_url=config.redis_url,
         key_prefix=config.key_prefix,
         max_value_bytes=config.max_value_bytes,
         op_window_s=config.op_window_s,
+        wait_replicas=config.wait_replicas,
+        wait_timeout_ms=config.wait_timeout_ms,
         **tls,
+        **sentinel,
     )
 
 

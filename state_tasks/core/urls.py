@@ -14,15 +14,21 @@ def is_embedded_broker(url: object) -> bool:
 
 
 def redact_url(url: str) -> str:
-    """The URL with its password replaced by ``***`` (safe for logs and errors)."""
+    """The URL with its password replaced by ``***`` (safe for logs and errors).
+
+    A ``;``-separated list (Sentinel's ``sentinel://a;sentinel://b``) is redacted part by part.
+    """
+    if ";" in url:
+        return ";".join(redact_url(part) for part in url.split(";"))
     try:
         parts = urlsplit(url)
+        port = parts.port
     except ValueError:
         return "<unparseable url>"
     if parts.password is None:
         return url
     user = parts.username or ""
     host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
+    if port is not None:
+        host = f"{host}:{port}"
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
