@@ -29,6 +29,7 @@ import redis
 from adapters.file_store import FileKvStore
 from adapters.kv_store import KvStore
 from adapters.redis_adapter import RedisAdapter
+from bench.costs import costs
 from bench.harness import BenchDeployment, adapter_yaml, median, timed_ops_per_s
 from bench.soak import soak
 from state_tasks.contrib.servers import RedisServer
@@ -742,6 +743,9 @@ FIGURES: dict[str, Callable[[Bench], Figure | list[Figure]]] = {
     # redis_op_record_bytes, kv_op_record_bytes, results_bytes_per_op,
     # embedded_files_after_10k, soak_rss_growth_mb (bench/soak.py)
     "soak": lambda b: [Figure(*row) for row in soak(b)],
+    # cost_worker_cpu_us_per_op, cost_state_redis_cpu_us_per_op,
+    # cost_broker_redis_cpu_us_per_op, cost_rabbitmq_cpu_us_per_op (bench/costs.py)
+    "cost_per_op": lambda b: [Figure(*row) for row in costs(b)],
 }
 
 
