@@ -59,6 +59,7 @@ def round_trip(deployment: Deployment, scope: str) -> None:
     assert deployment.call("state::set", scope=scope, key="k", value={"n": 1}) == {
         "old_value": None,
         "new_value": {"n": 1},
+        "version": 1,
     }
     assert deployment.call("state::get", scope=scope, key="k") == {"n": 1}
 
@@ -159,6 +160,7 @@ def test_the_pytest_plugin_starts_a_worker_whose_triggers_fire(
         assert client.call("state::set", scope="decorated", key="k", value=value) == {
             "old_value": None,
             "new_value": value,
+            "version": 1,
         }
         # Then the handler ran on that worker with the change's event
         wait_until(

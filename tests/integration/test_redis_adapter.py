@@ -74,16 +74,23 @@ def test_key_layout_is_one_hash_per_scope_with_a_groups_index(redis_server: Redi
     adapter.set("a:b", "c", "1")
     adapter.set("a", "b:c", "2")
     adapter.set("{x}", "k", "3")
+    # per scope: the values (s), the sorted key index for paging (k), the versions (v)
     assert sorted(raw.keys("*")) == [
         "layout:groups",
-        "layout:s:{%7Bx%7D}",
-        "layout:s:{a:b}",
-        "layout:s:{a}",
+        *[
+            f"layout:{kind}:{{{scope}}}"
+            for kind in ("k", "s", "v")
+            for scope in ("%7Bx%7D", "a:b", "a")
+        ],
     ]
     assert raw.hgetall("layout:s:{a}") == {"b:c": "2"}
+    assert raw.zrange("layout:k:{a}", 0, -1) == ["b:c"]
+    assert raw.hgetall("layout:v:{a}") == {"": "1", "b:c": "1"}  # "": the scope's counter
     assert raw.zrange("layout:groups", 0, -1) == ["a", "a:b", "{x}"]
     adapter.delete("a", "b:c")
-    assert "layout:s:{a}" not in raw.keys("*")
+    # an emptied scope leaves its values and index, and keeps its counter (never reused)
+    assert "layout:s:{a}" not in raw.keys("*") and "layout:k:{a}" not in raw.keys("*")
+    assert raw.hgetall("layout:v:{a}") == {"": "1"}
     assert adapter.list_groups() == ["a:b", "{x}"]
 
 

@@ -101,6 +101,7 @@ def test_only_redis_url_makes_redis_the_broker_and_backend(
         assert client.call("state::set", scope="r", key="k", value=1) == {
             "old_value": None,
             "new_value": 1,
+            "version": 1,
         }
         assert client.call("state::get", scope="r", key="k") == 1
         client.close()
