@@ -30,8 +30,7 @@ from __future__ import annotations
 
 import os
 
-from state_tasks.core.config import visibility_timeout_s
-from state_tasks.core.errors import ConfigError
+from state_tasks.core.config import positive_int_from_env, visibility_timeout_s
 from state_tasks.core.urls import is_embedded_broker
 from state_tasks.embedded_broker import result_url
 from state_tasks.high_availability import queue_type_settings, sentinel_transport_options
@@ -114,22 +113,9 @@ DEFAULT_RESULT_EXPIRES_S = 3600
 DEFAULT_CLEANUP_INTERVAL_S = 60
 
 
-def _positive_seconds(variable: str, default: int) -> int:
-    raw = os.environ.get(variable)
-    if not raw:
-        return default
-    try:
-        seconds = int(raw)
-    except ValueError:
-        seconds = 0
-    if seconds <= 0:
-        raise ConfigError(f"{variable}={raw!r}: expected a positive whole number of seconds")
-    return seconds
-
-
-result_expires = _positive_seconds("CELERY_RESULT_EXPIRES", DEFAULT_RESULT_EXPIRES_S)
+result_expires = positive_int_from_env("CELERY_RESULT_EXPIRES", DEFAULT_RESULT_EXPIRES_S)
 #: Read by the worker's cleanup thread (not a Celery setting).
-state_tasks_cleanup_interval = _positive_seconds(
+state_tasks_cleanup_interval = positive_int_from_env(
     "STATE_TASKS_CLEANUP_INTERVAL", DEFAULT_CLEANUP_INTERVAL_S
 )
 
@@ -153,6 +139,6 @@ worker_pool = os.environ.get("CELERY_WORKER_POOL") or _default_pool()
 # A KvStore worker runs one task at a time by default, so the calls of one client
 # are applied in the order they were sent (a void set, then a get, sees the set).
 # Raise it (--concurrency) for slow, I/O-bound handlers on the same worker.
-worker_concurrency = int(os.environ.get("CELERY_WORKER_CONCURRENCY") or 0) or (
-    1 if worker_pool == "threads" else None
-)
+worker_concurrency = positive_int_from_env(
+    "CELERY_WORKER_CONCURRENCY", 0, unit="processes or threads"
+) or (1 if worker_pool == "threads" else None)

@@ -47,6 +47,7 @@ from state_tasks.runtime import (
     get_runtime,
 )
 from state_tasks.security import one_line_logs
+from state_tasks.settings import DEFAULT_CLEANUP_INTERVAL_S
 
 logger = logging.getLogger(__name__)
 
@@ -340,5 +341,5 @@ def _start_cleaner(sender: Any = None, **_: Any) -> None:
     if not _ours(sender) or _cleaner is not None:
         return
     if DataFolderCleaner.wanted(app):
-        interval = float(app.conf.get("state_tasks_cleanup_interval") or 60)
+        interval = float(app.conf.get("state_tasks_cleanup_interval") or DEFAULT_CLEANUP_INTERVAL_S)
         _cleaner = DataFolderCleaner(app, interval).start()

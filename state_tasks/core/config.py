@@ -52,20 +52,24 @@ OP_WINDOW_MARGIN_S = 3600
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
 
 
+def positive_int_from_env(variable: str, default: int, unit: str = "seconds") -> int:
+    """The positive whole number in ``$variable``, else ``default``; :class:`ConfigError`
+    naming the variable for anything else (``0``, ``-1``, ``two``, ``1.5``)."""
+    raw = os.environ.get(variable) or ""
+    if not raw:
+        return default
+    try:
+        number = int(raw)
+    except ValueError:
+        number = 0
+    if number <= 0:
+        raise ConfigError(f"{variable} must be a positive whole number of {unit}, got {raw!r}")
+    return number
+
+
 def visibility_timeout_s() -> int:
     """``CELERY_VISIBILITY_TIMEOUT`` in seconds, else :data:`DEFAULT_VISIBILITY_TIMEOUT_S`."""
-    raw = os.environ.get("CELERY_VISIBILITY_TIMEOUT") or ""
-    if not raw:
-        return DEFAULT_VISIBILITY_TIMEOUT_S
-    try:
-        seconds = int(raw)
-    except ValueError:
-        seconds = 0
-    if seconds <= 0:
-        raise ConfigError(
-            f"CELERY_VISIBILITY_TIMEOUT must be a positive whole number of seconds, got {raw!r}"
-        )
-    return seconds
+    return positive_int_from_env("CELERY_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT_S)
 
 
 def default_op_window_s() -> float:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -271,3 +274,24 @@ def test_a_bad_visibility_timeout_is_named(monkeypatch: pytest.MonkeyPatch, raw:
     monkeypatch.setenv("CELERY_VISIBILITY_TIMEOUT", raw)
     with pytest.raises(ConfigError, match=rf"CELERY_VISIBILITY_TIMEOUT .*got '{raw}'"):
         visibility_timeout_s()
+
+
+@pytest.mark.parametrize(
+    "variable",
+    ["CELERY_WORKER_CONCURRENCY", "CELERY_RESULT_EXPIRES", "STATE_TASKS_CLEANUP_INTERVAL"],
+)
+def test_a_bad_number_in_the_celery_settings_environment_is_named(
+    variable: str, tmp_path: Path
+) -> None:
+    # The package's Celery settings are read when the app is configured, in any process
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "STATE_"))}
+    done = subprocess.run(
+        [sys.executable, "-c", "from state_tasks import app; app.conf.worker_concurrency"],
+        cwd=tmp_path,
+        env={**env, variable: "two"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert f"ConfigError: [CONFIG_ERROR] {variable} must be a positive whole number" in done.stderr
