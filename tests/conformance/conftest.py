@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -15,10 +16,23 @@ from adapters.bridge import Bridge
 from adapters.file_store import FileKvStore
 from adapters.kv_store import KvStore
 from adapters.redis_adapter import RedisAdapter
+from state_tasks.contrib.servers import RedisSentinelGroup
 from state_tasks.core.service import StateService
 from state_tasks.remote import RemoteDeployment
 
 ADAPTERS = ["kv_memory", "kv_file", "redis", "bridge"]
+#: STATE_TASKS_TEST_SENTINEL=1 adds "redis_sentinel": the whole contract on a RedisAdapter
+#: that finds its master through three sentinels (one master, one replica), with
+#: wait_replicas: 1 (about 6 s more to start the servers, and a replica ack per write).
+if os.environ.get("STATE_TASKS_TEST_SENTINEL"):
+    ADAPTERS.append("redis_sentinel")
+
+
+@pytest.fixture(scope="session")
+def sentinel_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinelGroup]:
+    group = RedisSentinelGroup(tmp_path_factory.mktemp("sentinel-conformance"))
+    yield group
+    group.stop()
 
 
 def build(kind: str, request: pytest.FixtureRequest, **settings: Any) -> StateAdapter:
@@ -32,6 +46,15 @@ def build(kind: str, request: pytest.FixtureRequest, **settings: Any) -> StateAd
         # A fresh key prefix per adapter: tests share the server, never each other's keys.
         prefix = f"conformance-{uuid.uuid4().hex[:10]}"
         return RedisAdapter(redis_url=server.url(0), key_prefix=prefix, **settings)
+    if kind == "redis_sentinel":
+        group = request.getfixturevalue("sentinel_group")
+        return RedisAdapter(
+            redis_url=group.sentinel_url(),
+            master_name=group.master_name,
+            key_prefix=f"conformance-{uuid.uuid4().hex[:10]}",
+            wait_replicas=1,
+            **settings,
+        )
     if kind == "bridge":
         remote = request.getfixturevalue("bridge_remote")
         redis.Redis.from_url(remote.redis_server.url(REMOTE_STATE_DB)).flushdb()

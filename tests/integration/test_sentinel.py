@@ -80,14 +80,14 @@ class SentinelDeployment:
             "STATE_CONFIG": str(config),
             "RECORD_REDIS_URL": record_url,
             # a message stranded by the failover comes back within this, not an hour
-            "CELERY_VISIBILITY_TIMEOUT": "20",
+            "CELERY_VISIBILITY_TIMEOUT": "10",
         }
         options = {"master_name": group.master_name}
         self.app = create_app(
             f"sentinel-client-{uuid.uuid4().hex[:6]}",
             broker_url=self.broker_url,
             result_backend=self.backend_url,
-            broker_transport_options={**options, "visibility_timeout": 20},
+            broker_transport_options={**options, "visibility_timeout": 10},
             result_backend_transport_options=options,
             result_backend_always_retry=True,
             result_backend_max_retries=20,
@@ -113,6 +113,24 @@ class SentinelDeployment:
         for worker in self.workers:
             worker.stop()
         self.app.close()
+
+
+def collect(app: Any, results: list[Any], timeout_s: float = 60) -> dict[str, Any]:
+    """The tasks' results by task id, read from the backend with GET (sentinel-aware,
+    reconnecting) rather than through the client's pub/sub subscription, which a failover
+    cuts; a result that does not come within ``timeout_s`` is left out."""
+    answers: dict[str, Any] = {}
+    deadline = time.monotonic() + timeout_s
+    while len(answers) < len(results) and time.monotonic() < deadline:
+        for result in results:
+            if result.id not in answers:
+                meta = app.backend.get_task_meta(result.id)
+                if meta["status"] == "SUCCESS":
+                    answers[result.id] = meta["result"]
+                elif meta["status"] == "FAILURE":
+                    raise AssertionError(f"task {result.id} failed: {meta['result']!r}")
+        time.sleep(0.2)
+    return answers
 
 
 def recorded(record: redis.Redis, name: str) -> list[dict[str, Any]]:
@@ -288,16 +306,21 @@ def test_sentinel_failover_mid_load_loses_and_doubles_nothing(
         # with a Redis broker: see the README; these wait until the sentinels demote it)
         wait_until(lambda: demoted(group, old_master), 60, "the old master to be a replica")
         results += increments(200)
-        answers = [r.get(timeout=120, interval=0.02) for r in results]
-        # Then every call succeeded and was applied once: the count is exact
+        answers = collect(app, results)
+        # Then every increment was applied exactly once: the count is exact
         assert new_master != old_master
         assert sentinel_deployment.call("state::get", scope="load", key="n") == {"n": 1200}
-        counted = [a["new_value"]["n"] for a in answers if not a.get("replayed")]
+        counted = [a["new_value"]["n"] for a in answers.values() if not a.get("replayed")]
         assert len(set(counted)) == len(counted)
-        # A result stored on the old master in its last seconds is gone; the task's message
-        # came back and its repeat answered without values (replayed), changing nothing
-        replayed = [a for a in answers if a.get("replayed")]
-        assert len(counted) + len(replayed) == 1200 and len(replayed) < 100, len(replayed)
+        # What the failover cost the Celery side (README): a result stored on the old master
+        # in its last seconds is gone. If the task's message came back, its repeat answered
+        # without values (replayed), changing nothing; if its ack had reached the new
+        # master, the result is missing (the task ran: the worker logged its success)
+        replayed = [a for a in answers.values() if a.get("replayed")]
+        missing = [r.id for r in results if r.id not in answers]
+        log = worker.log()
+        assert all(f"Task state::update[{task_id}] succeeded" in log for task_id in missing)
+        assert len(replayed) + len(missing) < 50, (len(replayed), len(missing))
         # the same worker went on (no restart), and the trigger fires after the failover:
         # a handler ran for each of the 200 changes made after it
         assert worker.process is not None and worker.process.poll() is None
