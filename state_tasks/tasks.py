@@ -9,6 +9,7 @@ not as a ``TypeError``.
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any, Final
 
@@ -59,6 +60,10 @@ class StateTask(Task):  # type: ignore[misc]
     ) -> Any:
         if countdown is None and eta is None:
             countdown = retry_delay_s(self.request.retries)
+            if self.app.conf.task_default_queue_type == "quorum":
+                # Celery delays a task on quorum queues through RabbitMQ (native delayed
+                # delivery) in whole seconds, and refuses (drops) a countdown under one.
+                countdown = float(max(1, math.ceil(countdown)))
         return super().retry(*args, countdown=countdown, eta=eta, **kwargs)
 
 

@@ -16,6 +16,8 @@ from typing import Any
 import redis
 from helpers import Deployment, RedisServer, own_db, plain, redis_state_yaml, wait_until
 
+from state_tasks.high_availability import queue_type_settings
+
 
 def recorded(record: redis.Redis, name: str) -> list[dict[str, Any]]:
     """The events the test handler ``name`` recorded, in the order it recorded them."""
@@ -138,6 +140,7 @@ def test_a_pickle_message_is_refused_not_executed(kv_deployment: Any, tmp_path: 
     sender = kv_deployment.client.app
     producer_app = type(sender)("pickler", broker=kv_deployment.broker_url, set_as_current=False)
     producer_app.conf.update(task_serializer="pickle", accept_content=["pickle", "json"])
+    producer_app.conf.update(queue_type_settings(kv_deployment.broker_url, kv_deployment.env))
     worker = kv_deployment.workers[0]
     before = worker.log()
     # When it is sent to the state worker as a state::set
