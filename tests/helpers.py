@@ -39,6 +39,10 @@ _dbs = itertools.count(100)
 _own_dbs = itertools.count(500)
 #: "amqp" runs every deployment's broker on RabbitMQ (a fresh vhost each), results on Redis.
 BROKER_KIND = os.environ.get("STATE_TASKS_TEST_BROKER", "redis")
+#: With "amqp": "quorum" runs every deployment on quorum queues (STATE_TASKS_QUEUE_TYPE).
+#: Opt-in: the CLI, console, Flower, examples and Bridge tests build clients of their own
+#: that do not declare quorum queues yet.
+QUEUE_TYPE = os.environ.get("STATE_TASKS_TEST_QUEUE_TYPE", "classic")
 #: The Redis db holding the bridge remote's state, wiped before each conformance test.
 REMOTE_STATE_DB = 40
 
@@ -75,6 +79,7 @@ class Deployment:
         workdir: Path,
         state_yaml: str | None,
         broker_kind: str = BROKER_KIND,
+        queue_type: str = QUEUE_TYPE,
     ) -> None:
         self.redis_server = redis_server
         self.workdir = workdir
@@ -84,9 +89,10 @@ class Deployment:
         self.vhost = RabbitVhost() if broker_kind == "amqp" else None
         self.broker_url = self.vhost.url if self.vhost is not None else self.backend_url
         self.env = {"CELERY_BROKER_URL": self.broker_url, "CELERY_RESULT_BACKEND": self.backend_url}
-        # On RabbitMQ the suite runs on quorum queues (replicated), as a deployment that
-        # wants the broker highly available does; the client declares them the same way.
-        queues = {"STATE_TASKS_QUEUE_TYPE": "quorum"} if self.vhost is not None else {}
+        # On RabbitMQ, quorum queues (replicated) when asked for; the client declares the
+        # queues the same way as the workers.
+        quorum = self.vhost is not None and queue_type == "quorum"
+        queues = {"STATE_TASKS_QUEUE_TYPE": "quorum"} if quorum else {}
         self.env.update(queues)
         if state_yaml is not None:
             config = workdir / "state.yaml"

@@ -34,13 +34,13 @@ def queue_types(vhost: str) -> dict[str, str]:
 def test_the_task_queue_and_the_retry_delay_queues_are_quorum_queues(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    # Given a deployment on RabbitMQ with STATE_TASKS_QUEUE_TYPE=quorum (as the suite's
-    # RabbitMQ run configures every deployment)
+    # Given a deployment on RabbitMQ with STATE_TASKS_QUEUE_TYPE=quorum
     deployment = Deployment(
         redis_server,
         tmp_path / "d",
         redis_state_yaml(redis_server.url(0), "quorum"),
         broker_kind="amqp",
+        queue_type="quorum",
     )
     try:
         deployment.worker("--concurrency", "2")
