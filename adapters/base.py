@@ -330,3 +330,25 @@ class StateAdapter(ABC):
     @abstractmethod
     def triggers_version(self) -> int:
         """A number that changes whenever the stored triggers change (cheap to read)."""
+
+
+class VersionedStateAdapter(StateAdapter):
+    """An adapter whose own methods are the versioned ones (the built-in adapters).
+
+    ``set``, ``delete`` and ``update`` are derived from ``set_versioned``,
+    ``delete_versioned`` and ``update_versioned``, which a subclass must override (the
+    defaults above derive them the other way round).
+    """
+
+    def set(self, scope: str, key: str, value_json: str, op_id: str | None = None) -> str | None:
+        return self.set_versioned(scope, key, value_json, op_id).old
+
+    def delete(self, scope: str, key: str, op_id: str | None = None) -> str | None:
+        return self.delete_versioned(scope, key, op_id).old
+
+    def update(
+        self, scope: str, key: str, ops: Sequence[Op], op_id: str | None = None
+    ) -> tuple[str | None, str]:
+        change = self.update_versioned(scope, key, ops, op_id)
+        assert change.new is not None
+        return change.old, change.new

@@ -42,7 +42,7 @@ from adapters.base import (
     Entry,
     Expired,
     OperationSettled,
-    StateAdapter,
+    VersionedStateAdapter,
     default_op_window_s,
 )
 from adapters.kv_store import BATCH_RECORD, DEFAULT_MAX_OPS, KvStore, OpRecord, OpRecords
@@ -82,7 +82,7 @@ def _forwarded(op: BatchOp) -> dict[str, Any]:
     return {"op": "delete", "key": op.key, **options}
 
 
-class Bridge(StateAdapter):
+class Bridge(VersionedStateAdapter):
     """State kept by a remote deployment, reached through its broker.
 
     :param remote: runs one remote state function and returns its result.
@@ -186,19 +186,6 @@ class Bridge(StateAdapter):
         version = int(result.get("version") or 0)
         self._record(op_id, old, new, version)
         return Change(old, new, version)
-
-    def set(self, scope: str, key: str, value_json: str, op_id: str | None = None) -> str | None:
-        return self.set_versioned(scope, key, value_json, op_id).old
-
-    def delete(self, scope: str, key: str, op_id: str | None = None) -> str | None:
-        return self.delete_versioned(scope, key, op_id).old
-
-    def update(
-        self, scope: str, key: str, ops: Sequence[Op], op_id: str | None = None
-    ) -> tuple[str | None, str]:
-        change = self.update_versioned(scope, key, ops, op_id)
-        assert change.new is not None
-        return change.old, change.new
 
     def get_many(self, scope: str, keys: Sequence[str]) -> builtins.list[str | None]:
         values = self.remote("state::get_many", {"scope": scope, "keys": list(keys)}, None)

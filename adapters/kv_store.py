@@ -16,7 +16,7 @@ from adapters.base import (
     Entry,
     Expired,
     OperationSettled,
-    StateAdapter,
+    VersionedStateAdapter,
     default_op_window_s,
 )
 from state_tasks.core.batch import (
@@ -158,7 +158,7 @@ def _trim(records: dict[str, _R], max_ops: int, expiry: Callable[[_R], float]) -
         del records[oldest_id]
 
 
-class KvStore(StateAdapter):
+class KvStore(VersionedStateAdapter):
     """Scopes as dicts of JSON text, guarded by one lock.
 
     Lives in one process: a worker using it must run a threads or solo pool
@@ -483,21 +483,6 @@ class KvStore(StateAdapter):
             if op_id is not None:
                 self._ops.add(op_id, record)
             return results, gone
-
-    # The plain methods, on the versioned ones.
-
-    def set(self, scope: str, key: str, value_json: str, op_id: str | None = None) -> str | None:
-        return self.set_versioned(scope, key, value_json, op_id).old
-
-    def delete(self, scope: str, key: str, op_id: str | None = None) -> str | None:
-        return self.delete_versioned(scope, key, op_id).old
-
-    def update(
-        self, scope: str, key: str, ops: Sequence[Op], op_id: str | None = None
-    ) -> tuple[str | None, str]:
-        change = self.update_versioned(scope, key, ops, op_id)
-        assert change.new is not None
-        return change.old, change.new
 
     def batch(
         self, scope: str, operations: Sequence[BatchOp], op_id: str | None = None

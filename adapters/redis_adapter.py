@@ -61,7 +61,7 @@ from adapters.base import (
     Entry,
     Expired,
     OperationSettled,
-    StateAdapter,
+    VersionedStateAdapter,
     default_op_window_s,
 )
 from state_tasks.core.batch import (
@@ -620,7 +620,7 @@ def _escape(scope: str) -> str:
     return scope.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
 
 
-class RedisAdapter(StateAdapter):
+class RedisAdapter(VersionedStateAdapter):
     """State in Redis, shared by every worker process on every machine.
 
     Versions and expiry use Redis's own clock (``TIME`` inside the scripts), so workers on
@@ -984,19 +984,6 @@ class RedisAdapter(StateAdapter):
                 self._recent.pop(slot, None)
                 raise version_conflict(scope, key, if_version or 0, int(reply[1]), "state::update")
             guessed, old = False, reply[1] or None  # Lua false -> None: deleted meanwhile
-
-    def set(self, scope: str, key: str, value_json: str, op_id: str | None = None) -> str | None:
-        return self.set_versioned(scope, key, value_json, op_id).old
-
-    def delete(self, scope: str, key: str, op_id: str | None = None) -> str | None:
-        return self.delete_versioned(scope, key, op_id).old
-
-    def update(
-        self, scope: str, key: str, ops: Sequence[Op], op_id: str | None = None
-    ) -> tuple[str | None, str]:
-        change = self.update_versioned(scope, key, ops, op_id)
-        assert change.new is not None
-        return change.old, change.new
 
     def _remember(self, slot: tuple[str, str], text: str | None) -> None:
         if text is not None and len(text) > RECENT_VALUE_MAX_CHARS:
