@@ -45,15 +45,21 @@ the read 0.40-0.48 of its throughput, with the remembered value 0.7-0.8.
 from __future__ import annotations
 
 import builtins
+import heapq
 import logging
+import re
 import ssl
 import threading
+import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, cast
 
 import redis
+import redis.cluster
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.commands.core import Script
+from redis.retry import Retry
 
 from adapters.base import (
     DEFAULT_MAX_VALUE_BYTES,
@@ -64,6 +70,7 @@ from adapters.base import (
     VersionedStateAdapter,
     default_op_window_s,
 )
+from adapters.redis_layout import BucketLayout, KeyLayout
 from state_tasks.core.batch import (
     BatchOp,
     BatchResult,
@@ -72,6 +79,7 @@ from state_tasks.core.batch import (
     batch_conflict,
     batch_keys,
 )
+from state_tasks.core.cluster import ClusterTarget, is_cluster_url, parse_cluster_url
 from state_tasks.core.codec import apply_ops_json
 from state_tasks.core.errors import (
     AdapterError,
@@ -102,6 +110,17 @@ RECENT_VALUE_MAX_CHARS = 16 * 1024
 SETTLE_BATCH_MAX = 64
 #: How long a write waits for its ``wait_replicas`` replicas before it fails (and is retried).
 DEFAULT_WAIT_TIMEOUT_MS = 1000
+#: Redis Cluster: how many times one call is retried (by redis-py, and by the adapter for a
+#: write with ``wait_replicas``) on a connection error, ``CLUSTERDOWN``, ``TRYAGAIN`` or a
+#: moved slot, with exponential backoff and jitter, before it fails as AdapterUnavailable
+#: (which a state task retries in its turn). About 0.1 + 0.2 + 0.4 s at most.
+CLUSTER_RETRIES = 3
+CLUSTER_BACKOFF_BASE_S = 0.1
+CLUSTER_BACKOFF_CAP_S = 1.0
+#: Redis Cluster: operation records live in their scope's bucket, so settling one needs its
+#: key; a process remembers the keys of this many of its recent operations (an operation it
+#: forgot is not settled: its record stays whole until it expires, which is correct).
+CLUSTER_OP_KEYS_MAX = 4096
 
 # Every mutation script also returns the trigger version, read in the same atomic step,
 # so matching triggers after a change costs no extra round trip.
@@ -562,18 +581,6 @@ return out
 """
 )
 
-#: Scripts registered on first use (see RedisAdapter._script).
-LAZY_SCRIPTS = {
-    "batch": LUA_BATCH,
-    "page": LUA_PAGE,
-    "get_entry": LUA_GET_ENTRY,
-    "get_many": LUA_GET_MANY,
-    "list": LUA_LIST,
-    "live_count": LUA_LIVE_COUNT,
-    "due_scopes": LUA_DUE_SCOPES,
-    "expire": LUA_EXPIRE,
-}
-
 # KEYS: op records {prefix}:op:{id}; no ARGV. Each whole record (a hash) becomes the
 # string '1' with the time to live it had left: a marker of about 150 bytes of Redis
 # memory, whatever the size of the values. Returns how many records were settled.
@@ -586,19 +593,41 @@ return settled
 """
 )
 
-# KEYS[1] triggers hash, KEYS[2] version; ARGV[1] id, ARGV[2] JSON. Returns 1 if new.
+# KEYS[1] triggers hash, KEYS[2] version; ARGV[1] id, ARGV[2] JSON. Returns {1 if new,
+# the new version}.
 LUA_TRIGGER_PUT = """
 local added = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('INCR', KEYS[2])
-return added
+return {added, redis.call('INCR', KEYS[2])}
 """
 
-# KEYS[1] triggers hash, KEYS[2] version; ARGV[1] id. Returns 1 if it existed.
+# KEYS[1] triggers hash, KEYS[2] version; ARGV[1] id. Returns {1 if it existed, the new
+# version}.
 LUA_TRIGGER_DELETE = """
 local removed = redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('INCR', KEYS[2])
-return removed
+return {removed, redis.call('INCR', KEYS[2])}
 """
+
+# Redis Cluster: KEYS[1] a bucket's copy of the trigger version; ARGV[1] the version just
+# made. Raises the copy to it, never lowers it (two registrations at once may raise the
+# copies in either order; each copy ends at the higher). Returns the copy's version.
+LUA_RAISE_VERSION = """
+local v = tonumber(ARGV[1])
+if tonumber(redis.call('GET', KEYS[1]) or '0') < v then redis.call('SET', KEYS[1], v) end
+return tonumber(redis.call('GET', KEYS[1]))
+"""
+
+#: Scripts registered on first use (see RedisAdapter._script).
+LAZY_SCRIPTS = {
+    "batch": LUA_BATCH,
+    "page": LUA_PAGE,
+    "get_entry": LUA_GET_ENTRY,
+    "get_many": LUA_GET_MANY,
+    "list": LUA_LIST,
+    "live_count": LUA_LIVE_COUNT,
+    "due_scopes": LUA_DUE_SCOPES,
+    "expire": LUA_EXPIRE,
+    "raise_version": LUA_RAISE_VERSION,
+}
 
 
 def _tls_refusal(error: BaseException) -> str | None:
@@ -616,8 +645,25 @@ def _arg(number: int | None) -> str:
     return "" if number is None else str(number)
 
 
-def _escape(scope: str) -> str:
-    return scope.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+#: What a call fails with when the server, or a node of a cluster, cannot take it now: a
+#: state task retries it. On a cluster: a node down or unreachable, CLUSTERDOWN (slots not
+#: served during a failover), TRYAGAIN, a slot that moved (MOVED/ASK the client could not
+#: follow within its retries) or not covered.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.AskError,
+    redis.exceptions.RedisClusterException,
+)
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+
+
+def _node_error(error: BaseException) -> str:
+    """The error's class and text (which names the node, ``host:port``), never a password."""
+    text = _URL_PASSWORD.sub(r"\1***@", str(error))[:300]
+    return f"{error.__class__.__name__}: {text}" if text else error.__class__.__name__
 
 
 class RedisAdapter(VersionedStateAdapter):
@@ -626,7 +672,11 @@ class RedisAdapter(VersionedStateAdapter):
     Versions and expiry use Redis's own clock (``TIME`` inside the scripts), so workers on
     machines whose clocks disagree still agree on what has expired.
 
-    :param redis_url: ``redis://`` or ``rediss://``, with password and db number if needed.
+    :param redis_url: ``redis://`` or ``rediss://``, with password and db number if needed;
+        ``sentinel://`` (see ``master_name``); or ``redis+cluster://`` /
+        ``rediss+cluster://`` with comma-separated seed nodes for a Redis Cluster
+        (:mod:`state_tasks.core.cluster`; the keys then use the bucketed layout of
+        :mod:`adapters.redis_layout`).
     :param key_prefix: first part of every key (no braces).
     :param op_window_s: how long an applied operation id is remembered (default: the
         broker's redelivery window, :func:`adapters.base.default_op_window_s`).
@@ -649,7 +699,10 @@ class RedisAdapter(VersionedStateAdapter):
         as :class:`AdapterUnavailable` (a state task retries it; its operation record makes
         the retry apply nothing twice).
     :param wait_timeout_ms: how long a write waits for ``wait_replicas`` replicas.
-    :param client: an existing ``redis.Redis`` to use instead of ``redis_url`` (tests).
+    :param cluster: ``True``: ``redis_url`` (``redis://`` or ``rediss://``) is one seed
+        node of a Redis Cluster, as if written ``redis+cluster://``.
+    :param client: an existing ``redis.Redis`` (or ``redis.cluster.RedisCluster`` with
+        ``cluster``) to use instead of ``redis_url`` (tests).
     """
 
     supports_versions = True
@@ -670,15 +723,28 @@ class RedisAdapter(VersionedStateAdapter):
         sentinel_password: str | None = None,
         wait_replicas: int = 0,
         wait_timeout_ms: int = DEFAULT_WAIT_TIMEOUT_MS,
-        client: redis.Redis | None = None,
+        cluster: bool = False,
+        client: redis.Redis | redis.cluster.RedisCluster | None = None,
     ) -> None:
         if "{" in key_prefix or "}" in key_prefix:
             raise ConfigError(f"key_prefix {key_prefix!r} may not contain braces")
-        if not redis_url.startswith(("redis://", "rediss://", "unix://", "sentinel://")):
+        if not redis_url.startswith(
+            ("redis://", "rediss://", "unix://", "sentinel://")
+        ) and not is_cluster_url(redis_url):
             raise ConfigError(
                 f"redis_url {redact_url(redis_url)!r} must start with redis://, rediss://, "
-                "unix:// or sentinel://"
+                "unix://, sentinel://, redis+cluster:// or rediss+cluster://"
             )
+        self._cluster: ClusterTarget | None = None
+        if is_cluster_url(redis_url) or cluster:
+            if not redis_url.startswith(("redis://", "rediss://")) and not is_cluster_url(
+                redis_url
+            ):
+                raise ConfigError(
+                    f"cluster: true needs a redis:// or rediss:// seed node (or a "
+                    f"redis+cluster:// URL), got {redact_url(redis_url)!r}"
+                )
+            self._cluster = parse_cluster_url(redis_url)
         self._sentinel: SentinelTarget | None = None
         if is_sentinel_url(redis_url):
             if not master_name:
@@ -689,7 +755,8 @@ class RedisAdapter(VersionedStateAdapter):
             self._sentinel = parse_sentinel_url(redis_url)
         elif master_name:
             raise ConfigError(
-                f"master_name {master_name!r} needs a sentinel:// redis_url "
+                f"master_name {master_name!r} needs a sentinel:// redis_url (Sentinel and "
+                "Cluster do not mix: a cluster fails over by itself) "
                 f"(got {redact_url(redis_url)!r})"
             )
         self.master_name = master_name
@@ -712,12 +779,14 @@ class RedisAdapter(VersionedStateAdapter):
         }
         # TLS options on a plain URL would be silently ignored: a deployment that believes
         # it is encrypted must not run in clear text.
-        if not redis_url.startswith("rediss://") and any(tls_files.values()):
+        tls = redis_url.startswith(("rediss://", "rediss+cluster://"))
+        if not tls and any(tls_files.values()):
             raise ConfigError(
-                f"redis_url {redact_url(redis_url)!r}: ssl_* options need a rediss:// URL"
+                f"redis_url {redact_url(redis_url)!r}: ssl_* options need a rediss:// "
+                "(or rediss+cluster://) URL"
             )
         self._tls_options: dict[str, Any] = {}
-        if redis_url.startswith("rediss://"):
+        if tls:
             self._tls_options = {
                 **{name: path for name, path in tls_files.items() if path},
                 "ssl_cert_reqs": ssl_cert_reqs,
@@ -731,29 +800,35 @@ class RedisAdapter(VersionedStateAdapter):
             self.safe_url += f" (master {master_name!r})"
         self.key_prefix = key_prefix
         self._socket_timeout_s = socket_timeout_s
-        self._client = client
+        self._client: Any = client
         self._client_lock = threading.Lock()
-        self._groups_key = f"{key_prefix}:groups"
-        self._triggers_key = f"{key_prefix}:triggers"
-        self._version_key = f"{key_prefix}:triggers:version"
-        self._due_scopes_key = f"{key_prefix}:due"
+        self._layout = BucketLayout(key_prefix) if self._cluster else KeyLayout(key_prefix)
         self._scripts: dict[str, Script] = {}
         # (scope, key) -> the JSON text last written or seen there; None: seen absent.
         self._recent: dict[tuple[str, str], str | None] = {}
         self._recent_lock = threading.Lock()
         self._seen = threading.local()
-        # Op record keys to settle, carried by the next mutation script (see settle).
-        self._to_settle: builtins.list[str] = []
+        # Op record keys to settle, by tag, carried by the next mutation script of the same
+        # tag (see settle); on a cluster, the op id -> record key of recent operations.
+        self._to_settle: dict[str, builtins.list[str]] = {}
         self._to_settle_lock = threading.Lock()
+        self._op_keys: dict[str, tuple[str, str]] = {}
+
+    @property
+    def is_cluster(self) -> bool:
+        """True on a Redis Cluster (the bucketed key layout of :mod:`adapters.redis_layout`)."""
+        return self._cluster is not None
 
     def __repr__(self) -> str:
-        return f"RedisAdapter(redis_url={self.safe_url!r}, key_prefix={self.key_prefix!r})"
+        cluster = ", cluster" if self._cluster else ""
+        return f"RedisAdapter(redis_url={self.safe_url!r}, key_prefix={self.key_prefix!r}{cluster})"
 
     # -- connection ----------------------------------------------------------------
 
     @property
-    def client(self) -> redis.Redis:
-        """The process's client and connection pool, created on first use."""
+    def client(self) -> Any:
+        """The process's client and connection pool, created on first use: a
+        ``redis.Redis``, or on a cluster a ``redis.cluster.RedisCluster``."""
         if self._client is None:
             with self._client_lock:
                 if self._client is None:
@@ -770,11 +845,13 @@ class RedisAdapter(VersionedStateAdapter):
                         self._scripts[name] = self._client.register_script(body)
         return self._client
 
-    def _connect(self) -> redis.Redis:
+    def _connect(self) -> Any:
         timeouts = {
             "socket_timeout": self._socket_timeout_s,
             "socket_connect_timeout": self._socket_timeout_s,
         }
+        if self._cluster is not None:
+            return self._connect_cluster(self._cluster, timeouts)
         if self._sentinel is None:
             return redis.Redis.from_url(
                 self.redis_url,
@@ -792,7 +869,7 @@ class RedisAdapter(VersionedStateAdapter):
             **timeouts,
         )
         assert self.master_name is not None
-        return sentinels.master_for(  # type: ignore[no-untyped-call,no-any-return]
+        return sentinels.master_for(  # type: ignore[no-untyped-call]
             self.master_name,
             decode_responses=True,
             health_check_interval=30,
@@ -800,6 +877,41 @@ class RedisAdapter(VersionedStateAdapter):
             username=self._sentinel.username,
             password=self._sentinel.password,
         )
+
+    def _connect_cluster(
+        self, target: ClusterTarget, timeouts: dict[str, Any]
+    ) -> redis.cluster.RedisCluster:
+        """A cluster client: it asks a seed for the slot map, sends each command to the
+        master of its key's slot, follows MOVED/ASK, and after a connection error,
+        CLUSTERDOWN or TRYAGAIN asks for the map anew and retries (CLUSTER_RETRIES)."""
+        tls: dict[str, Any] = {}
+        if target.tls:
+            tls = {"ssl": True, **self._tls_options}
+        try:
+            return redis.cluster.RedisCluster(
+                startup_nodes=[
+                    redis.cluster.ClusterNode(host, port)  # type: ignore[no-untyped-call]
+                    for host, port in target.nodes
+                ],
+                username=target.username,
+                password=target.password,
+                decode_responses=True,
+                health_check_interval=30,
+                retry=Retry(
+                    ExponentialWithJitterBackoff(
+                        base=CLUSTER_BACKOFF_BASE_S, cap=CLUSTER_BACKOFF_CAP_S
+                    ),
+                    CLUSTER_RETRIES,
+                ),
+                **timeouts,
+                **tls,
+            )
+        except redis.exceptions.RedisClusterException as e:
+            raise AdapterUnavailable(
+                f"cannot reach Redis Cluster at {self.safe_url}: no seed node answered "
+                f"({_node_error(e)}). Check that the nodes run and the URL is right; calls "
+                "succeed again once they are back."
+            ) from e
 
     def close(self) -> None:
         if self._client is not None:
@@ -812,26 +924,55 @@ class RedisAdapter(VersionedStateAdapter):
     def _run(self, what: str, scope: str | None, call: Callable[[], Any]) -> Any:
         try:
             return call()
-        except (redis.ConnectionError, redis.TimeoutError) as e:
-            where = f" (scope {scope!r})" if scope is not None else ""
-            refused = _tls_refusal(e)
-            if refused is not None:
-                # A certificate that does not verify will not verify on a retry either.
-                raise AdapterError(
-                    f"{what}{where}: TLS with Redis at {self.safe_url} failed: {refused}. "
-                    "Check ssl_ca_certs (the CA that signed the server's certificate) and "
-                    "that the certificate names the host in redis_url."
-                ) from e
-            raise AdapterUnavailable(
-                f"{what}{where}: cannot reach Redis at {self.safe_url}: {e.__class__.__name__}. "
-                "Check that the server runs and the URL is right; calls succeed again once "
-                "it is back."
-            ) from e
+        except _UNAVAILABLE as e:
+            raise self._unavailable(what, scope, e) from e
         except redis.RedisError as e:
             where = f" (scope {scope!r})" if scope is not None else ""
             raise AdapterError(
                 f"{what}{where}: Redis at {self.safe_url} answered with an error: {e}"
             ) from e
+
+    def _unavailable(self, what: str, scope: str | None, error: BaseException) -> StateError:
+        """The error for a server (or cluster node) that cannot take the call now."""
+        where = f" (scope {scope!r})" if scope is not None else ""
+        refused = _tls_refusal(error)
+        if refused is not None:
+            # A certificate that does not verify will not verify on a retry either.
+            return AdapterError(
+                f"{what}{where}: TLS with Redis at {self.safe_url} failed: {refused}. "
+                "Check ssl_ca_certs (the CA that signed the server's certificate) and "
+                "that the certificate names the host in redis_url."
+            )
+        if self._cluster is None:
+            return AdapterUnavailable(
+                f"{what}{where}: cannot reach Redis at {self.safe_url}: "
+                f"{error.__class__.__name__}. Check that the server runs and the URL is "
+                "right; calls succeed again once it is back."
+            )
+        node = self._node_of(scope) if scope is not None else None
+        at = f"node {node} of " if node else ""
+        logger.warning(
+            "%s%s: Redis Cluster %s%s unavailable after %d retries: %s",
+            what,
+            where,
+            at,
+            self.safe_url,
+            CLUSTER_RETRIES,
+            _node_error(error),
+        )
+        return AdapterUnavailable(
+            f"{what}{where}: Redis Cluster {at}{self.safe_url} is unavailable: "
+            f"{_node_error(error)}. Check that its nodes run (a master that died is replaced "
+            "by its replica after cluster-node-timeout); calls succeed again once it is back."
+        )
+
+    def _node_of(self, scope: str) -> str | None:
+        """``host:port`` of the master holding ``scope`` in the client's slot map (no I/O)."""
+        try:
+            node = self.client.get_node_from_key(self._layout.scope_key(scope))
+        except Exception:  # only for a message: no map, no name
+            return None
+        return f"{node.host}:{node.port}" if node is not None else None
 
     def _script(self, name: str) -> Script:
         self.client  # noqa: B018 - registers the scripts on first use
@@ -840,38 +981,47 @@ class RedisAdapter(VersionedStateAdapter):
             script = self._scripts[name] = self.client.register_script(LAZY_SCRIPTS[name])
         return script
 
-    def _op_key(self, op_id: str | None) -> str:
-        return f"{self.key_prefix}:op:{op_id or ''}"
+    def _op_key(self, op_id: str | None, tag: str = "") -> str:
+        return self._layout.op_key(op_id or "", tag)
 
     def _op_ttl(self, op_id: str | None) -> str:
         return "" if op_id is None else str(max(1, round(self.op_window_s)))
 
     def scope_key(self, scope: str) -> str:
         """The Redis key of a scope's hash."""
-        return f"{self.key_prefix}:s:{{{_escape(scope)}}}"
+        return self._layout.scope_key(scope, "s")
 
     def index_key(self, scope: str) -> str:
         """The Redis key of a scope's key index (same hash tag: same cluster slot)."""
-        return f"{self.key_prefix}:k:{{{_escape(scope)}}}"
+        return self._layout.scope_key(scope, "k")
 
     def versions_key(self, scope: str) -> str:
         """The Redis key of a scope's versions (same hash tag: same cluster slot)."""
-        return f"{self.key_prefix}:v:{{{_escape(scope)}}}"
+        return self._layout.scope_key(scope, "v")
 
     def due_key(self, scope: str) -> str:
         """The Redis key of a scope's due index (same hash tag: same cluster slot)."""
-        return f"{self.key_prefix}:x:{{{_escape(scope)}}}"
+        return self._layout.scope_key(scope, "x")
 
     def _mutation_keys(self, scope: str, op_id: str | None) -> builtins.list[str]:
+        """KEYS[1..8] of a mutation script: on a cluster all in the scope's bucket."""
+        tag = self._layout.tag(scope)
+        op_key = self._op_key(op_id, tag)
+        if op_id is not None and self._cluster is not None:
+            with self._to_settle_lock:
+                self._op_keys.pop(op_id, None)
+                self._op_keys[op_id] = (tag, op_key)
+                if len(self._op_keys) > CLUSTER_OP_KEYS_MAX:
+                    del self._op_keys[next(iter(self._op_keys))]
         return [
             self.scope_key(scope),
-            self._groups_key,
-            self._version_key,
-            self._op_key(op_id),
+            self._layout.groups_key(tag),
+            self._layout.version_key(tag),
+            op_key,
             self.index_key(scope),
             self.versions_key(scope),
             self.due_key(scope),
-            self._due_scopes_key,
+            self._layout.due_scopes_key(tag),
         ]
 
     def _read_keys(self, scope: str) -> builtins.list[str]:
@@ -1000,34 +1150,70 @@ class RedisAdapter(VersionedStateAdapter):
 
         A whole record meanwhile answers a repeat with its result (the safe direction).
         More than :data:`SETTLE_BATCH_MAX` waiting are settled at once, and ``close``
-        settles the rest.
+        settles the rest. On a cluster a record lives in its scope's bucket: only a
+        mutation of the same bucket carries it, the rest are settled one script per bucket
+        in one pipeline, and an id this process did not write (or no longer remembers,
+        :data:`CLUSTER_OP_KEYS_MAX`) stays whole until it expires.
         """
         with self._to_settle_lock:
-            self._to_settle.extend(self._op_key(op_id) for op_id in op_ids)
-            full = len(self._to_settle) >= SETTLE_BATCH_MAX
+            for op_id in op_ids:
+                if self._cluster is None:
+                    tag, key = "", self._op_key(op_id)
+                else:
+                    known = self._op_keys.pop(op_id, None)
+                    if known is None:
+                        continue
+                    tag, key = known
+                self._to_settle.setdefault(tag, []).append(key)
+            full = sum(map(len, self._to_settle.values())) >= SETTLE_BATCH_MAX
         if full:
             self._flush_settles()
 
     def _flush_settles(self) -> None:
-        keys = self._take_settles()
-        if not keys:
+        with self._to_settle_lock:
+            waiting, self._to_settle = self._to_settle, {}
+        if not waiting:
             return
-        script = self._script("settle")
+        calls: builtins.list[tuple[builtins.list[str], builtins.list[Any]]]
+        calls = [(keys, []) for keys in waiting.values()]
         try:
-            self._run("settle", None, lambda: script(keys=keys, args=[]))
+            self._run("settle", None, lambda: self._eval_each("settle", calls))
         except BaseException:
-            self._requeue_settles(keys)
+            for tag, keys in waiting.items():
+                self._requeue_settles(tag, keys)
             raise
 
-    def _take_settles(self) -> builtins.list[str]:
+    def _take_settles(self, tag: str) -> builtins.list[str]:
         with self._to_settle_lock:
-            keys, self._to_settle = self._to_settle, []
-        return keys
+            return self._to_settle.pop(tag, [])
 
-    def _requeue_settles(self, keys: builtins.list[str]) -> None:
+    def _requeue_settles(self, tag: str, keys: builtins.list[str]) -> None:
         if keys:
             with self._to_settle_lock:
-                self._to_settle[:0] = keys
+                self._to_settle.setdefault(tag, [])[:0] = keys
+
+    def _eval_each(
+        self, name: str, calls: Sequence[tuple[builtins.list[str], builtins.list[Any]]]
+    ) -> builtins.list[Any]:
+        """Run one script once per ``(keys, args)``: on one server one after the other; on
+        a cluster in one pipeline (about one round trip per master, whatever the number of
+        buckets), loading the script on every master first if one lacks it."""
+        script = self._script(name)
+        if self._cluster is None:
+            return [script(keys=keys, args=args) for keys, args in calls]
+        replies: builtins.list[Any] = []
+        for attempt in range(2):
+            pipe = self.client.pipeline(transaction=False)
+            for keys, args in calls:
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            replies = pipe.execute(raise_on_error=False)
+            if attempt or not any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+                break
+            self.client.script_load(script.script)  # on every master
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
 
     def _mutate(
         self,
@@ -1037,13 +1223,15 @@ class RedisAdapter(VersionedStateAdapter):
         keys: builtins.list[str],
         args: builtins.list[str],
     ) -> Any:
-        """Run a mutation script, carrying the records waiting to be settled (KEYS[5..])."""
+        """Run a mutation script, carrying the records waiting to be settled (KEYS[9..]) of
+        the scope's tag (on a cluster, its bucket: one script is one slot)."""
         script = self._script(script_name)
-        settles = self._take_settles()
+        tag = self._layout.tag(scope)
+        settles = self._take_settles(tag)
         try:
             return self._run(what, scope, lambda: self._write(script, keys + settles, args))
         except BaseException:
-            self._requeue_settles(settles)
+            self._requeue_settles(tag, settles)
             raise
 
     def _write(self, script: Script, keys: builtins.list[str], args: builtins.list[Any]) -> Any:
@@ -1056,6 +1244,8 @@ class RedisAdapter(VersionedStateAdapter):
         """
         if not self.wait_replicas:
             return script(keys=keys, args=args)
+        if self._cluster is not None:
+            return self._write_on_node(script, keys, args)
         pipe = self.client.pipeline(transaction=False)
         script(keys=keys, args=args, client=pipe)
         pipe.wait(self.wait_replicas, self.wait_timeout_ms)
@@ -1068,6 +1258,46 @@ class RedisAdapter(VersionedStateAdapter):
                 f"{self.wait_timeout_ms} ms; it is retried (and applied once)"
             )
         return reply
+
+    def _write_on_node(
+        self, script: Script, keys: builtins.list[str], args: builtins.list[Any]
+    ) -> Any:
+        """``wait_replicas`` on a cluster: the script and ``WAIT`` in one pipeline on the
+        connection of the master that owns the keys' slot (the cluster client would send
+        WAIT to any node). A node that does not answer or a slot that moved (MOVED/ASK)
+        refreshes the slot map and is retried, :data:`CLUSTER_RETRIES` times with backoff,
+        then fails (as :class:`AdapterUnavailable`, through ``_run``)."""
+        client = self.client
+        for attempt in range(CLUSTER_RETRIES + 1):
+            node = client.get_node_from_key(keys[0])
+            pipe = client.get_redis_connection(node).pipeline(transaction=False)
+            script(keys=keys, args=args, client=pipe)
+            pipe.wait(self.wait_replicas, self.wait_timeout_ms)
+            try:
+                reply, confirmed = pipe.execute()
+            except _UNAVAILABLE as e:
+                if attempt == CLUSTER_RETRIES:
+                    raise
+                logger.info(
+                    "Redis Cluster node %s:%s: %s; slot map refreshed, retry %d of %d",
+                    node.host,
+                    node.port,
+                    _node_error(e),
+                    attempt + 1,
+                    CLUSTER_RETRIES,
+                )
+                time.sleep(min(CLUSTER_BACKOFF_CAP_S, CLUSTER_BACKOFF_BASE_S * 2**attempt))
+                client.nodes_manager.initialize()
+                continue
+            if int(confirmed) < self.wait_replicas:
+                raise AdapterUnavailable(
+                    f"Redis Cluster node {node.host}:{node.port} of {self.safe_url}: the "
+                    f"write reached {confirmed} of the {self.wait_replicas} replicas that "
+                    f"wait_replicas asks for within {self.wait_timeout_ms} ms; it is "
+                    "retried (and applied once)"
+                )
+            return reply
+        raise AssertionError("unreachable")
 
     def list(self, scope: str) -> builtins.list[str]:
         script = self._script("list")
@@ -1156,6 +1386,9 @@ class RedisAdapter(VersionedStateAdapter):
     def list_groups_page(
         self, prefix: str, after: str | None, limit: int, with_counts: bool
     ) -> tuple[builtins.list[tuple[str, int | None]], bool]:
+        """A page of the groups index: ``ZRANGEBYLEX`` after the cursor. On a cluster each
+        bucket's index gives its first ``limit + 1`` (one pipeline: a round trip per
+        master) and the merge keeps the first ``limit + 1`` of them all."""
         pending = self._pending_scopes()
         rows: builtins.list[tuple[str, int | None]] = []
         while True:  # a scope whose keys all expired (not yet swept) is skipped
@@ -1163,14 +1396,11 @@ class RedisAdapter(VersionedStateAdapter):
             low = b"(" + after.encode() if after is not None else b"[" + prefix.encode()
             high = b"[" + prefix.encode() + b"\xff" if prefix else b"+"
             wanted = limit - len(rows)
-            found = cast(
-                "list[str]",
-                self._run(
-                    "list_groups",
-                    None,
-                    partial(self.client.zrangebylex, self._groups_key, low, high, 0, wanted + 1),
-                ),
-            )
+            found = self._run(
+                "list_groups",
+                None,
+                partial(self._groups_range, "ZRANGEBYLEX", low, high, "LIMIT", 0, wanted + 1),
+            )[: wanted + 1]
             more, scopes = len(found) > wanted, found[:wanted]
             counts: builtins.list[int | None] = [None] * len(scopes)
             if with_counts and scopes:
@@ -1190,31 +1420,53 @@ class RedisAdapter(VersionedStateAdapter):
 
     def list_groups(self) -> builtins.list[str]:
         pending = self._pending_scopes()
-        groups = self._run("list_groups", None, lambda: self.client.zrange(self._groups_key, 0, -1))
+        groups = self._run("list_groups", None, partial(self._groups_range, "ZRANGE", 0, -1))
         return [scope for scope in groups if pending.get(scope) != 0]
+
+    def _groups_range(self, command: str, *args: Any) -> builtins.list[str]:
+        """``command`` (a range of a sorted set) on every groups index, merged in order.
+
+        Every scope is in one bucket only, and each bucket's answer is sorted by bytes, as
+        Python sorts str (code point order is UTF-8 byte order)."""
+        tags = self._layout.tags
+        if len(tags) == 1:
+            return cast(
+                "list[str]",
+                self.client.execute_command(command, self._layout.groups_key(tags[0]), *args),
+            )
+        pipe = self.client.pipeline(transaction=False)
+        for tag in tags:
+            pipe.execute_command(command, self._layout.groups_key(tag), *args)
+        return list(heapq.merge(*pipe.execute()))
+
+    def _due_scopes(self, limit: int) -> tuple[builtins.list[str], float | None]:
+        """The scopes whose earliest due time has come (at most ``limit`` per tag), and
+        the milliseconds until the next due time known (``None``: none), each bucket
+        judged by its own master's clock."""
+        calls = [([self._layout.due_scopes_key(tag)], [limit]) for tag in self._layout.tags]
+        scopes: builtins.list[str] = []
+        wait_ms: float | None = None
+        for now, due, next_due in self._eval_each("due_scopes", calls):
+            scopes += due
+            if next_due:
+                left = max(0.0, float(next_due) - float(now))
+                wait_ms = left if wait_ms is None else min(wait_ms, left)
+        return scopes, wait_ms
 
     def _pending_scopes(self) -> dict[str, int]:
         """The scopes with keys due and not yet swept, and how many live keys each holds."""
-        script = self._script("due_scopes")
-        _, scopes, _ = self._run(
-            "list_groups", None, lambda: script(keys=[self._due_scopes_key], args=[10_000])
-        )
-        counter = self._script("live_count")
-        counts = {}
-        for scope in scopes:
-            keys = self._read_keys(scope)
-            count = self._run("list_groups", scope, partial(counter, keys=keys))
-            counts[scope] = int(count)
-        return counts
+        scopes, _ = self._run("list_groups", None, partial(self._due_scopes, 10_000))
+        calls: builtins.list[tuple[builtins.list[str], builtins.list[Any]]]
+        calls = [(self._read_keys(scope), []) for scope in scopes]
+        counts = self._run("list_groups", None, partial(self._eval_each, "live_count", calls))
+        return {scope: int(count) for scope, count in zip(scopes, counts, strict=True)}
 
     def expire_due(self, limit: int) -> tuple[builtins.list[Expired], float | None]:
         """Remove the keys whose due time has come (one script per scope with keys due:
         atomic, so two workers never both get one); return them and the milliseconds
-        until the next due time, from the server's clock."""
-        script = self._script("due_scopes")
-        now, scopes, next_due = self._run(
-            "expire", None, lambda: script(keys=[self._due_scopes_key], args=[limit])
-        )
+        until the next due time, from the server's clock (on a cluster: the buckets' due
+        indexes in one pipeline, each judged by its master's clock)."""
+        scopes, next_due_ms = self._run("expire", None, partial(self._due_scopes, limit))
         expire = self._script("expire")
         gone: builtins.list[Expired] = []
         for scope in scopes:
@@ -1228,27 +1480,40 @@ class RedisAdapter(VersionedStateAdapter):
                 self._recent.pop((scope, flat[at]), None)
         if scopes:
             return gone, 0.0  # look again at once: more may be due, or the next due time moved
-        return gone, None if not next_due else max(0.0, float(next_due) - float(now))
+        return gone, next_due_ms
 
     def triggers_load(self) -> dict[str, str]:
-        found = self._run("triggers_load", None, lambda: self.client.hgetall(self._triggers_key))
+        key = self._layout.triggers_key
+        found = self._run("triggers_load", None, lambda: self.client.hgetall(key))
         return cast("dict[str, str]", found)
 
     def triggers_put(self, trigger_id: str, trigger_json: str) -> bool:
-        script = self._script("trigger_put")
-        keys = [self._triggers_key, self._version_key]
-        return bool(
-            self._run(
-                "triggers_put", None, lambda: self._write(script, keys, [trigger_id, trigger_json])
-            )
-        )
+        return self._trigger_change("triggers_put", "trigger_put", [trigger_id, trigger_json])
 
     def triggers_delete(self, trigger_id: str) -> bool:
-        script = self._script("trigger_delete")
-        keys = [self._triggers_key, self._version_key]
-        return bool(
-            self._run("triggers_delete", None, lambda: self._write(script, keys, [trigger_id]))
-        )
+        return self._trigger_change("triggers_delete", "trigger_delete", [trigger_id])
+
+    def _trigger_change(self, what: str, script_name: str, args: builtins.list[str]) -> bool:
+        """Change the triggers hash and bump the version in the same script.
+
+        On a cluster the mutation scripts read their bucket's copy of the version (a copy
+        per bucket: one shared key would be in another slot, and one hot key), so after
+        the hash and its counter every copy is raised to the new version, one script per
+        bucket in one pipeline, before this returns. A change that runs meanwhile in a
+        bucket not yet raised matches with the triggers of before: it ran before the
+        registration returned, as on one server a change just before the ``INCR`` does.
+        A change that reads a raised copy reloads the hash, which already holds the new
+        trigger. A raise that fails (a node down) fails the call; registering again
+        raises every copy (a copy is raised, never lowered, so registrations at once end
+        at the highest).
+        """
+        script = self._script(script_name)
+        keys = [self._layout.triggers_key, self._layout.triggers_version_key]
+        changed, version = self._run(what, None, lambda: self._write(script, keys, args))
+        if self._cluster is not None:
+            calls = [([self._layout.version_key(tag)], [version]) for tag in self._layout.tags]
+            self._run(what, None, partial(self._eval_each, "raise_version", calls))
+        return bool(changed)
 
     def triggers_version(self) -> int:
         # The version the last mutation of this thread read atomically with its change
@@ -1257,6 +1522,5 @@ class RedisAdapter(VersionedStateAdapter):
         if seen is not None:
             self._seen.version = None
             return seen
-        return int(
-            self._run("triggers_version", None, lambda: self.client.get(self._version_key)) or 0
-        )
+        key = self._layout.triggers_version_key
+        return int(self._run("triggers_version", None, lambda: self.client.get(key)) or 0)

@@ -10,6 +10,9 @@ Enable them in your ``conftest.py``::
 
 - ``redis_server``: a private ``redis-server`` on a free port for the test session
   (nothing on disk; ``redis-server`` must be installed), never the one on 6379;
+- ``redis_cluster``: a private Redis Cluster for the test session, three masters with one
+  replica each on free ports (``redis_cluster.cluster_url()`` is the RedisAdapter's
+  ``redis_url``), started on first use (about 7 s);
 - ``state_worker``: starts ``celery -A state_tasks worker`` processes on that server
   (broker, results and, unless you pass a ``state_yaml``, the embedded KvStore) and
   stops them after the test.
@@ -22,9 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from state_tasks.contrib.servers import RedisServer, Worker
+from state_tasks.contrib.servers import RedisCluster, RedisServer, Worker
 
-__all__ = ["redis_server", "state_worker"]
+__all__ = ["redis_cluster", "redis_server", "state_worker"]
 
 #: Starts a worker: ``(state_yaml=None, includes=(), args=(), pythonpath=(), db=0, **env)``.
 WorkerFactory = Callable[..., Worker]
@@ -36,6 +39,15 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A Redis Cluster of the test session's own: three masters, one replica each. Tests
+    share it (use a key prefix of your own); one that stops nodes builds its own cluster."""
+    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"), masters=3, replicas=1)
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture

@@ -323,6 +323,10 @@ class RedisCluster:
         """A seed node's URL (any live node lets a cluster client find the others)."""
         return f"redis://127.0.0.1:{self.live_ports()[0]}"
 
+    def cluster_url(self) -> str:
+        """The RedisAdapter's URL for this cluster: every live node as a seed."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in self.live_ports())
+
     def master_of(self, key: str) -> int:
         """The port of the master that owns ``key``'s slot now."""
         client = redis.RedisCluster(host="127.0.0.1", port=self.live_ports()[0])

@@ -113,6 +113,9 @@ class RedisAdapterConfig(_AdapterConfig):
     # Synchronous replication: WAIT for this many replicas after each write (0: off).
     wait_replicas: int = Field(0, ge=0)
     wait_timeout_ms: int = Field(DEFAULT_WAIT_TIMEOUT_MS, gt=0)
+    # Redis Cluster: true makes a redis:// / rediss:// URL one seed node of a cluster (a
+    # redis+cluster:// URL needs nothing more; state_tasks.core.cluster).
+    cluster: bool = False
 
 
 class BridgeConfig(_AdapterConfig):
@@ -168,6 +171,7 @@ def _redis(config: RedisAdapterConfig) -> StateAdapter:
         op_window_s=config.op_window_s,
         wait_replicas=config.wait_replicas,
         wait_timeout_ms=config.wait_timeout_ms,
+        cluster=config.cluster,
         **tls,
         **sentinel,
     )

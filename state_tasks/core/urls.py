@@ -16,10 +16,19 @@ def is_embedded_broker(url: object) -> bool:
 def redact_url(url: str) -> str:
     """The URL with its password replaced by ``***`` (safe for logs and errors).
 
-    A ``;``-separated list (Sentinel's ``sentinel://a;sentinel://b``) is redacted part by part.
+    A ``;``-separated list (Sentinel's ``sentinel://a;sentinel://b``) is redacted part by part,
+    and a comma-separated list of hosts after one login (Redis Cluster's
+    ``redis+cluster://:pw@a:1,b:2``) keeps its hosts.
     """
     if ";" in url:
         return ";".join(redact_url(part) for part in url.split(";"))
+    scheme, sep, rest = url.partition("://")
+    netloc, slash, path = rest.partition("/")
+    if sep and "," in netloc:
+        userinfo, at, hosts = netloc.rpartition("@")
+        if not at or ":" not in userinfo:
+            return url
+        return f"{scheme}://{userinfo.partition(':')[0]}:***@{hosts}{slash}{path}"
     try:
         parts = urlsplit(url)
         port = parts.port

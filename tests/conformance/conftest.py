@@ -20,7 +20,10 @@ from state_tasks.contrib.servers import RedisSentinelGroup
 from state_tasks.core.service import StateService
 from state_tasks.remote import RemoteDeployment
 
-ADAPTERS = ["kv_memory", "kv_file", "redis", "bridge"]
+#: "redis_cluster": the whole contract on a RedisAdapter on a Redis Cluster (three masters,
+#: one replica each: the session's redis_cluster), with wait_replicas: 1 (a replica ack per
+#: write, on the node that took it).
+ADAPTERS = ["kv_memory", "kv_file", "redis", "redis_cluster", "bridge"]
 #: STATE_TASKS_TEST_SENTINEL=1 adds "redis_sentinel": the whole contract on a RedisAdapter
 #: that finds its master through three sentinels (one master, one replica), with
 #: wait_replicas: 1 (about 6 s more to start the servers, and a replica ack per write).
@@ -46,6 +49,14 @@ def build(kind: str, request: pytest.FixtureRequest, **settings: Any) -> StateAd
         # A fresh key prefix per adapter: tests share the server, never each other's keys.
         prefix = f"conformance-{uuid.uuid4().hex[:10]}"
         return RedisAdapter(redis_url=server.url(0), key_prefix=prefix, **settings)
+    if kind == "redis_cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        return RedisAdapter(
+            redis_url=cluster.cluster_url(),
+            key_prefix=f"conformance-{uuid.uuid4().hex[:10]}",
+            wait_replicas=1,
+            **settings,
+        )
     if kind == "redis_sentinel":
         group = request.getfixturevalue("sentinel_group")
         return RedisAdapter(
