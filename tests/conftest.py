@@ -1,6 +1,7 @@
 """Fixtures: deployments of workers on the session's private redis-server.
 
-The server itself (``redis_server``) comes from the plugin users get too.
+The servers themselves (``redis_server``, ``redis_cluster``) come from the plugin users get
+too.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from typing import Any
 
 import pytest
 from helpers import REMOTE_STATE_DB, Deployment, RedisServer, redis_state_yaml
+
+from state_tasks.contrib.servers import RedisCluster
 
 pytest_plugins = ["state_tasks.contrib.pytest"]
 
@@ -40,6 +43,23 @@ def redis_deployment(
 
 
 @pytest.fixture(scope="session")
+def redis_cluster_deployment(
+    redis_server: RedisServer,
+    redis_cluster: RedisCluster,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Deployment]:
+    """As redis_deployment, with the state on the session's Redis Cluster (three masters,
+    one replica each); broker and results stay on the session's redis-server."""
+    workdir = tmp_path_factory.mktemp("redis-cluster-deployment")
+    state_yaml = redis_state_yaml(redis_cluster.cluster_url(), "it-cluster")
+    deployment = Deployment(redis_server, workdir, state_yaml)
+    deployment.worker("--concurrency", "2")
+    deployment.worker("--concurrency", "1")
+    yield deployment
+    deployment.close()
+
+
+@pytest.fixture(scope="session")
 def bridge_remote(
     redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Deployment]:
@@ -54,7 +74,7 @@ def bridge_remote(
     deployment.close()
 
 
-@pytest.fixture(params=["kv", "redis"])
+@pytest.fixture(params=["kv", "redis", "redis_cluster"])
 def deployment(request: pytest.FixtureRequest) -> Deployment:
     """Each test of the state functions runs once per adapter, through real workers."""
     return request.getfixturevalue(f"{request.param}_deployment")  # type: ignore[no-any-return]

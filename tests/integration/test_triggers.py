@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import redis
-from helpers import Deployment, own_db, wait_until
+from helpers import Deployment, own_db, redis_state_yaml, wait_until
 
 from state_tasks import StateEvent, UpdateOpError
 
@@ -63,12 +63,20 @@ class Recorded:
             self.client.delete(key)
 
 
-@pytest.fixture(scope="module")
-def triggered(redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """One deployment on the default KvStore: one worker loading the test handlers."""
-    deployment = Deployment(redis_server, tmp_path_factory.mktemp("triggers"), None)
+@pytest.fixture(scope="module", params=["kv", "redis_cluster"])
+def triggered(
+    request: pytest.FixtureRequest, redis_server: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Any:
+    """One deployment, on the default KvStore or with its state (and so its triggers) on
+    the session's Redis Cluster: one worker thread loading the test handlers."""
+    state_yaml, args = None, ()
+    if request.param == "redis_cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        state_yaml = redis_state_yaml(cluster.cluster_url(), unique("triggers"))
+        args = ("--pool", "threads", "--concurrency", "1")
+    deployment = Deployment(redis_server, tmp_path_factory.mktemp("triggers"), state_yaml)
     record_url = redis_server.url(own_db())
-    worker = deployment.worker(includes=("trigger_handlers",), RECORD_REDIS_URL=record_url)
+    worker = deployment.worker(*args, includes=("trigger_handlers",), RECORD_REDIS_URL=record_url)
     # The sentinels of these tests rely on one worker thread taking tasks in queue order.
     assert "concurrency: 1 (thread)" in worker.log(), worker.tail()
     recorded = Recorded(record_url)

@@ -1,0 +1,163 @@
+"""RedisAdapter on a real Redis Cluster: the bucketed layout in place, list_groups over every
+bucket, triggers seen in every bucket, and a clear error when the cluster is gone.
+
+The session's cluster (three masters, one replica each) for what only reads and writes;
+a small cluster of its own for the test that stops every node.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from adapters.redis_adapter import RedisAdapter
+from adapters.redis_layout import CLUSTER_BUCKETS, bucket_of
+from state_tasks.contrib.servers import RedisCluster
+from state_tasks.core.errors import AdapterUnavailable
+
+
+@pytest.fixture
+def adapter(redis_cluster: RedisCluster) -> Iterator[RedisAdapter]:
+    adapter = RedisAdapter(
+        redis_url=redis_cluster.cluster_url(), key_prefix=f"cl-{uuid.uuid4().hex[:8]}"
+    )
+    yield adapter
+    adapter.close()
+
+
+def one_scope_per_bucket() -> list[str]:
+    """A scope in each of the buckets, in bucket order."""
+    found: dict[int, str] = {}
+    i = 0
+    while len(found) < CLUSTER_BUCKETS:
+        found.setdefault(bucket_of(f"scope-{i}"), f"scope-{i}")
+        i += 1
+    return [found[bucket] for bucket in range(CLUSTER_BUCKETS)]
+
+
+def test_a_scopes_keys_share_a_slot_and_the_buckets_spread_over_every_master(
+    adapter: RedisAdapter, redis_cluster: RedisCluster
+) -> None:
+    # Given values with a ttl (so every per-scope key exists) in scopes of every bucket
+    scopes = one_scope_per_bucket()
+    for scope in scopes:
+        adapter.set_versioned(scope, "k", '{"n": 1}', op_id=f"op-{scope}", ttl_ms=600_000)
+    client = adapter.client
+    for scope in scopes[:20]:
+        keys = adapter._mutation_keys(scope, f"op-{scope}")
+        assert all(client.exists(key) for key in keys[:2] + keys[3:])
+        # Then all of them are in one slot (Redis would refuse the script otherwise)
+        assert len({client.keyslot(key) for key in keys}) == 1
+    # And the buckets (so the scopes, groups and due indexes) are spread over the three
+    # masters, evenly
+    owners = Counter(client.get_node_from_key(adapter.scope_key(scope)).port for scope in scopes)
+    assert sorted(owners.values()) == [85, 85, 86]
+    assert set(owners) == {redis_cluster.master_of(adapter.scope_key(s)) for s in scopes[::40]}
+
+
+def test_list_groups_merges_every_bucket_and_pages_each_scope_once_in_order(
+    adapter: RedisAdapter,
+) -> None:
+    # Given 300 scopes (Unicode names too) spread over the buckets, 20 of them emptied
+    scopes = [f"g-{i:03d}" for i in range(280)] + [f"g-é{i}" for i in range(10)]
+    scopes += [f"g-日本{i}" for i in range(10)]
+    for i, scope in enumerate(scopes):
+        adapter.set(scope, "a", "1")
+        if i % 3 == 0:
+            adapter.set(scope, "b", "2")
+    for scope in scopes[:20]:
+        adapter.delete(scope, "a")
+        adapter.delete(scope, "b")
+    live = sorted(scopes[20:])
+    assert len({bucket_of(scope) for scope in live}) > 150
+    # Then list_groups has each live scope once, sorted
+    assert adapter.list_groups() == live
+    # And pages of 7 after each cursor give the same, once each, with their counts
+    rows: list[tuple[str, int | None]] = []
+    after = None
+    while True:
+        page, more = adapter.list_groups_page("", after, 7, with_counts=True)
+        rows += page
+        if not more:
+            break
+        after = page[-1][0]
+    assert [scope for scope, _ in rows] == live
+    assert all(count == (2 if scopes.index(s) % 3 == 0 else 1) for s, count in rows)
+    # And a prefix keeps to it
+    page, more = adapter.list_groups_page("g-日本", None, 100, with_counts=False)
+    assert ([s for s, _ in page], more) == (sorted(s for s in live if "日本" in s), False)
+
+
+def test_a_trigger_registered_is_seen_by_mutations_in_every_bucket(
+    adapter: RedisAdapter, redis_cluster: RedisCluster
+) -> None:
+    # Given a second process's adapter on the same cluster and prefix
+    other = RedisAdapter(redis_url=redis_cluster.cluster_url(), key_prefix=adapter.key_prefix)
+    try:
+        scopes = one_scope_per_bucket()
+        other.set(scopes[0], "k", "0")
+        before = other.triggers_version()
+        # When a trigger is registered
+        assert adapter.triggers_put("t1", '{"id": "t1"}') is True
+        # Then a change in every bucket reads the new version with its change (and so
+        # reloads the triggers), which loads the new trigger
+        for scope in scopes:
+            other.set(scope, "k", "1")
+            assert other.triggers_version() > before, scope
+        assert other.triggers_load() == {"t1": '{"id": "t1"}'}
+        # And an unregistration moves every bucket on again
+        seen = other.triggers_version()
+        assert adapter.triggers_delete("t1") is True
+        for scope in scopes:
+            other.delete(scope, "k")
+            assert other.triggers_version() > seen, scope
+        assert other.triggers_load() == {}
+    finally:
+        other.close()
+
+
+def test_a_stopped_cluster_is_adapter_unavailable_naming_the_node(tmp_path: Path) -> None:
+    # Given a small cluster of its own and an adapter that has used it
+    cluster = RedisCluster(tmp_path / "doomed", masters=3, replicas=0)
+    ports = list(cluster.ports)
+    url = cluster.cluster_url()
+    adapter = RedisAdapter(redis_url=url, key_prefix="doomed")
+    try:
+        adapter.set("users", "u1", '{"n": 1}')
+        owner = cluster.master_of(adapter.scope_key("users"))
+        # When every node is stopped
+        cluster.stop()
+        # Then a call fails within seconds as AdapterUnavailable (a state task retries
+        # it), naming the node that holds the scope
+        started = time.monotonic()
+        with pytest.raises(AdapterUnavailable) as failed:
+            adapter.get("users", "u1")
+        assert time.monotonic() - started < 15
+        message = str(failed.value)
+        assert f"node 127.0.0.1:{owner}" in message and "scope 'users'" in message
+        assert url in message
+        # And a new adapter (a worker starting now) says no seed answered, naming them
+        with pytest.raises(AdapterUnavailable, match="no seed node answered") as fresh:
+            RedisAdapter(redis_url=url, key_prefix="doomed").get("users", "u1")
+        assert all(f"127.0.0.1:{port}" in str(fresh.value) for port in ports)
+    finally:
+        adapter.close()
+        cluster.stop()
+
+
+def test_keys_written_through_the_adapter_are_plain_redis_data(adapter: RedisAdapter) -> None:
+    """What the README's key table says, on a cluster: inspect it with redis-cli -c."""
+    adapter.set("orders", "o1", '{"total": 3}')
+    client: redis.RedisCluster = adapter.client
+    tag = adapter.scope_key("orders").split("{")[1].split("}")[0]
+    prefix = adapter.key_prefix
+    assert adapter.scope_key("orders") == f"{prefix}:s:{{{tag}}}:orders"
+    assert client.hget(f"{prefix}:s:{{{tag}}}:orders", "o1") == '{"total": 3}'
+    assert client.zrange(f"{prefix}:groups:{{{tag}}}", 0, -1) == ["orders"]
+    assert client.zrange(f"{prefix}:k:{{{tag}}}:orders", 0, -1) == ["o1"]
