@@ -69,7 +69,8 @@ def triggered(
 ) -> Any:
     """One deployment, on the default KvStore or with its state (and so its triggers) on
     the session's Redis Cluster: one worker thread loading the test handlers."""
-    state_yaml, args = None, ()
+    state_yaml: str | None = None
+    args: tuple[str, ...] = ()
     if request.param == "redis_cluster":
         cluster = request.getfixturevalue("redis_cluster")
         state_yaml = redis_state_yaml(cluster.cluster_url(), unique("triggers"))
