@@ -20,10 +20,20 @@ one atomic step (HKEYS + ZADD, once per scope; about a second per million keys).
 
 Inside the braces the scope is escaped (``%`` -> ``%25``, ``{`` -> ``%7B``, ``}`` ->
 ``%7D``), so the closing brace is always the last character: no two scopes share a key
-(``a:b`` vs ``a`` + ``b:``, prefixes of each other), and the braces are a Redis Cluster
-hash tag that keeps every key of a scope in one slot. The groups index is one key, so in
-a cluster it lives in one slot of its own; the scripts that touch it would need to move
-to a per-slot index there.
+(``a:b`` vs ``a`` + ``b:``, prefixes of each other).
+
+Versions and expiry add ``{prefix}:v:{<scope>}`` (versions), ``{prefix}:x:{<scope>}``
+(due index) and ``{prefix}:due`` (the scopes with keys due).
+
+On a Redis Cluster (``redis+cluster://``, or ``cluster=True``) the keys follow the bucketed
+layout of :mod:`adapters.redis_layout` instead: every scope is in one of 256 buckets, and
+every key a mutation script touches (the scope's four keys, its bucket's groups index,
+due index, copy of the trigger version and operation records) carries the bucket's hash
+tag, so one script is one slot. The scripts are the same; only their KEYS differ. What
+reads every bucket (``list_groups``, the sweep's due indexes, settling records, raising
+the trigger version's copies) sends one command per bucket in one pipeline: a round trip
+per master. ``wait_replicas`` sends the script and ``WAIT`` on the owning master's own
+connection.
 
 Atomicity: ``set`` and ``delete`` are one Lua script each (the old value is read and
 replaced in the same step, and the groups index moves with the data). ``update`` runs
@@ -662,7 +672,7 @@ _URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
 
 def _node_error(error: BaseException) -> str:
     """The error's class and text (which names the node, ``host:port``), never a password."""
-    text = _URL_PASSWORD.sub(r"\1***@", str(error))[:300]
+    text = _URL_PASSWORD.sub(r"\1***@", str(error))[:300].rstrip(". ")
     return f"{error.__class__.__name__}: {text}" if text else error.__class__.__name__
 
 
