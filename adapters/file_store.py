@@ -90,7 +90,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from adapters.base import DEFAULT_MAX_VALUE_BYTES
-from adapters.kv_store import BATCH_RECORD, DEFAULT_MAX_OPS, KvStore, OpRecord, wall_clock_ms
+from adapters.kv_store import (
+    BATCH_RECORD,
+    DEFAULT_MAX_OPS,
+    KvStore,
+    OpRecord,
+    make_slot,
+    slot_parts,
+    wall_clock_ms,
+)
 from state_tasks.core.batch import BatchOp, VersionedBatchResult, batch_record
 from state_tasks.core.codec import dumps
 from state_tasks.core.errors import AdapterError
@@ -273,20 +281,22 @@ class FileKvStore(KvStore):
                     raise ValueError(f"unsupported version {version!r}")
                 scope = document["scope"]
                 rows = document["entries"]
-                entries = {str(row[0]): dumps(row[1]) for row in rows}
                 if not isinstance(scope, str) or scope_file_name(scope) != path.name:
                     raise ValueError(f"holds scope {scope!r}, which does not belong in this file")
-                versions = {str(row[0]): int(row[2]) for row in rows if len(row) > 2}
+                # Keys from before versions (rows of two) are at 1.
+                entries = {
+                    str(row[0]): make_slot(dumps(row[1]), int(row[2]) if len(row) > 2 else 1)
+                    for row in rows
+                }
+                highest = max((int(row[2]) for row in rows if len(row) > 2), default=1)
                 dues = {str(row[0]): int(row[3]) for row in rows if len(row) > 3 and row[3]}
             except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
                 self._corrupt(path, str(e))
                 continue
             if entries:
                 self._scopes[scope] = entries
-                if versions:
-                    self._versions[scope] = versions
                 # Keys from before versions are at 1: the counter starts above.
-                self._counter = max(self._counter, 1, *versions.values())
+                self._counter = max(self._counter, 1, highest)
                 for key, due in dues.items():
                     self._set_due(scope, key, due)
 
@@ -379,8 +389,8 @@ class FileKvStore(KvStore):
         if ops and kind in ("set", "del") and "id" in record and _alive(record["exp"]):
             # The old value is what the key holds now (records of version 1 carry it).
             scope, key = record["scope"], record["key"]
-            held = self._scopes.get(scope, {}).get(key)
-            old = record["old"] if "old" in record else held
+            stored = self._stored(scope, key)
+            old = record["old"] if "old" in record else None if stored is None else stored[0]
             new = dumps(record["value"]) if kind == "set" else None
             version = record.get("ver", 1) if kind == "set" else self._version(scope, key)
             self._ops.add(record["id"], (old, new, _monotonic(record["exp"]), version))
@@ -408,7 +418,8 @@ class FileKvStore(KvStore):
             results: builtins.list[VersionedBatchResult] = []
             for entry in record["ops"]:
                 key = entry[0]
-                before = self._scopes.get(scope, {}).get(key)
+                stored = self._stored(scope, key)
+                before = None if stored is None else stored[0]
                 if len(entry) >= 2:
                     text = dumps(entry[1])
                     version = entry[2] if len(entry) > 2 else 1
@@ -416,7 +427,7 @@ class FileKvStore(KvStore):
                     self._apply(scope, key, text, version, entry[3] if len(entry) > 3 else None)
                     results.append((before, text, version))
                 else:
-                    deleted = self._version(scope, key) if before is not None else 0
+                    deleted = 0 if stored is None else stored[1]
                     self._remove(scope, key)
                     results.append((before, None, deleted))
             self._dirty_scopes.add(scope)
@@ -572,11 +583,7 @@ class FileKvStore(KvStore):
                 ):
                     return 0
                 snapshot = {
-                    scope: (
-                        dict(self._scopes.get(scope, {})),
-                        dict(self._versions.get(scope, {})),
-                        dict(self._dues.get(scope, {})),
-                    )
+                    scope: (dict(self._scopes.get(scope, {})), dict(self._dues.get(scope, {})))
                     for scope in self._dirty_scopes
                 }
                 counter = self._counter if self._counter != self._counter_saved else None
@@ -608,7 +615,7 @@ class FileKvStore(KvStore):
 
     def _write_files(
         self,
-        snapshot: dict[str, tuple[dict[str, str], dict[str, int], dict[str, int]]],
+        snapshot: dict[str, tuple[dict[str, str], dict[str, int]]],
         triggers: dict[str, str] | None,
         ops: str | None,
         counter: int | None,
@@ -623,10 +630,10 @@ class FileKvStore(KvStore):
             text = dumps({"format": VERSIONS_FORMAT_NAME, "version": 1, "counter": counter})
             _write_atomically(self.path / "versions.json", text)  # not counted: bookkeeping
             self._counter_saved = counter
-        for scope, (entries, versions, dues) in snapshot.items():
+        for scope, (entries, dues) in snapshot.items():
             path = self.path / scope_file_name(scope)
             if entries:
-                _write_atomically(path, _scope_document(scope, entries, versions, dues))
+                _write_atomically(path, _scope_document(scope, entries, dues))
                 written += 1
             elif path.exists():
                 path.unlink()
@@ -638,13 +645,13 @@ class FileKvStore(KvStore):
         return written
 
 
-def _scope_document(
-    scope: str, entries: dict[str, str], versions: dict[str, int], dues: dict[str, int]
-) -> str:
-    body = ",".join(
-        f"[{dumps(key)},{value},{versions.get(key, 1)},{dumps(dues.get(key))}]"
-        for key, value in entries.items()
-    )
+def _scope_document(scope: str, slots: dict[str, str], dues: dict[str, int]) -> str:
+    """A scope file's text from its keys' slots (version and text, see the KvStore)."""
+    rows = []
+    for key, slot in slots.items():
+        text, version = slot_parts(slot)
+        rows.append(f"[{dumps(key)},{text},{version},{dumps(dues.get(key))}]")
+    body = ",".join(rows)
     return (
         f'{{"format":"{FORMAT_NAME}","version":{FORMAT_VERSION},'
         f'"scope":{dumps(scope)},"entries":[{body}]}}'
