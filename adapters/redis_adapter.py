@@ -1521,9 +1521,37 @@ class RedisAdapter(VersionedStateAdapter):
         keys = [self._layout.triggers_key, self._layout.triggers_version_key]
         changed, version = self._run(what, None, lambda: self._write(script, keys, args))
         if self._cluster is not None:
-            calls = [([self._layout.version_key(tag)], [version]) for tag in self._layout.tags]
-            self._run(what, None, partial(self._eval_each, "raise_version", calls))
+            self._run(what, None, partial(self._raise_versions, int(version)))
         return bool(changed)
+
+    def _raise_versions(self, version: int) -> None:
+        """Raise every bucket's copy of the trigger version: one pipeline; with
+        ``wait_replicas``, one per master, each ending in ``WAIT`` (a copy lost in a
+        failover would leave a worker matching with the triggers of before)."""
+        keys = [self._layout.version_key(tag) for tag in self._layout.tags]
+        if not self.wait_replicas:
+            self._eval_each("raise_version", [([key], [version]) for key in keys])
+            return
+        script = self._script("raise_version")
+        client = self.client
+        by_node: dict[str, builtins.list[str]] = {}
+        nodes = {}
+        for key in keys:
+            node = client.get_node_from_key(key)
+            by_node.setdefault(node.name, []).append(key)
+            nodes[node.name] = node
+        for name, node_keys in by_node.items():
+            pipe = client.get_redis_connection(nodes[name]).pipeline(transaction=False)
+            for key in node_keys:
+                script(keys=[key], args=[version], client=pipe)
+            pipe.wait(self.wait_replicas, self.wait_timeout_ms)
+            confirmed = pipe.execute()[-1]
+            if int(confirmed) < self.wait_replicas:
+                raise AdapterUnavailable(
+                    f"Redis Cluster node {name} of {self.safe_url}: the trigger version "
+                    f"reached {confirmed} of the {self.wait_replicas} replicas that "
+                    f"wait_replicas asks for within {self.wait_timeout_ms} ms; register again"
+                )
 
     def triggers_version(self) -> int:
         # The version the last mutation of this thread read atomically with its change
