@@ -29,6 +29,7 @@ import redis
 from adapters.file_store import FileKvStore
 from adapters.kv_store import KvStore
 from adapters.redis_adapter import RedisAdapter
+from bench.cluster import ClusterFigures
 from bench.costs import costs
 from bench.harness import BenchDeployment, adapter_yaml, median, timed_ops_per_s
 from bench.soak import soak
@@ -111,6 +112,7 @@ class Bench:
         self.server = RedisServer(workdir / "redis")
         self.baselines: dict[str, float] = {}
         self._deployments: dict[str, BenchDeployment] = {}
+        self.cluster = ClusterFigures(self)
 
     # -- deployments, started on first use --------------------------------------------
 
@@ -142,6 +144,7 @@ class Bench:
         raise ValueError(name)
 
     def close(self) -> None:
+        self.cluster.close()
         for deployment in self._deployments.values():
             deployment.close()
         self.server.stop()
@@ -746,6 +749,9 @@ FIGURES: dict[str, Callable[[Bench], Figure | list[Figure]]] = {
     # cost_worker_cpu_us_per_op, cost_state_redis_cpu_us_per_op,
     # cost_broker_redis_cpu_us_per_op, cost_rabbitmq_cpu_us_per_op (bench/costs.py)
     "cost_per_op": lambda b: [Figure(*row) for row in costs(b)],
+    # bench/cluster.py: a local cluster of three masters with a replica each
+    "cluster_set_vs_single": lambda b: Figure(*b.cluster.set_vs_single()),
+    "cluster_list_groups_scaling": lambda b: Figure(*b.cluster.list_groups_scaling()),
 }
 
 
