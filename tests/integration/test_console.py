@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from helpers import OUR_VARIABLES, Deployment, own_db
 
 from state_tasks.contrib.servers import free_port, wait_until
@@ -388,10 +389,18 @@ def test_signed_out_the_sign_in_page_is_styled_and_cannot_be_framed(
 
 
 @pytest.fixture(scope="module")
-def triggered(redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def record_url(redis_server: Any) -> str:
+    """The Redis db where the test handlers record each event they receive."""
+    return str(redis_server.url(own_db()))
+
+
+@pytest.fixture(scope="module")
+def triggered(
+    redis_server: Any, record_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
     """A deployment whose worker loads the test handlers (a trigger's task can run)."""
     deployment = Deployment(redis_server, tmp_path_factory.mktemp("console-triggers"), None)
-    deployment.worker(includes=("trigger_handlers",), RECORD_REDIS_URL=redis_server.url(own_db()))
+    deployment.worker(includes=("trigger_handlers",), RECORD_REDIS_URL=record_url)
     yield deployment
     deployment.close()
 
@@ -428,3 +437,144 @@ def test_versions_and_expiry_on_the_key_page_and_in_the_feed(
         assert "expired" not in deleted
     finally:
         console.stop()
+
+
+def trigger_row(browser: Any, trigger_id: str) -> list[str]:
+    """The cells of a trigger's row in the triggers view: function, scope, key, condition, id."""
+    row = wait_for(browser, f'#triggers tr[data-id="{trigger_id}"]')
+    return [cell.text for cell in row.find_elements("css selector", "td")][:5]
+
+
+def gone_from_page(browser: Any, css: str) -> None:
+    wait_until(lambda: not browser.find_elements("css selector", css), 10, f"{css!r} gone")
+
+
+def test_a_user_registers_and_unregisters_a_trigger_from_the_page(
+    triggered: Any, record_url: str, browser: Any, tmp_path: Path
+) -> None:
+    console = Console(tmp_path, triggered.broker_url, triggered.backend_url, "--allow-writes")
+    iii = triggered.client.iii
+    scope = f"console-trg-{uuid.uuid4().hex[:8]}"
+    registered: list[str] = []
+    try:
+        # Given a trigger a service registered, with a scope, a key and a condition
+        existing = iii.register_trigger(
+            {
+                "type": "state",
+                "function_id": "test::onScope",
+                "config": {
+                    "scope": scope,
+                    "key": "watched",
+                    "condition_function_id": "conditions::truthy",
+                },
+            }
+        )
+        registered.append(existing.id)
+
+        # When the user opens the triggers view, it is listed with all of its filters
+        browser.get(f"{console.url}/#/triggers")
+        assert trigger_row(browser, existing.id) == [
+            "test::onScope",
+            scope,
+            "watched",
+            "conditions::truthy",
+            existing.id,
+        ]
+
+        # A registration without a function is refused with its code and message, and the
+        # form keeps what was typed
+        form = wait_for(browser, "#register-trigger")
+        field = {
+            name: form.find_element("css selector", f'input[name="{name}"]')
+            for name in ("function_id", "scope", "key", "condition_function_id")
+        }
+        field["scope"].send_keys(f"{scope}-bad")
+        form.find_element("css selector", 'button[type="submit"]').click()
+        error = wait_for(browser, "#error", text="VALIDATION_ERROR")
+        assert "function_id" in error.text
+        assert field["scope"].get_attribute("value") == f"{scope}-bad"
+        assert not [t for t in iii.list_triggers() if t["config"].get("scope") == f"{scope}-bad"]
+
+        # Registering a handler for one key of the scope: it is listed, and runs on a change
+        field["scope"].clear()
+        field["scope"].send_keys(scope)
+        field["function_id"].send_keys("test::onAny")
+        field["key"].send_keys("k1")
+        form.find_element("css selector", 'button[type="submit"]').click()
+        row = wait_for(browser, '#triggers tr[data-function="test::onAny"]', text=scope)
+        new_id = row.get_attribute("data-id")
+        registered.append(new_id)
+        assert trigger_row(browser, new_id)[:4] == ["test::onAny", scope, "k1", "—"]
+        assert not browser.find_element("css selector", "#error").is_displayed()
+        assert field["function_id"].get_attribute("value") == ""  # the form is ready again
+        listed = {t["id"]: t for t in iii.list_triggers()}
+        assert listed[new_id]["function_id"] == "test::onAny"
+        assert listed[new_id]["config"] == {"scope": scope, "key": "k1"}
+        triggered.call("state::set", scope=scope, key="k1", value={"n": 1})
+        records = redis.Redis.from_url(record_url)
+
+        def handled() -> bool:
+            events = [json.loads(raw) for raw in records.lrange("record:any", 0, -1)]
+            return any(e["scope"] == scope and e["key"] == "k1" for e in events)
+
+        wait_until(handled, 20, "test::onAny to handle the change of k1")
+
+        # Unregistering asks first: cancelled, the trigger stays
+        unregister = f'#triggers tr[data-id="{new_id}"] button.unregister'
+        wait_for(browser, unregister).click()
+        assert "test::onAny" in wait_for(browser, "#dialog[open]", text="Unregister").text
+        wait_for(browser, "#cancel-unregister").click()
+        gone_from_page(browser, "#dialog[open]")
+        assert new_id in {t["id"] for t in iii.list_triggers()}
+        trigger_row(browser, new_id)
+
+        # Confirmed, it is gone from the page and from the deployment; the other one stays
+        wait_for(browser, unregister).click()
+        wait_for(browser, "#confirm-unregister").click()
+        gone_from_page(browser, f'#triggers tr[data-id="{new_id}"]')
+        remaining = {t["id"] for t in iii.list_triggers()}
+        assert new_id not in remaining and existing.id in remaining
+        assert trigger_row(browser, existing.id)[0] == "test::onScope"
+        assert not browser.find_element("css selector", "#error").is_displayed()
+    finally:
+        console.stop()
+        for trigger_id in registered:
+            iii.unregister_trigger(trigger_id)
+
+
+def test_with_writes_off_triggers_are_shown_but_not_changed(
+    triggered: Any, browser: Any, tmp_path: Path
+) -> None:
+    console = Console(tmp_path, triggered.broker_url, triggered.backend_url)
+    iii = triggered.client.iii
+    scope = f"console-trg-ro-{uuid.uuid4().hex[:8]}"
+    existing = iii.register_trigger(
+        {"type": "state", "function_id": "test::onScope", "config": {"scope": scope}}
+    )
+    try:
+        # The read-only page lists the trigger, and offers no way to change it
+        browser.get(f"{console.url}/#/triggers")
+        assert trigger_row(browser, existing.id)[:4] == ["test::onScope", scope, "any", "—"]
+        assert wait_for(browser, "#writes").text == "read-only"
+        row = f'#triggers tr[data-id="{existing.id}"]'
+        assert not wait_for(browser, f"{row} button.unregister").is_enabled()
+        assert not wait_for(browser, '#register-trigger button[type="submit"]').is_enabled()
+
+        # Sent from the page all the same, both are refused with their code
+        answers = browser.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "const post = (path, body) => fetch(path, {method: 'POST',"
+            " headers: {'content-type': 'application/json'}, body: JSON.stringify(body)})"
+            ".then(r => r.json().then(j => [r.status, j.error.code]));"
+            "Promise.all([post('/api/triggers/register', {function_id: 'test::onAny',"
+            " scope: arguments[0]}), post('/api/triggers/unregister', {id: arguments[1]})])"
+            ".then(done);",
+            scope,
+            existing.id,
+        )
+        assert answers == [[403, "WRITES_DISABLED"], [403, "WRITES_DISABLED"]]
+        mine = [t for t in iii.list_triggers() if t["config"].get("scope") == scope]
+        assert [t["id"] for t in mine] == [existing.id]
+    finally:
+        console.stop()
+        iii.unregister_trigger(existing.id)

@@ -499,13 +499,13 @@ function triggersView() {
     const result = await attempt(() => api("/api/triggers"));
     if (!result) { body.replaceChildren(); return; }
     const cell = (text) => h("td", { class: "mono", text: text === undefined ? "any" : text });
-    const rows = result.items.map((t) => h("tr", {},
+    const rows = result.items.map((t) => h("tr", { "data-id": t.id, "data-function": t.function_id },
       h("td", { class: "mono", text: t.function_id }), cell(t.config.scope), cell(t.config.key),
       h("td", { class: "mono", text: t.config.condition_function_id || "—" }),
       h("td", { class: "mono muted small", text: t.id }),
       h("td", { class: "actions" }, h("button", {
-        type: "button", class: "danger", disabled: !state.writes, title: writesTitle() || "Unregister",
-        onclick: async () => { if (await attempt(() => api("/api/triggers/unregister", { id: t.id }))) reload(); },
+        type: "button", class: "danger unregister", disabled: !state.writes, title: writesTitle() || "Unregister",
+        onclick: () => confirmUnregister(t, reload),
       }, "Unregister"))));
     body.replaceChildren(rows.length
       ? h("table", { class: "grid", id: "triggers" },
@@ -527,6 +527,26 @@ function triggersView() {
   h("button", { type: "submit", class: "primary", disabled: !state.writes, title: writesTitle() }, "Register"));
   $("#view").replaceChildren(h("h1", {}, "Triggers"), form, body);
   reload();
+}
+
+function confirmUnregister(trigger, after) {
+  const cancel = h("button", { type: "button", id: "cancel-unregister", onclick: () => $("#dialog").close() }, "Cancel");
+  const where = [trigger.config.scope, trigger.config.key].map((part) => (part === undefined ? "any" : part)).join(" / ");
+  openDialog([
+    h("h2", {}, "Unregister this trigger?"),
+    h("p", {}, h("span", { class: "mono", text: `${trigger.function_id} on ${where}` })),
+    h("p", { class: "muted small" }, "Changes stop calling its function. Registering it again brings it back."),
+    h("div", { class: "buttons" }, cancel,
+      h("button", {
+        type: "button", class: "danger primary", id: "confirm-unregister",
+        onclick: async () => {
+          $("#dialog").close();
+          const done = await attempt(() => api("/api/triggers/unregister", { id: trigger.id }));
+          if (done) after();
+        },
+      }, "Unregister")),
+  ]);
+  cancel.focus();
 }
 
 // -- the live feed ----------------------------------------------------------------------------
