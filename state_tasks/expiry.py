@@ -6,10 +6,14 @@ data folder's cleaner in :mod:`state_tasks.worker`) and stopped at its shutdown.
 :meth:`state_tasks.core.service.StateService.sweep_expired` on the process's runtime: the
 adapter claims due keys atomically (a lock in the KvStore; one Lua script per scope on
 Redis, which several workers may run at once without firing an expiry twice), and the
-events go through the same trigger dispatch as every change. Between sweeps it sleeps
-until the next due time, at most :data:`DEFAULT_MAX_SLEEP_S`, so an expiry fires well
-within a second of its due time, and a worker that starts after a due time fires it at
-its first sweep.
+events go through the same trigger dispatch as every change, all of a sweep's at once
+(:meth:`triggers.dispatch.Dispatcher.send_all`: one round trip to a Redis broker instead of
+two per message). Between sweeps it sleeps until the next due time, at most
+:data:`DEFAULT_MAX_SLEEP_S` and at least :data:`DEFAULT_MIN_SLEEP_S`, plus a random part of
+up to half that (so the sweepers of several workers do not wake together): expiries that
+fall due close together are swept together, at a few dozen sweeps a second rather than
+hundreds, and an expiry fires well within a second of its due time. A worker that starts
+after a due time fires it at its first sweep.
 
 A key is removed before its event is sent: a worker killed in between loses that event
 (the key is gone all the same). A failure to send is logged as a warning.
@@ -18,6 +22,7 @@ A key is removed before its event is sent: a worker killed in between loses that
 from __future__ import annotations
 
 import logging
+import random
 import threading
 from collections.abc import Callable
 
@@ -27,8 +32,9 @@ logger = logging.getLogger(__name__)
 
 #: The longest sleep between two sweeps (an expiry set meanwhile waits at most this long).
 DEFAULT_MAX_SLEEP_S = 0.2
-#: The shortest, so that a burst of expiries does not spin the thread.
-MIN_SLEEP_S = 0.005
+#: The shortest: keys falling due meanwhile wait for the next sweep, which takes them
+#: together (each sweep costs the same few storage round trips however many it takes).
+DEFAULT_MIN_SLEEP_S = 0.05
 #: How long to wait after a failed sweep (the storage is away) before the next.
 FAILURE_SLEEP_S = 1.0
 #: Most keys one sweep claims: small, so that the workers of a deployment share a burst of
@@ -49,9 +55,11 @@ class ExpirySweeper:
         service: Callable[[], StateService | None],
         max_sleep_s: float = DEFAULT_MAX_SLEEP_S,
         limit: int = DEFAULT_CLAIM_LIMIT,
+        min_sleep_s: float = DEFAULT_MIN_SLEEP_S,
     ) -> None:
         self.service = service
         self.max_sleep_s = max_sleep_s
+        self.min_sleep_s = min(min_sleep_s, max_sleep_s)
         self.limit = limit
         self.fired = 0
         self._stopped = threading.Event()
@@ -75,8 +83,10 @@ class ExpirySweeper:
         if fired >= self.limit:
             return 0.0  # more are due: go on at once
         if next_due_ms is None:
-            return self.max_sleep_s
-        return max(MIN_SLEEP_S, min(self.max_sleep_s, next_due_ms / 1000))
+            sleep_s = self.max_sleep_s
+        else:
+            sleep_s = max(self.min_sleep_s, min(self.max_sleep_s, next_due_ms / 1000))
+        return sleep_s + random.uniform(0, self.min_sleep_s / 2)
 
     def _run(self) -> None:
         while not self._stopped.is_set():

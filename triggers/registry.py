@@ -119,13 +119,18 @@ class TriggerRegistry:
 
     def match(self, scope: str, key: str) -> builtins.list[Trigger]:
         """Triggers for a change of ``(scope, key)``, from an index that follows the store."""
+        return self.match_index().match(scope, key)
+
+    def match_index(self) -> MatchIndex:
+        """The index of the stored triggers as they are now (one read of their version; a
+        caller matching many changes at once reads it once for all of them)."""
         version = self.adapter.triggers_version()
         if version != self._version:
             with self._reload_lock:
                 if version != self._version:
                     self._index = MatchIndex(self._load())
                     self._version = version
-        return self._index.match(scope, key)
+        return self._index
 
     def _load(self) -> builtins.list[Trigger]:
         return [Trigger(**json.loads(text)) for text in self.adapter.triggers_load().values()]

@@ -139,7 +139,9 @@ class StateService:
     """The six state functions over one adapter.
 
     :param adapter: where values live; opened by the caller.
-    :param on_change: called with the event dict after each stored change.
+    :param on_change: called with the event dict after each stored change. A listener that
+        also has ``send_all(events)`` (:class:`triggers.dispatch.Dispatcher`) gets the
+        events of one operation or sweep together.
     """
 
     def __init__(self, adapter: StateAdapter, on_change: ChangeListener | None = None) -> None:
@@ -384,10 +386,10 @@ class StateService:
 
     def sweep_expired(self, limit: int = DEFAULT_SWEEP_LIMIT) -> tuple[int, float | None]:
         """Remove keys whose ``ttl_ms`` ran out and fire their ``state:deleted`` events
-        (``reason: "expired"``); return how many, and the milliseconds until the next
-        expiry (``None``: none known). The adapter claims each key atomically, so several
-        workers sweeping at once fire each expiry once. A key removed but whose event could
-        not be sent (the broker is away) is logged: its event is lost."""
+        (``reason: "expired"``), all at once; return how many, and the milliseconds until
+        the next expiry (``None``: none known). The adapter claims each key atomically, so
+        several workers sweeping at once fire each expiry once. A key removed but whose event
+        could not be sent (the broker is away) is logged: its event is lost."""
         if self._sent:
             self.settle_sent(threading.get_ident())
         expired, next_due_ms = self.adapter.expire_due(limit)
@@ -442,29 +444,43 @@ class StateService:
     def _dispatch(self, events: list[dict[str, Any]], op_id: str | None) -> None:
         """Send the trigger work of an operation's stored changes; then its record may be
         settled."""
-        for event in events if self.on_change is not None else ():
+        if self.on_change is not None and events:
             try:
-                self.on_change(event)  # type: ignore[misc]
+                self._send(events)
             except Exception as e:
-                # The change is stored, its trigger work is not sent. Fail the call as a
-                # connection problem: the task is retried under the same id, which does not
-                # apply the change again (its record stays whole) but does dispatch its
-                # triggers (all of them again, for a batch: same event ids).
-                event_type, scope, key = event["event_type"], event["scope"], event["key"]
+                # The change is stored, its trigger work is not (or not surely) sent. Fail the
+                # call as a connection problem: the task is retried under the same id, which
+                # does not apply the change again (its record stays whole) but does dispatch
+                # its triggers (all of them again, for a batch: same event ids).
+                first = events[0]
+                event_type, scope, key = first["event_type"], first["scope"], first["key"]
+                more = f" and {len(events) - 1} more changes" if len(events) > 1 else ""
                 logger.warning(
-                    "stored %s for scope=%r key=%r but could not send its trigger work: %s",
+                    "stored %s for scope=%r key=%r%s but could not send its trigger work: %s",
                     event_type,
                     scope,
                     key,
+                    more,
                     e,
                 )
                 raise AdapterUnavailable(
-                    f"{event_type} of scope {scope!r} key {key!r} is stored, but its triggers "
-                    f"could not be sent ({type(e).__name__}: {e}); retrying the call sends them"
+                    f"{event_type} of scope {scope!r} key {key!r}{more} is stored, but its "
+                    f"triggers could not be sent ({type(e).__name__}: {e}); retrying the call "
+                    "sends them"
                 ) from e
         if op_id is not None:
             with self._sent_lock:
                 self._sent.append((threading.get_ident(), time.monotonic(), op_id))
+
+    def _send(self, events: list[dict[str, Any]]) -> None:
+        """Hand ``events`` to the listener: all at once when it can take several
+        (:meth:`triggers.dispatch.Dispatcher.send_all`), else one by one."""
+        send_all = getattr(self.on_change, "send_all", None)
+        if send_all is not None and len(events) > 1:
+            send_all(events)
+            return
+        for event in events:
+            self.on_change(event)  # type: ignore[misc]
 
 
 def _replayed(op: BatchOp) -> Any:
