@@ -36,6 +36,14 @@ over, exactly once, for its ``state:deleted`` event. A write that finds a key ex
 not yet removed treats it as absent and returns it in :attr:`Change.expired`, so that its
 event fires all the same. An adapter that implements only the plain methods keeps working:
 the defaults give version 1 and refuse ``if_version`` and ``ttl_ms``.
+
+Pending expiries (optional: :meth:`StateAdapter.pending_expiries` and
+:meth:`StateAdapter.expiries_sent`). A key is removed before its event is sent, so a process
+that dies (or cannot reach the broker) in between would lose that event. An adapter that
+keeps a *pending* record of each expiry it hands over (with the removal, atomically) and
+drops it when told the event was sent lets the next sweep of any worker send it again,
+with the same ``event_id``, once it is older than the service's resend delay. The KvStore
+does (the file store keeps them across restarts); the defaults keep none.
 """
 
 from __future__ import annotations
@@ -242,6 +250,20 @@ class StateAdapter(ABC):
         both get one); return them and the milliseconds until the next due expiry (``None``:
         none is scheduled here, or the adapter cannot tell)."""
         return [], None
+
+    def pending_expiries(self, older_than_ms: int, limit: int) -> builtins.list[Expired]:
+        """Up to ``limit`` expiries handed over (by :meth:`expire_due` or in a write's
+        :attr:`Change.expired`) at least ``older_than_ms`` milliseconds ago whose events are
+        not known to be sent, oldest first. Each is claimed again, atomically: its age starts
+        over, so another sweeper does not take it too while this one sends it. The default
+        keeps no pending expiries: none."""
+        return []
+
+    def expiries_sent(self, expired: Sequence[Expired]) -> None:  # noqa: B027 - optional
+        """The ``state:deleted`` events of ``expired`` were sent: drop their pending records
+        (an expiry is known by its scope, key and version). Unknown ones are ignored. May
+        raise :class:`~state_tasks.core.errors.AdapterError`; the records then stay and
+        their events are sent again (same ``event_id``). The default keeps none."""
 
     def _plain_only(self, if_version: int | None, ttl_ms: int | None) -> None:
         if if_version is not None or ttl_ms is not None:

@@ -53,12 +53,20 @@ them, those records come back whole, which is the safe direction (the repeat re-
 trigger work). A save writes ``ops.json`` first, when any record changed, as::
 
     {"format": "state_tasks.applied_ops", "version": 2, "covered": <last journal segment>,
-     "settled": {id: exp, ...}, "whole": {id: [old text, new text, exp], ...}}
+     "settled": {id: exp, ...}, "whole": {id: [old text, new text, exp], ...},
+     "expiring": [[scope, key, version, value], ...]}
 
 Settled operations cost about 50 bytes each there; only those not yet settled carry their
-values. Journal segments up to ``covered`` are then described by ``ops.json``, so replay
-takes only their data, and derives old values only from later segments, whose records
-follow the scope files' state exactly.
+values. ``expiring`` (optional) holds the expiries whose events are pending (see
+:meth:`adapters.base.StateAdapter.pending_expiries`): a ``del`` record with ``"reason":
+"expired"`` makes one on replay, and the ids of expiries whose events were sent ride in
+front of the next record like settled ids, as ``{"op": "sent", "expiries": [[scope, key,
+version], ...]}``. Pending expiries loaded at start-up were handed over by a process that
+is gone: the first sweep sends them again.
+
+Journal segments up to ``covered`` are then described by ``ops.json``, so replay takes only
+their data, and derives old values (and pending expiries) only from later segments, whose
+records follow the scope files' state exactly.
 
 A batch (``state::batch``) is one record, ``{"op": "batch", "scope", "ops": [[key, value]
 or [key], ...]}`` (a set or a delete per operation, in order, with the batch's ``id`` and
@@ -89,7 +97,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from adapters.base import DEFAULT_MAX_VALUE_BYTES
+from adapters.base import DEFAULT_MAX_VALUE_BYTES, Expired
 from adapters.kv_store import (
     BATCH_RECORD,
     DEFAULT_MAX_OPS,
@@ -178,6 +186,8 @@ class FileKvStore(KvStore):
         self._ops_covered = 0
         # Operations settled since the last journal record: (id, wall-clock expiry).
         self._settled_unjournaled: builtins.list[tuple[str, int]] = []
+        # Expiries whose events were sent since the last journal record: (scope, key, version).
+        self._sent_unjournaled: builtins.list[tuple[str, str, int]] = []
         self._save_lock = threading.Lock()  # one save at a time
         self._stop = threading.Event()
         self._saver: threading.Thread | None = None
@@ -337,6 +347,10 @@ class FileKvStore(KvStore):
             for op_id, expires_wall in settled.items():
                 if _alive(expires_wall):
                     self._ops.mark(str(op_id), _monotonic(expires_wall))
+            for scope, key, version, value in document.get("expiring", []):
+                # Handed over by a process that is gone: sent again by the first sweep.
+                gone = Expired(str(scope), str(key), dumps(value), int(version))
+                self._expiring[(gone.scope, gone.key, gone.version)] = (gone, -math.inf)
             self._ops_covered = int(covered)
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             self._corrupt(path, str(e))
@@ -409,8 +423,21 @@ class FileKvStore(KvStore):
             )
             self._dirty_scopes.add(record["scope"])
         elif kind == "del":
-            self._remove(record["scope"], record["key"])
-            self._dirty_scopes.add(record["scope"])
+            scope, key = record["scope"], record["key"]
+            stored = self._stored(scope, key)
+            if ops and stored is not None and record.get("reason") == "expired":
+                # Its event was pending when the segment was written; whoever was sending it
+                # is gone, so the first sweep sends it again (see pending_expiries).
+                gone = Expired(scope, key, stored[0], stored[1])
+                self._expiring[(scope, key, stored[1])] = (gone, -math.inf)
+                self._ops_dirty = True
+            self._remove(scope, key)
+            self._dirty_scopes.add(scope)
+        elif kind == "sent":
+            if ops:
+                for scope, key, version in record["expiries"]:
+                    self._expiring.pop((scope, key, version), None)
+                self._ops_dirty = True
         elif kind == "batch":
             # Each entry is [key, value] (a set) or [key] (a delete), in the batch's order;
             # its results are derived while it is applied, as for set and del.
@@ -458,6 +485,8 @@ class FileKvStore(KvStore):
         if self._settled_unjournaled:
             settled = ",".join(f"{dumps(op_id)}:{exp}" for op_id, exp in self._settled_unjournaled)
             bodies.insert(0, f'{{"op":"settled","ops":{{{settled}}}}}')
+        if self._sent_unjournaled:
+            bodies.insert(0, f'{{"op":"sent","expiries":{dumps(self._sent_unjournaled)}}}')
         line = b"".join(_frame(text) for text in bodies)
         try:
             written = os.write(self._journal_fd, line)
@@ -468,6 +497,7 @@ class FileKvStore(KvStore):
             else:
                 self._unsynced = True
             self._settled_unjournaled = []
+            self._sent_unjournaled = []
         except OSError as e:
             raise AdapterError(
                 f"cannot append to the journal in {str(self.path)!r}: {e.strerror or e}"
@@ -493,6 +523,8 @@ class FileKvStore(KvStore):
             applied = f',"id":{dumps(op_id)},"exp":{_wall(op_expires)}'
         if value_json is None:
             why = ',"reason":"expired"' if reason == "expired" else ""
+            if why:  # its event is pending: ops.json keeps it
+                self._ops_dirty = True
             self._append(f'{{"op":"del","scope":{scope_json},"key":{key_json}{applied}{why}}}')
         else:
             due = "" if due_ms is None else f',"due":{due_ms}'
@@ -533,6 +565,12 @@ class FileKvStore(KvStore):
     def _ops_settled(self, moved: builtins.list[tuple[str, float]]) -> None:
         # Journaled with the next record: no write of its own (see the module docs).
         self._settled_unjournaled.extend((op_id, _wall(expires)) for op_id, expires in moved)
+        self._ops_dirty = True
+
+    def _expiries_dropped(self, sent: builtins.list[tuple[str, str, int]]) -> None:
+        # Journaled with the next record, like settled operations: if a crash loses it, the
+        # event is sent again with the same event id (the safe direction).
+        self._sent_unjournaled.extend(sent)
         self._ops_dirty = True
 
     def _triggers_changed(self, trigger_id: str, trigger_json: str | None) -> None:
@@ -588,7 +626,15 @@ class FileKvStore(KvStore):
                 }
                 counter = self._counter if self._counter != self._counter_saved else None
                 triggers = dict(self._triggers) if self._triggers_dirty else None
-                ops = (dict(self._ops.whole), dict(self._ops.settled)) if self._ops_dirty else None
+                ops = (
+                    (
+                        dict(self._ops.whole),
+                        dict(self._ops.settled),
+                        [gone for gone, _ in self._expiring.values()],
+                    )
+                    if self._ops_dirty
+                    else None
+                )
                 self._ops_dirty = False
                 self._dirty_scopes = set()
                 self._triggers_dirty = False
@@ -658,8 +704,14 @@ def _scope_document(scope: str, slots: dict[str, str], dues: dict[str, int]) -> 
     )
 
 
-def _ops_document(whole: dict[str, OpRecord], settled: dict[str, float], covered: int) -> str:
-    """Applied operation ids still remembered, with wall-clock expiry times (module docs)."""
+def _ops_document(
+    whole: dict[str, OpRecord],
+    settled: dict[str, float],
+    expiring: builtins.list[Expired],
+    covered: int,
+) -> str:
+    """Applied operation ids still remembered, with wall-clock expiry times, and the
+    expiries whose events are pending (module docs)."""
     now = time.monotonic()
     whole_body = ",".join(
         f"{dumps(op_id)}:[{dumps(old)},{dumps(new)},{_wall(expires)},{version}]"
@@ -669,9 +721,13 @@ def _ops_document(whole: dict[str, OpRecord], settled: dict[str, float], covered
     settled_body = ",".join(
         f"{dumps(op_id)}:{_wall(expires)}" for op_id, expires in settled.items() if expires > now
     )
+    expiring_body = ",".join(
+        f"[{dumps(gone.scope)},{dumps(gone.key)},{gone.version},{gone.value_json}]"
+        for gone in expiring
+    )
     return (
         f'{{"format":"{OPS_FORMAT_NAME}","version":{OPS_FORMAT_VERSION},"covered":{covered},'
-        f'"settled":{{{settled_body}}},"whole":{{{whole_body}}}}}'
+        f'"settled":{{{settled_body}}},"whole":{{{whole_body}}},"expiring":[{expiring_body}]}}'
     )
 
 

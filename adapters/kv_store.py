@@ -220,6 +220,9 @@ class KvStore(VersionedStateAdapter):
         self._dues: dict[str, dict[str, int]] = {}
         # (due ms, scope, key); entries whose key has another due time since are skipped.
         self._due_heap: builtins.list[tuple[int, str, str]] = []
+        # (scope, key, version) -> (the expiry, monotonic time it was handed over): expiries
+        # whose event is not known to be sent, oldest first (see pending_expiries).
+        self._expiring: dict[tuple[str, str, int], tuple[Expired, float]] = {}
         # Sorted names for pages, built by the first page of a scope (or of list_groups)
         # and kept up to date from then on: a store never paged pays nothing for them.
         self._sorted_keys: dict[str, SortedNames] = {}
@@ -366,11 +369,13 @@ class KvStore(VersionedStateAdapter):
         return self._counter
 
     def _take_expired(self, scope: str, key: str) -> Expired:
-        """Remove a key found expired (journaled as a delete); return it for its event."""
+        """Remove a key found expired (journaled as a delete); return it for its event,
+        which is pending until :meth:`expiries_sent`."""
         text, version = slot_parts(self._scopes[scope][key])
         gone = Expired(scope, key, text, version)
         self._changed(scope, key, None, reason="expired")
         self._remove(scope, key)
+        self._expiring[(scope, key, version)] = (gone, time.monotonic())
         return gone
 
     def _apply(self, scope: str, key: str, text: str | None, version: int, due: int | None) -> None:
@@ -543,6 +548,31 @@ class KvStore(VersionedStateAdapter):
                     self._set_due(scope, key, None)
             return gone, None if not heap else float(max(0, heap[0][0] - now))
 
+    def pending_expiries(self, older_than_ms: int, limit: int) -> builtins.list[Expired]:
+        with self._lock:
+            now = time.monotonic()
+            oldest = now - older_than_ms / 1000
+            found: builtins.list[Expired] = []
+            for gone, handed_over in self._expiring.values():  # oldest first
+                if handed_over > oldest or len(found) >= limit:
+                    break
+                found.append(gone)
+            for gone in found:  # claimed again: now the newest
+                pending = (gone.scope, gone.key, gone.version)
+                del self._expiring[pending]
+                self._expiring[pending] = (gone, now)
+            return found
+
+    def expiries_sent(self, expired: Sequence[Expired]) -> None:
+        with self._lock:
+            sent = [
+                pending
+                for pending in ((gone.scope, gone.key, gone.version) for gone in expired)
+                if self._expiring.pop(pending, None) is not None
+            ]
+            if sent:
+                self._expiries_dropped(sent)
+
     # -- helpers --------------------------------------------------------------------------
 
     def _put(self, scope: str, key: str, slot: str) -> None:
@@ -642,6 +672,10 @@ class KvStore(VersionedStateAdapter):
 
     def _ops_settled(self, moved: builtins.list[tuple[str, float]]) -> None:
         """These operations were just settled: ``(op id, monotonic expiry)``."""
+
+    def _expiries_dropped(self, sent: builtins.list[tuple[str, str, int]]) -> None:
+        """The events of these expiries ``(scope, key, version)`` were sent: their pending
+        records were just dropped."""
 
     def _triggers_changed(self, trigger_id: str, trigger_json: str | None) -> None:
         """A trigger is about to be stored (``trigger_json``) or removed (``None``)."""

@@ -20,7 +20,12 @@ Expiry: :meth:`StateService.sweep_expired` (every worker runs it in a loop, see
 fires one ``state:deleted`` event with ``"reason": "expired"`` for each. Its ``event_id``
 is derived from the scope, the key and the version that expired
 (:func:`expiry_event_id`), so whoever fires it (the sweeper, or a write that found the key
-expired first) gives it the same id.
+expired first) gives it the same id. Once an expiry's event is sent the service tells the
+adapter (:meth:`adapters.base.StateAdapter.expiries_sent`); an adapter that keeps pending
+expiries (the KvStore) hands those not known to be sent after
+:data:`DEFAULT_EXPIRY_RESEND_AFTER_MS` to the next sweep, which sends them again with the
+same id: a process that died, or could not reach the broker, between removing a key and
+sending its event does not lose the event.
 """
 
 from __future__ import annotations
@@ -81,6 +86,11 @@ STATE_FUNCTIONS = (
 SETTLE_ANY_THREAD_AFTER_S = 60.0
 #: Most keys one sweep of expired keys removes (the sweeper calls again at once when full).
 DEFAULT_SWEEP_LIMIT = 1000
+#: An expiry whose event is not known to be sent this long after its key was removed is
+#: sent again by the next sweep (same event id), where the adapter keeps pending expiries.
+#: Long enough that a send still under way (kombu retries a publish for a few seconds) is
+#: not doubled.
+DEFAULT_EXPIRY_RESEND_AFTER_MS = 30_000
 
 ChangeListener = Callable[[dict[str, Any]], None]
 
@@ -142,11 +152,19 @@ class StateService:
     :param on_change: called with the event dict after each stored change. A listener that
         also has ``send_all(events)`` (:class:`triggers.dispatch.Dispatcher`) gets the
         events of one operation or sweep together.
+    :param expiry_resend_after_ms: see :data:`DEFAULT_EXPIRY_RESEND_AFTER_MS`.
     """
 
-    def __init__(self, adapter: StateAdapter, on_change: ChangeListener | None = None) -> None:
+    def __init__(
+        self,
+        adapter: StateAdapter,
+        on_change: ChangeListener | None = None,
+        *,
+        expiry_resend_after_ms: int = DEFAULT_EXPIRY_RESEND_AFTER_MS,
+    ) -> None:
         self.adapter = adapter
         self.on_change = on_change
+        self.expiry_resend_after_ms = expiry_resend_after_ms
         self._handlers: dict[str, Callable[[Mapping[str, Any], str | None], Any]] = {
             "state::set": self._set,
             "state::get": self._get,
@@ -242,6 +260,7 @@ class StateService:
         if change.old is None:
             if change.expired is not None:
                 self._dispatch([expiry_event(change.expired)], None)
+                self._expiries_sent([change.expired])
             return None
         old = codec.decode(change.old)
         self._changed("state:deleted", request.scope, request.key, old, None, op_id, change)
@@ -339,6 +358,7 @@ class StateService:
                 make_event(event_type, request.scope, op.key, old, new, event_id, version)
             )
         self._dispatch(events, op_id)
+        self._expiries_sent(expired)
         return {"results": answers}
 
     def _batch_op(self, index: int, raw: Any) -> BatchOp:
@@ -386,15 +406,23 @@ class StateService:
 
     def sweep_expired(self, limit: int = DEFAULT_SWEEP_LIMIT) -> tuple[int, float | None]:
         """Remove keys whose ``ttl_ms`` ran out and fire their ``state:deleted`` events
-        (``reason: "expired"``), all at once; return how many, and the milliseconds until
-        the next expiry (``None``: none known). The adapter claims each key atomically, so
-        several workers sweeping at once fire each expiry once. A key removed but whose event
-        could not be sent (the broker is away) is logged: its event is lost."""
+        (``reason: "expired"``), all at once, after the pending expiries whose events are
+        not known to be sent after ``expiry_resend_after_ms`` (same event ids), ``limit`` in
+        all. Return how many events, and the milliseconds until the next expiry (``None``:
+        none known). The adapter claims each key atomically, so several workers sweeping at
+        once fire each expiry once. When the events cannot be sent (the broker is away) this
+        raises :class:`AdapterUnavailable`; an adapter without pending expiries loses them."""
         if self._sent:
             self.settle_sent(threading.get_ident())
-        expired, next_due_ms = self.adapter.expire_due(limit)
+        # The pending ones first: those this sweep removes are not pending long enough.
+        expired = self.adapter.pending_expiries(self.expiry_resend_after_ms, limit)
+        next_due_ms: float | None = 0.0  # full: sweep again at once
+        if len(expired) < limit:
+            due, next_due_ms = self.adapter.expire_due(limit - len(expired))
+            expired += due
         if expired:
             self._dispatch([expiry_event(gone) for gone in expired], None)
+            self._expiries_sent(expired)
         return len(expired), next_due_ms
 
     def settle_sent(self, thread_id: int | None = None) -> None:
@@ -440,6 +468,23 @@ class StateService:
         events = [] if change.expired is None else [expiry_event(change.expired)]
         events.append(make_event(event_type, scope, key, old, new, op_id, change.version))
         self._dispatch(events, op_id)
+        if change.expired is not None:
+            self._expiries_sent([change.expired])
+
+    def _expiries_sent(self, expired: list[Expired]) -> None:
+        """Tell the adapter the events of ``expired`` were sent (a failure is logged: their
+        pending records stay, and the events are sent again with the same ids)."""
+        if not expired:
+            return
+        try:
+            self.adapter.expiries_sent(expired)
+        except Exception as e:
+            logger.warning(
+                "sent the events of %d expiries but could not drop their pending records "
+                "(they are sent again, same event ids): %s",
+                len(expired),
+                e,
+            )
 
     def _dispatch(self, events: list[dict[str, Any]], op_id: str | None) -> None:
         """Send the trigger work of an operation's stored changes; then its record may be
