@@ -43,7 +43,8 @@ that dies (or cannot reach the broker) in between would lose that event. An adap
 keeps a *pending* record of each expiry it hands over (with the removal, atomically) and
 drops it when told the event was sent lets the next sweep of any worker send it again,
 with the same ``event_id``, once it is older than the service's resend delay. The KvStore
-does (the file store keeps them across restarts); the defaults keep none.
+(the file store keeps them across restarts) and the RedisAdapter (a hash and a sorted set
+of claim times, per bucket on a cluster) do; the defaults keep none.
 """
 
 from __future__ import annotations

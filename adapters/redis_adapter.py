@@ -23,17 +23,23 @@ Inside the braces the scope is escaped (``%`` -> ``%25``, ``{`` -> ``%7B``, ``}`
 (``a:b`` vs ``a`` + ``b:``, prefixes of each other).
 
 Versions and expiry add ``{prefix}:v:{<scope>}`` (versions), ``{prefix}:x:{<scope>}``
-(due index) and ``{prefix}:due`` (the scopes with keys due).
+(due index) and ``{prefix}:due`` (the scopes with keys due). A key removed because it
+expired (by the sweep's script, or by a write's that meets it) leaves its expiry in
+``{prefix}:expiring`` (hash: pending id -> its JSON text) and ``{prefix}:expiring:at``
+(sorted set: pending id -> claim time, ms of the server's clock), in the same script, until
+the service has sent its event (:meth:`RedisAdapter.expiries_sent` removes both); a later
+sweep claims and sends again those older than its resend delay
+(:meth:`RedisAdapter.pending_expiries`).
 
 On a Redis Cluster (``redis+cluster://``, or ``cluster=True``) the keys follow the bucketed
 layout of :mod:`adapters.redis_layout` instead: every scope is in one of 256 buckets, and
 every key a mutation script touches (the scope's four keys, its bucket's groups index,
-due index, copy of the trigger version and operation records) carries the bucket's hash
-tag, so one script is one slot. The scripts are the same; only their KEYS differ. What
-reads every bucket (``list_groups``, the sweep's due indexes, settling records, raising
-the trigger version's copies) sends one command per bucket in one pipeline: a round trip
-per master. ``wait_replicas`` sends the script and ``WAIT`` on the owning master's own
-connection.
+due index, copy of the trigger version, operation records and pending expiries) carries
+the bucket's hash tag, so one script is one slot. The scripts are the same; only their
+KEYS differ. What reads every bucket (``list_groups``, the sweep's due indexes and pending
+expiries, settling records, raising the trigger version's copies) sends one command per
+bucket in one pipeline: a round trip per master. ``wait_replicas`` sends the script and
+``WAIT`` on the owning master's own connection.
 
 Atomicity: ``set`` and ``delete`` are one Lua script each (the old value is read and
 replaced in the same step, and the groups index moves with the data). ``update`` runs
@@ -148,8 +154,14 @@ CLUSTER_OP_KEYS_MAX = 4096
 # KEYS[7] its due index (sorted set: key -> due time in ms of the server's clock), KEYS[8]
 # the scopes with keys due (sorted set: scope -> a lower bound of its earliest due time).
 #
-# Settling rides along: KEYS[9] onwards name records to settle (as LUA_SETTLE does) before
-# anything else, so that settling costs no round trip of its own.
+# KEYS[9] the pending expiries (hash: pending id -> the expired key's JSON text) and
+# KEYS[10] their claim times (sorted set: pending id -> ms of the server's clock): a key
+# removed because it expired leaves its expiry there, in the same atomic step, until the
+# service says its event was sent (RedisAdapter.expiries_sent); see pending_expiries. A
+# pending id is '<version>:<byte length of the scope>:<scope><key>'.
+#
+# Settling rides along: KEYS[11] onwards name records to settle (as LUA_SETTLE does)
+# before anything else, so that settling costs no round trip of its own.
 LUA_SETTLE_ONE = """
 local function settle(key)
   if redis.call('TYPE', key).ok == 'hash' then
@@ -199,10 +211,13 @@ local function drop(key, scope)
   redis.call('ZREM', KEYS[5], key)
   if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], scope) end
 end
-local function take_expired(key, scope)
+local function take_expired(key, scope, now)
   local text = redis.call('HGET', KEYS[1], key)
   local version = tonumber(redis.call('HGET', KEYS[6], key) or '1')
   drop(key, scope)
+  local pending = string.format('%d', version) .. ':' .. #scope .. ':' .. scope .. key
+  redis.call('HSET', KEYS[9], pending, text)
+  redis.call('ZADD', KEYS[10], now, pending)
   return {key, text, version}
 end
 local function put(key, text, scope)
@@ -231,7 +246,7 @@ LUA_APPLIED = (
     LUA_SETTLE_ONE
     + LUA_VERSIONS
     + """
-for i = 9, #KEYS do settle(KEYS[i]) end
+for i = 11, #KEYS do settle(KEYS[i]) end
 local function applied()
   if ARGV[#ARGV] == '' then return nil end
   local kind = redis.call('TYPE', KEYS[4]).ok
@@ -272,7 +287,7 @@ local now = now_ms()
 local old, version, expired = current(ARGV[1], now)
 if ARGV[4] ~= '' and tonumber(ARGV[4]) ~= version then return {3, version} end
 local gone = false
-if expired then gone = take_expired(ARGV[1], ARGV[3]) end
+if expired then gone = take_expired(ARGV[1], ARGV[3], now) end
 local new_version = next_version()
 put(ARGV[1], ARGV[2], ARGV[3])
 redis.call('HSET', KEYS[6], ARGV[1], new_version)
@@ -298,7 +313,7 @@ local now = now_ms()
 local old, version, expired = current(ARGV[1], now)
 if ARGV[3] ~= '' and tonumber(ARGV[3]) ~= version then return {3, version} end
 local gone = false
-if expired then gone = take_expired(ARGV[1], ARGV[2]) end
+if expired then gone = take_expired(ARGV[1], ARGV[2], now) end
 if old then
   drop(ARGV[1], ARGV[2])
   record(old, false, version)
@@ -331,7 +346,7 @@ if (expected_absent and current_text) or (not expected_absent and current_text ~
   return {0, current_text}
 end
 local gone = false
-if expired then gone = take_expired(ARGV[1], ARGV[5]) end
+if expired then gone = take_expired(ARGV[1], ARGV[5], now) end
 local new_version = next_version()
 put(ARGV[1], ARGV[4], ARGV[5])
 redis.call('HSET', KEYS[6], ARGV[1], new_version)
@@ -392,7 +407,7 @@ while at <= #ARGV do
   at = at + 5
 end
 local gone = {}
-for _, key in ipairs(expired) do gone[#gone + 1] = take_expired(key, ARGV[1]) end
+for _, key in ipairs(expired) do gone[#gone + 1] = take_expired(key, ARGV[1], now) end
 local record = ARGV[2] ~= ''
 local olds, new_versions, i = {}, {}, 0
 at = first_write
@@ -561,10 +576,11 @@ return {now, due, first[2] or false}
 )
 
 # The sweep of one scope: KEYS[1] scope hash, KEYS[2] groups index, KEYS[5] key index,
-# KEYS[6] versions, KEYS[7] due index, KEYS[8] the scopes with keys due (KEYS[3] and
-# KEYS[4] unused); ARGV[1] scope, ARGV[2] how many keys at most. Removes the keys whose due
-# time has come, atomically (two sweepers never both get one), and returns them as {key,
-# text, version, ...}; then files the scope under its next due time (or takes it out).
+# KEYS[6] versions, KEYS[7] due index, KEYS[8] the scopes with keys due, KEYS[9] and
+# KEYS[10] the pending expiries (KEYS[3] and KEYS[4] unused); ARGV[1] scope, ARGV[2] how
+# many keys at most. Removes the keys whose due time has come, atomically (two sweepers
+# never both get one), records each as a pending expiry, and returns them as {key, text,
+# version, ...}; then files the scope under its next due time (or takes it out).
 LUA_EXPIRE = (
     LUA_VERSIONS
     + """
@@ -573,7 +589,7 @@ local due = redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now, 'LIMIT', 0, tonumb
 local out = {}
 for _, key in ipairs(due) do
   if redis.call('HEXISTS', KEYS[1], key) == 1 then
-    local gone = take_expired(key, ARGV[1])
+    local gone = take_expired(key, ARGV[1], now)
     out[#out + 1] = gone[1]
     out[#out + 1] = gone[2]
     out[#out + 1] = gone[3]
@@ -626,6 +642,56 @@ if tonumber(redis.call('GET', KEYS[1]) or '0') < v then redis.call('SET', KEYS[1
 return tonumber(redis.call('GET', KEYS[1]))
 """
 
+# Pending expiries (see LUA_VERSIONS' take_expired). KEYS[1] the pending expiries (hash),
+# KEYS[2] their claim times (sorted set); ARGV[1] age in ms, ARGV[2] how many at most.
+# Claims those claimed at least ARGV[1] ms ago, oldest first: each is claimed again now
+# (its age starts over, so another sweeper does not take it too). Returns {the server's
+# time in ms, then pending id, JSON text, previous claim time, ... for each}. A claim time
+# without its text (cannot happen unless edited by hand) is dropped.
+LUA_PENDING_CLAIM = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local found = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[1]),
+  'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {now}
+for i = 1, #found, 2 do
+  local text = redis.call('HGET', KEYS[1], found[i])
+  if text then
+    redis.call('ZADD', KEYS[2], now, found[i])
+    out[#out + 1] = found[i]
+    out[#out + 1] = text
+    out[#out + 1] = found[i + 1]
+  else
+    redis.call('ZREM', KEYS[2], found[i])
+  end
+end
+return out
+"""
+
+# KEYS[1] the pending expiries' claim times; ARGV[1] a claim time LUA_PENDING_CLAIM
+# returned, then pairs of pending id and its previous claim time. Gives back the claims
+# (of more than a sweep's limit, on a cluster) still at ARGV[1]: as if never claimed.
+LUA_PENDING_RELEASE = """
+local claimed = tonumber(ARGV[1])
+for i = 2, #ARGV, 2 do
+  if tonumber(redis.call('ZSCORE', KEYS[1], ARGV[i]) or '-1') == claimed then
+    redis.call('ZADD', KEYS[1], 'XX', ARGV[i + 1], ARGV[i])
+  end
+end
+return 0
+"""
+
+# KEYS[1] the pending expiries, KEYS[2] their claim times; ARGV their pending ids, whose
+# events were sent: drops them (the text they held with them).
+LUA_EXPIRIES_SENT = """
+for first = 1, #ARGV, 1000 do
+  local ids = {unpack(ARGV, first, math.min(first + 999, #ARGV))}
+  redis.call('HDEL', KEYS[1], unpack(ids))
+  redis.call('ZREM', KEYS[2], unpack(ids))
+end
+return 0
+"""
+
 #: Scripts registered on first use (see RedisAdapter._script).
 LAZY_SCRIPTS = {
     "batch": LUA_BATCH,
@@ -637,6 +703,9 @@ LAZY_SCRIPTS = {
     "due_scopes": LUA_DUE_SCOPES,
     "expire": LUA_EXPIRE,
     "raise_version": LUA_RAISE_VERSION,
+    "pending_claim": LUA_PENDING_CLAIM,
+    "pending_release": LUA_PENDING_RELEASE,
+    "expiries_sent": LUA_EXPIRIES_SENT,
 }
 
 
@@ -648,6 +717,19 @@ def _tls_refusal(error: BaseException) -> str | None:
             return f"the server's certificate does not verify ({cause.verify_message})"
         cause = cause.__cause__ or cause.__context__
     return None
+
+
+def _pending_id(scope: str, key: str, version: int) -> str:
+    """A pending expiry's id, as the scripts make it: ``<version>:<bytes of the
+    scope>:<scope><key>`` (the length tells the scope from the key)."""
+    return f"{version}:{len(scope.encode())}:{scope}{key}"
+
+
+def _pending_expiry(pending_id: str, text: str) -> Expired:
+    """The expiry a pending id and its text stand for."""
+    version, size, rest = pending_id.split(":", 2)
+    raw, cut = rest.encode(), int(size)
+    return Expired(raw[:cut].decode(), raw[cut:].decode(), text, int(version))
 
 
 def _arg(number: int | None) -> str:
@@ -1014,7 +1096,8 @@ class RedisAdapter(VersionedStateAdapter):
         return self._layout.scope_key(scope, "x")
 
     def _mutation_keys(self, scope: str, op_id: str | None) -> builtins.list[str]:
-        """KEYS[1..8] of a mutation script: on a cluster all in the scope's bucket."""
+        """KEYS[1..8] of a mutation script: on a cluster all in the scope's bucket
+        (:meth:`_pending_keys` are KEYS[9..10])."""
         tag = self._layout.tag(scope)
         op_key = self._op_key(op_id, tag)
         if op_id is not None and self._cluster is not None:
@@ -1033,6 +1116,12 @@ class RedisAdapter(VersionedStateAdapter):
             self.due_key(scope),
             self._layout.due_scopes_key(tag),
         ]
+
+    def _pending_keys(self, scope: str) -> builtins.list[str]:
+        """KEYS[9..10] of a mutation script: the pending expiries of the scope's tag (they
+        exist only while an expiry's event is not known to be sent)."""
+        tag = self._layout.tag(scope)
+        return [self._layout.expiring_key(tag), self._layout.expiring_at_key(tag)]
 
     def _read_keys(self, scope: str) -> builtins.list[str]:
         return [self.scope_key(scope), self.versions_key(scope), self.due_key(scope)]
@@ -1233,13 +1322,15 @@ class RedisAdapter(VersionedStateAdapter):
         keys: builtins.list[str],
         args: builtins.list[str],
     ) -> Any:
-        """Run a mutation script, carrying the records waiting to be settled (KEYS[9..]) of
-        the scope's tag (on a cluster, its bucket: one script is one slot)."""
+        """Run a mutation script with its pending expiries (KEYS[9..10]), carrying the
+        records waiting to be settled (KEYS[11..]) of the scope's tag (on a cluster, its
+        bucket: one script is one slot)."""
         script = self._script(script_name)
         tag = self._layout.tag(scope)
         settles = self._take_settles(tag)
+        keys = keys + self._pending_keys(scope) + settles
         try:
-            return self._run(what, scope, lambda: self._write(script, keys + settles, args))
+            return self._run(what, scope, lambda: self._write(script, keys, args))
         except BaseException:
             self._requeue_settles(tag, settles)
             raise
@@ -1482,7 +1573,7 @@ class RedisAdapter(VersionedStateAdapter):
         for scope in scopes:
             if len(gone) >= limit:
                 return gone, 0.0
-            keys = self._mutation_keys(scope, None)
+            keys = self._mutation_keys(scope, None) + self._pending_keys(scope)
             args = [scope, limit - len(gone)]
             flat = self._run("expire", scope, partial(expire, keys=keys, args=args))
             for at in range(0, len(flat), 3):
@@ -1491,6 +1582,62 @@ class RedisAdapter(VersionedStateAdapter):
         if scopes:
             return gone, 0.0  # look again at once: more may be due, or the next due time moved
         return gone, next_due_ms
+
+    def pending_expiries(self, older_than_ms: int, limit: int) -> builtins.list[Expired]:
+        """The expiries handed over at least ``older_than_ms`` ago (by the server's clock)
+        whose events are not known to be sent, oldest first, each claimed again in the same
+        script. On a cluster: one script per bucket in one pipeline (a round trip per
+        master); what the buckets gave beyond ``limit`` is given back (a second pipeline,
+        only then)."""
+        if limit <= 0:
+            return []
+        tags = self._layout.tags
+        calls: builtins.list[tuple[builtins.list[str], builtins.list[Any]]] = [
+            (
+                [self._layout.expiring_key(tag), self._layout.expiring_at_key(tag)],
+                [older_than_ms, limit],
+            )
+            for tag in tags
+        ]
+        replies = self._run(
+            "pending_expiries", None, partial(self._eval_each, "pending_claim", calls)
+        )
+        # (previous claim time, tag, this claim time, pending id, text)
+        found: builtins.list[tuple[int, str, int, str, str]] = []
+        for tag, reply in zip(tags, replies, strict=True):
+            now = int(reply[0])
+            for at in range(1, len(reply), 3):
+                found.append((int(float(reply[at + 2])), tag, now, reply[at], reply[at + 1]))
+        if len(found) > limit:
+            found.sort(key=lambda claim: claim[0])
+            extra: dict[tuple[str, int], builtins.list[Any]] = {}
+            for before, tag, now, pending, _ in found[limit:]:
+                extra.setdefault((tag, now), []).extend((pending, before))
+            found = found[:limit]
+            give_back = [
+                ([self._layout.expiring_at_key(tag)], [now, *args])
+                for (tag, now), args in extra.items()
+            ]
+            self._run(
+                "pending_expiries", None, partial(self._eval_each, "pending_release", give_back)
+            )
+        elif len(tags) > 1:
+            found.sort(key=lambda claim: claim[0])
+        return [_pending_expiry(pending, text) for _, _, _, pending, text in found]
+
+    def expiries_sent(self, expired: Sequence[Expired]) -> None:
+        """Drop the pending records of these expiries (one script per tag: on a cluster,
+        per bucket, in one pipeline)."""
+        by_tag: dict[str, builtins.list[Any]] = {}
+        for gone in expired:
+            pending = _pending_id(gone.scope, gone.key, gone.version)
+            by_tag.setdefault(self._layout.tag(gone.scope), []).append(pending)
+        calls: builtins.list[tuple[builtins.list[str], builtins.list[Any]]] = [
+            ([self._layout.expiring_key(tag), self._layout.expiring_at_key(tag)], ids)
+            for tag, ids in by_tag.items()
+        ]
+        if calls:
+            self._run("expiries_sent", None, partial(self._eval_each, "expiries_sent", calls))
 
     def triggers_load(self) -> dict[str, str]:
         key = self._layout.triggers_key

@@ -5,17 +5,20 @@ One server (and Sentinel)::
     {prefix}:s:{<scope>}   {prefix}:k:{<scope>}   {prefix}:v:{<scope>}   {prefix}:x:{<scope>}
     {prefix}:groups        {prefix}:due           {prefix}:triggers:version
     {prefix}:op:<op id>    {prefix}:triggers
+    {prefix}:expiring      {prefix}:expiring:at   (pending expiries: id -> text, claim time)
 
 A mutation script touches a scope's four keys *and* the groups index, the due index, the
-trigger version and an operation record. On one server that is fine; a cluster refuses a
-script whose keys are in different slots (``CROSSSLOT``), and one groups index would be one
-hot key on one master. So on a cluster every scope belongs to one of
-:data:`CLUSTER_BUCKETS` buckets (by a CRC-32 of its name), and every key a mutation
-touches carries its bucket's hash tag::
+trigger version, an operation record and the pending expiries (a write that meets an
+expired key removes it and records its expiry, pending until its event is sent). On one
+server that is fine; a cluster refuses a script whose keys are in different slots
+(``CROSSSLOT``), and one groups index would be one hot key on one master. So on a cluster
+every scope belongs to one of :data:`CLUSTER_BUCKETS` buckets (by a CRC-32 of its name),
+and every key a mutation touches carries its bucket's hash tag::
 
     {prefix}:s:{<bucket>}:<scope>   {prefix}:k:{<bucket>}:<scope>   (and :v:, :x:)
     {prefix}:groups:{<bucket>}      {prefix}:due:{<bucket>}
     {prefix}:triggers:version:{<bucket>}   {prefix}:op:{<bucket>}:<op id>
+    {prefix}:expiring:{<bucket>}    {prefix}:expiring:at:{<bucket>}
     {prefix}:triggers:{t}           {prefix}:triggers:version:{t}   (the triggers' own slot)
 
 so one script is one slot, and the indexes are spread over every master. The bucket tags
@@ -26,8 +29,8 @@ slots ``64 i .. 64 i + 63``): with the slot ranges ``redis-cli --cluster create`
 The number of buckets and their tags are **fixed forever** for a deployment: a scope's
 keys are found by its bucket, so changing either would hide every stored scope. 256 is
 enough to spread over any cluster up to a few hundred masters, and small enough that
-reading every bucket (``list_groups``, the expiry sweep, registering a trigger) is one
-pipelined round trip per master carrying 256 small commands.
+reading every bucket (``list_groups``, the expiry sweep and its pending expiries,
+registering a trigger) is one pipelined round trip per master carrying 256 small commands.
 """
 
 from __future__ import annotations
@@ -110,6 +113,15 @@ class KeyLayout:
     def op_key(self, op_id: str, tag: str) -> str:
         return f"{self.prefix}:op:{op_id}"
 
+    def expiring_key(self, tag: str) -> str:
+        """The pending expiries: a hash, pending id -> the expired key's JSON text."""
+        return f"{self.prefix}:expiring"
+
+    def expiring_at_key(self, tag: str) -> str:
+        """The pending expiries by claim time: a sorted set, pending id -> ms of the
+        server's clock when the expiry was handed over (or last claimed again)."""
+        return f"{self.prefix}:expiring:at"
+
 
 class BucketLayout(KeyLayout):
     """The Redis Cluster layout: every scope in one of :data:`CLUSTER_BUCKETS` buckets."""
@@ -143,3 +155,9 @@ class BucketLayout(KeyLayout):
 
     def op_key(self, op_id: str, tag: str) -> str:
         return f"{self.prefix}:op:{{{tag}}}:{op_id}"
+
+    def expiring_key(self, tag: str) -> str:
+        return f"{self.prefix}:expiring:{{{tag}}}"
+
+    def expiring_at_key(self, tag: str) -> str:
+        return f"{self.prefix}:expiring:at:{{{tag}}}"

@@ -22,7 +22,7 @@ is derived from the scope, the key and the version that expired
 (:func:`expiry_event_id`), so whoever fires it (the sweeper, or a write that found the key
 expired first) gives it the same id. Once an expiry's event is sent the service tells the
 adapter (:meth:`adapters.base.StateAdapter.expiries_sent`); an adapter that keeps pending
-expiries (the KvStore) hands those not known to be sent after
+expiries (the KvStore, the RedisAdapter) hands those not known to be sent after
 :data:`DEFAULT_EXPIRY_RESEND_AFTER_MS` to the next sweep, which sends them again with the
 same id: a process that died, or could not reach the broker, between removing a key and
 sending its event does not lose the event.

@@ -1,9 +1,11 @@
 """Keys that expire, through real workers: several Redis workers fire each expiry exactly
-once; an expiry due while no worker runs fires when one starts; the file store keeps
-expiries across a restart."""
+once; an expiry due while no worker runs fires when one starts; a Redis worker killed
+between removing an expired key and sending its event does not lose the event; the file
+store keeps expiries across a restart."""
 
 from __future__ import annotations
 
+import signal
 import time
 import uuid
 from collections import Counter
@@ -11,8 +13,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import redis
 from helpers import Deployment, RedisServer, adapter_yaml, own_db, redis_state_yaml
 from test_triggers import Recorded
+
+from state_tasks.core.service import DEFAULT_EXPIRY_RESEND_AFTER_MS, expiry_event_id
 
 
 def unique(prefix: str) -> str:
@@ -102,6 +107,68 @@ def test_an_expiry_due_while_no_worker_runs_fires_when_one_starts(
         )[-1:]
         assert event["reason"] == "expired" and event["version"] == version
         assert event["old_value"] == "v"
+    finally:
+        deployment.close()
+
+
+def test_a_redis_worker_killed_before_sending_an_expiry_does_not_lose_it(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # Given a worker that dies (SIGKILL) after its sweep removed an expired key and before
+    # the key's event is sent
+    state_url = redis_server.url(own_db())
+    prefix = unique("killed")
+    deployment = Deployment(redis_server, tmp_path, redis_state_yaml(state_url, prefix))
+    record_url = redis_server.url(own_db())
+    marker = tmp_path / "crashed"
+    scope = unique("fragile")
+    try:
+        worker = deployment.worker(
+            "--pool",
+            "solo",
+            includes=("trigger_handlers", "expiry_crash_hook"),
+            RECORD_REDIS_URL=record_url,
+            CRASH_EXPIRY_SCOPE=scope,
+            CRASH_MARKER=str(marker),
+        )
+        recorded = Recorded(record_url)
+        on_scope(deployment, scope)
+        version = deployment.call("state::set", scope=scope, key="k", value="v", ttl_ms=300)[
+            "version"
+        ]
+        deadline = time.monotonic() + 20
+        while worker.process is not None and worker.process.poll() is None:
+            assert time.monotonic() < deadline, "the worker did not die at its expiry"
+            time.sleep(0.05)
+        killed_at = time.monotonic()
+        assert worker.stop() == -signal.SIGKILL
+        assert marker.exists() and "SIGKILL between removing" in worker.log()
+        # The key is gone, its event unsent, and its expiry pending in Redis
+        state = redis.Redis.from_url(state_url, decode_responses=True)
+        assert state.hget(f"{prefix}:s:{{{scope}}}", "k") is None
+        assert state.hgetall(f"{prefix}:expiring") == {f"{version}:{len(scope)}:{scope}k": '"v"'}
+        assert expired_events(recorded, scope) == []
+        # When a worker starts again: its sweep sends the event once the resend delay passed
+        deployment.worker(includes=("trigger_handlers",), RECORD_REDIS_URL=record_url)
+        resend_s = DEFAULT_EXPIRY_RESEND_AFTER_MS / 1000
+        recorded.wait_for_event(
+            "scope",
+            lambda e: e["scope"] == scope and e["event_type"] == "state:deleted",
+            "the expiry event after the restart",
+            timeout_s=resend_s + 20,
+        )
+        assert time.monotonic() - killed_at > resend_s - 2  # not before the delay
+        time.sleep(1.5)  # a double fire would show by now
+        (event,) = expired_events(recorded, scope)
+        assert event["reason"] == "expired" and event["key"] == "k"
+        assert event["old_value"] == "v" and event["version"] == version
+        # the id the dead worker would have sent (derived from scope, key and version)
+        assert event["event_id"] == expiry_event_id(scope, "k", version)
+        # and the pending record is dropped once sent
+        wait_s = time.monotonic() + 5
+        while state.exists(f"{prefix}:expiring", f"{prefix}:expiring:at"):
+            assert time.monotonic() < wait_s, "the pending expiry was not dropped"
+            time.sleep(0.05)
     finally:
         deployment.close()
 
