@@ -183,7 +183,7 @@ def test_the_adapter_alone_needs_the_right_ca_and_a_client_certificate(
 
 def test_tls_options_on_a_plain_url_are_refused() -> None:
     # A deployment that believes it is encrypted must not run in clear text.
-    with pytest.raises(ConfigError, match="need a rediss:// URL"):
+    with pytest.raises(ConfigError, match=r"need a rediss:// \(or rediss\+cluster://\) URL"):
         RedisAdapter(redis_url="redis://127.0.0.1:1/0", ssl_ca_certs="/ca.pem")
 
 
