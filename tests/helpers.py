@@ -39,9 +39,11 @@ _dbs = itertools.count(100)
 _own_dbs = itertools.count(500)
 #: "amqp" runs every deployment's broker on RabbitMQ (a fresh vhost each), results on Redis.
 BROKER_KIND = os.environ.get("STATE_TASKS_TEST_BROKER", "redis")
-#: With "amqp": "quorum" runs every deployment on quorum queues (STATE_TASKS_QUEUE_TYPE).
-#: Opt-in: the CLI, console, Flower, examples and Bridge tests build clients of their own
-#: that do not declare quorum queues yet.
+#: With "amqp": "quorum" runs every deployment on quorum queues (STATE_TASKS_QUEUE_TYPE), as
+#: scripts/test's RabbitMQ pass does. Every client of a deployment declares its queues the
+#: same way (RabbitMQ refuses another type): in-process ones with its queue_settings,
+#: subprocesses (CLI, console, Flower, examples) with its client_env(), the Bridge with its
+#: queue_type.
 QUEUE_TYPE = os.environ.get("STATE_TASKS_TEST_QUEUE_TYPE", "classic")
 #: The Redis db holding the bridge remote's state, wiped before each conformance test.
 REMOTE_STATE_DB = 40
@@ -92,16 +94,30 @@ class Deployment:
         # On RabbitMQ, quorum queues (replicated) when asked for; the client declares the
         # queues the same way as the workers.
         quorum = self.vhost is not None and queue_type == "quorum"
-        queues = {"STATE_TASKS_QUEUE_TYPE": "quorum"} if quorum else {}
-        self.env.update(queues)
+        #: "quorum" or "classic": what the Bridge config's queue_type says for this deployment.
+        self.queue_type = "quorum" if quorum else "classic"
+        #: The variable that makes a process declare this deployment's queues (or none).
+        self.queue_env = {"STATE_TASKS_QUEUE_TYPE": "quorum"} if quorum else {}
+        #: The Celery settings that make an in-process client declare them.
+        self.queue_settings = queue_type_settings(self.broker_url, self.queue_env)
+        self.env.update(self.queue_env)
         if state_yaml is not None:
             config = workdir / "state.yaml"
             config.write_text(state_yaml)
             self.env["STATE_CONFIG"] = str(config)
         self.workers: list[Worker] = []
-        self.client = Client(
-            self.broker_url, self.backend_url, **queue_type_settings(self.broker_url, queues)
-        )
+        self.client = Client(self.broker_url, self.backend_url, **self.queue_settings)
+
+    def client_env(self) -> dict[str, str]:
+        """The environment of a client subprocess on this deployment (CLI, console, Flower,
+        an example): the ambient one without our variables, plus the broker, the result
+        backend and the queue type."""
+        ambient = {k: v for k, v in os.environ.items() if k not in OUR_VARIABLES}
+        return ambient | {
+            "CELERY_BROKER_URL": self.broker_url,
+            "CELERY_RESULT_BACKEND": self.backend_url,
+            **self.queue_env,
+        }
 
     def worker(
         self, *args: str, includes: tuple[str, ...] = (), start: bool = True, **env: str

@@ -16,11 +16,12 @@ CLI = [os.path.join(os.path.dirname(sys.executable), "state-tasks")]
 
 
 def run(deployment: Any, *args: str, broker: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in OUR_VARIABLES}
-    env |= {
-        "CELERY_BROKER_URL": broker or deployment.broker_url,
-        "CELERY_RESULT_BACKEND": broker or deployment.backend_url,
-    }
+    """The CLI on the deployment (its broker, results and queue type), or on ``broker`` alone."""
+    if broker is None:
+        env = deployment.client_env()
+    else:
+        env = {k: v for k, v in os.environ.items() if k not in OUR_VARIABLES}
+        env |= {"CELERY_BROKER_URL": broker, "CELERY_RESULT_BACKEND": broker}
     return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=120)
 
 

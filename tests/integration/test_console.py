@@ -35,12 +35,19 @@ class Console:
     """``state-tasks console`` in a subprocess, stopped by :meth:`stop`."""
 
     def __init__(
-        self, workdir: Path, broker: str, backend: str, *args: str, port: int | None = None
+        self,
+        workdir: Path,
+        broker: str,
+        backend: str,
+        *args: str,
+        port: int | None = None,
+        queue_env: dict[str, str] | None = None,
     ) -> None:
         self.port = port or free_port()
         self.log_path = workdir / f"console-{self.port}.log"
         env = {k: v for k, v in os.environ.items() if k not in OUR_VARIABLES}
-        env |= {"CELERY_BROKER_URL": broker, "CELERY_RESULT_BACKEND": backend}
+        # queue_env: the deployment's queue type (STATE_TASKS_QUEUE_TYPE), if any.
+        env |= {"CELERY_BROKER_URL": broker, "CELERY_RESULT_BACKEND": backend, **(queue_env or {})}
         self.process = subprocess.Popen(
             [CLI, "console", "--port", str(self.port), *args],
             cwd=workdir,
@@ -102,6 +109,7 @@ def console_factory(kv_deployment: Any, tmp_path: Path) -> Iterator[Any]:
             broker or kv_deployment.backend_url,
             *args,
             port=port,
+            queue_env=kv_deployment.queue_env if broker is None else None,
         )
         started.append(console)
         return console
@@ -408,7 +416,9 @@ def triggered(
 def test_versions_and_expiry_on_the_key_page_and_in_the_feed(
     triggered: Any, browser: Any, tmp_path: Path
 ) -> None:
-    console = Console(tmp_path, triggered.broker_url, triggered.backend_url)
+    console = Console(
+        tmp_path, triggered.broker_url, triggered.backend_url, queue_env=triggered.queue_env
+    )
     try:
         scope = f"console-ttl-{uuid.uuid4().hex[:8]}"
         triggered.client.iii.register_trigger(
@@ -452,7 +462,13 @@ def gone_from_page(browser: Any, css: str) -> None:
 def test_a_user_registers_and_unregisters_a_trigger_from_the_page(
     triggered: Any, record_url: str, browser: Any, tmp_path: Path
 ) -> None:
-    console = Console(tmp_path, triggered.broker_url, triggered.backend_url, "--allow-writes")
+    console = Console(
+        tmp_path,
+        triggered.broker_url,
+        triggered.backend_url,
+        "--allow-writes",
+        queue_env=triggered.queue_env,
+    )
     iii = triggered.client.iii
     scope = f"console-trg-{uuid.uuid4().hex[:8]}"
     registered: list[str] = []
@@ -545,7 +561,9 @@ def test_a_user_registers_and_unregisters_a_trigger_from_the_page(
 def test_with_writes_off_triggers_are_shown_but_not_changed(
     triggered: Any, browser: Any, tmp_path: Path
 ) -> None:
-    console = Console(tmp_path, triggered.broker_url, triggered.backend_url)
+    console = Console(
+        tmp_path, triggered.broker_url, triggered.backend_url, queue_env=triggered.queue_env
+    )
     iii = triggered.client.iii
     scope = f"console-trg-ro-{uuid.uuid4().hex[:8]}"
     existing = iii.register_trigger(

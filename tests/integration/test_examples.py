@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from typing import Any
 
-from helpers import OUR_VARIABLES, REPO
+from helpers import REPO
 
 
 def run_example(deployment: Any, script: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in OUR_VARIABLES}
-    env |= {
-        "CELERY_BROKER_URL": deployment.broker_url,
-        "CELERY_RESULT_BACKEND": deployment.backend_url,
-    }
     return subprocess.run(
         [sys.executable, str(REPO / "examples" / script), *args],
-        env=env,
+        env=deployment.client_env(),
         capture_output=True,
         text=True,
         timeout=300,

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import urllib.request
 import uuid
 from typing import Any
-
-from helpers import OUR_VARIABLES
 
 from state_tasks.contrib.servers import free_port, wait_until
 
@@ -24,12 +21,7 @@ def test_flower_shows_state_set_with_its_arguments_and_result(
     kv_deployment: Any, tmp_path: Any
 ) -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in OUR_VARIABLES}
-    env |= {
-        "CELERY_BROKER_URL": kv_deployment.broker_url,
-        "CELERY_RESULT_BACKEND": kv_deployment.backend_url,
-        "FLOWER_UNAUTHENTICATED_API": "true",
-    }
+    env = kv_deployment.client_env() | {"FLOWER_UNAUTHENTICATED_API": "true"}
     log = (tmp_path / "flower.log").open("wb")
     flower = subprocess.Popen(
         [
