@@ -33,6 +33,13 @@ from state_tasks.core.urls import redact_url
 
 QUEUE_TYPE_VARIABLE = "STATE_TASKS_QUEUE_TYPE"
 QUEUE_TYPES = ("classic", "quorum")
+#: The URL schemes of a RabbitMQ broker (kombu's AMQP transports).
+AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
+
+
+def is_amqp_url(url: str) -> bool:
+    """True for a RabbitMQ broker URL, the only broker with quorum queues."""
+    return url.startswith(AMQP_SCHEMES)
 
 
 def sentinel_transport_options(url: str, environ: Mapping[str, str]) -> dict[str, Any]:
@@ -78,7 +85,7 @@ def queue_type_settings(broker_url: str, environ: Mapping[str, str]) -> dict[str
         raise ConfigError(f"{QUEUE_TYPE_VARIABLE}={queue_type!r}: expected 'classic' or 'quorum'")
     if queue_type == "classic":
         return {}
-    if not broker_url.startswith(("amqp://", "amqps://", "pyamqp://")):
+    if not is_amqp_url(broker_url):
         raise ConfigError(
             f"{QUEUE_TYPE_VARIABLE}=quorum needs a RabbitMQ broker (amqp://...), "
             f"not {redact_url(broker_url)!r}"

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from amqp.exceptions import PreconditionFailed
 from celery import Celery
 from celery.app import backends
 from celery.exceptions import TimeoutError as CeleryTimeoutError
@@ -15,6 +16,7 @@ from kombu.exceptions import OperationalError
 from state_tasks.core.config import DEFAULT_BRIDGE_TIMEOUT_MS
 from state_tasks.core.errors import AdapterError, StateError
 from state_tasks.core.urls import redact_url
+from state_tasks.high_availability import QUEUE_TYPE_VARIABLE, queue_type_settings
 
 #: How often a waiting call polls a polling result backend.
 POLL_INTERVAL_S = 0.01
@@ -52,6 +54,14 @@ class RemoteDeployment:
     Its Celery app is its own, created on first use, sharing no configuration with the
     local app. Every call is bounded by ``timeout_ms``: the message expires then, so a
     remote worker that comes back later does not apply a change its caller gave up on.
+
+    ``queue_type`` is the type of the remote's queues on RabbitMQ (its
+    ``STATE_TASKS_QUEUE_TYPE``): ``quorum`` gives this client the same Celery settings as
+    the remote's workers, so that it declares the queue it sends to (and the exchange) as
+    they do; RabbitMQ refuses a declaration that differs from the queue's.
+
+    :raises ConfigError: an unknown ``queue_type``, or ``quorum`` on a broker that is not
+        RabbitMQ.
     """
 
     def __init__(
@@ -61,7 +71,9 @@ class RemoteDeployment:
         result_backend: str,
         timeout_ms: int = DEFAULT_BRIDGE_TIMEOUT_MS,
         queue: str | None = None,
+        queue_type: str = "classic",
     ) -> None:
+        self.queue_settings = queue_type_settings(broker_url, {QUEUE_TYPE_VARIABLE: queue_type})
         self.broker_url = broker_url
         self.result_backend = result_backend
         self.timeout_s = timeout_ms / 1000
@@ -92,6 +104,7 @@ class RemoteDeployment:
                             "redis_socket_connect_timeout": connect_timeout_s,
                             "redis_socket_timeout": self.timeout_s + 1,
                             "result_backend_transport_options": {"retry_policy": {"timeout": 1.0}},
+                            **self.queue_settings,
                         },
                     )
         return self._app
@@ -126,6 +139,11 @@ class RemoteDeployment:
                 f"{function_id}: {self.name} did not answer within {self.timeout_s * 1000:.0f} ms "
                 "(is a worker running there, on the queue the Bridge sends to?)"
             ) from e
+        except PreconditionFailed as e:
+            raise AdapterError(
+                f"{function_id}: {self.name} refused the Bridge's queues: {e} (the Bridge's "
+                "queue_type must be the remote's STATE_TASKS_QUEUE_TYPE, classic or quorum)"
+            ) from None
         except (OperationalError, OSError, ConnectionError) as e:
             raise AdapterError(
                 f"{function_id}: cannot reach {self.name}: {type(e).__name__}: "

@@ -38,6 +38,8 @@ from state_tasks.core.sentinel import (
     SENTINEL_PASSWORD_VARIABLE,
     is_sentinel_url,
 )
+from state_tasks.core.urls import redact_url
+from state_tasks.high_availability import is_amqp_url
 
 STATE_MODULE_CLASS = "modules::state::StateModule"
 DEFAULT_CONFIG_FILE = "state.yaml"
@@ -123,6 +125,20 @@ class BridgeConfig(_AdapterConfig):
     result_backend: str
     timeout_ms: int = Field(DEFAULT_BRIDGE_TIMEOUT_MS, gt=0)
     queue: str | None = None
+    # The type of the queues the remote deployment declares (its STATE_TASKS_QUEUE_TYPE):
+    # RabbitMQ refuses a client that declares the remote's queues with another type.
+    queue_type: Literal["classic", "quorum"] = "classic"
+
+    @pydantic.field_validator("queue_type")
+    @classmethod
+    def _quorum_needs_rabbitmq(cls, value: str, info: pydantic.ValidationInfo) -> str:
+        broker_url = info.data.get("broker_url")
+        if value == "quorum" and isinstance(broker_url, str) and not is_amqp_url(broker_url):
+            raise ValueError(
+                "quorum queues need a RabbitMQ broker_url (amqp://...), "
+                f"not {redact_url(broker_url)!r}"
+            )
+        return value
 
 
 def _kv_store(config: KvStoreConfig) -> StateAdapter:
@@ -186,6 +202,7 @@ def _bridge(config: BridgeConfig) -> StateAdapter:
         result_backend=config.result_backend,
         timeout_ms=config.timeout_ms,
         queue=config.queue,
+        queue_type=config.queue_type,
     )
     return Bridge(
         remote=remote.call,
@@ -320,6 +337,8 @@ def _build_spec(adapter: dict[str, Any], where: str, source: str) -> StateConfig
         if err["type"] == "extra_forbidden":
             allowed = ", ".join(builtin.model.model_fields)
             message = f"unknown field for {builtin.name} (allowed: {allowed})"
+        elif err["type"] == "value_error":
+            message = str(err["ctx"]["error"])
         elif "input" in err and err["type"] != "missing":
             message = f"{message} (got {err['input']!r})"
         raise ConfigError(f"{source}: {where}.config.{loc}: {message}") from None

@@ -29,11 +29,13 @@ def pair(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) ->
     remote = Deployment(remote_redis, tmp_path_factory.mktemp("remote"), None)
     remote.worker()
     # The local deployment: a worker whose adapter is the Bridge, loading the test handlers.
+    # In scripts/test's RabbitMQ pass the remote is on quorum queues: so is the Bridge.
     local_yaml = adapter_yaml(
         "modules::state::adapters::Bridge",
         broker_url=remote.broker_url,
         result_backend=remote.backend_url,
         timeout_ms=3000,
+        queue_type=remote.queue_type,
     )
     local = Deployment(redis_server, tmp_path_factory.mktemp("local"), local_yaml)
     record_url = redis_server.url(own_db())
