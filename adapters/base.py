@@ -22,7 +22,8 @@ change, in two phases:
 A record is kept for ``op_window_s`` seconds (see
 :func:`state_tasks.core.config.default_op_window_s`) and then forgotten. A whole record
 keeps the change's version too, so a repeat answers with the version the first delivery
-gave; a settled one does not.
+gave; a settled one keeps the versions a set, an update or a batch gave (a few bytes:
+:func:`settled_marker`), so its repeat answers with them too.
 
 Versions and expiry (the ``*_versioned`` methods, :meth:`StateAdapter.get_entry` and
 :meth:`StateAdapter.expire_due`). Every key has a version: a positive integer that grows
@@ -100,13 +101,54 @@ class Change:
 class OperationSettled(Exception):
     """A repeat of an operation that was applied and whose trigger work was sent.
 
-    Raised by ``set``/``delete``/``update`` when ``op_id`` names a settled record: nothing
-    was changed, and the record no longer holds the operation's result.
+    Raised by ``set``/``delete``/``update``/``batch`` when ``op_id`` names a settled
+    record: nothing was changed, and the record no longer holds the operation's values.
+
+    ``versions``: the versions the operation gave, one per ``set`` or ``update`` (for a
+    batch, its sets and updates in order; a delete has none), which the settled marker
+    keeps; ``None`` when the marker does not know them (a marker from before versions were
+    kept, or a delete).
     """
 
-    def __init__(self, op_id: str) -> None:
+    def __init__(self, op_id: str, versions: Sequence[int] | None = None) -> None:
         super().__init__(f"operation {op_id!r} was applied before and its record is settled")
         self.op_id = op_id
+        self.versions = None if versions is None else tuple(versions)
+
+
+def settled_marker(versions: Sequence[int]) -> str:
+    """The versions of a settled operation as a short text: ``v`` and runs of consecutive
+    versions, ``v12`` or ``v12-15,20`` (a batch's versions come from one counter, so
+    usually one run: a few bytes whatever its size). ``''`` for none."""
+    runs: list[str] = []
+    first = last = None
+    for version in versions:
+        if last is not None and version == last + 1:
+            last = version
+            continue
+        if first is not None:
+            runs.append(str(first) if first == last else f"{first}-{last}")
+        first = last = version
+    if first is not None:
+        runs.append(str(first) if first == last else f"{first}-{last}")
+    return "v" + ",".join(runs) if runs else ""
+
+
+def settled_versions(marker: str | int | None) -> tuple[int, ...] | None:
+    """The versions a settled marker keeps (:func:`settled_marker`, or one version as an
+    int); ``None`` for a marker without them (``'1'``, written before markers kept them)."""
+    if isinstance(marker, int) and not isinstance(marker, bool):
+        return (marker,) if marker > 0 else None
+    if not isinstance(marker, str) or not marker.startswith("v") or len(marker) < 2:
+        return None
+    versions: list[int] = []
+    try:
+        for run in marker[1:].split(","):
+            first, _, last = run.partition("-")
+            versions.extend(range(int(first), int(last or first) + 1))
+    except ValueError:
+        return None
+    return tuple(versions)
 
 
 def default_op_window_s() -> float:

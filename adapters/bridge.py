@@ -26,7 +26,8 @@ records in this process, like a KvStore: the remote's result while the local tri
 is not yet sent (so that a retry after a failed local dispatch sends the local triggers
 with the values the remote returned, even if the remote has settled its record since),
 then a marker. A remote that answers a repeat with ``replayed`` (its record is settled;
-this process had none, e.g. after a restart) makes the repeat a settled one here too.
+this process had none, e.g. after a restart) makes the repeat a settled one here too,
+with the versions the remote answered.
 """
 
 from __future__ import annotations
@@ -69,6 +70,32 @@ def _options(if_version: int | None = None, ttl_ms: int | None = None) -> dict[s
     """The optional arguments given, as the remote's payload takes them."""
     given = {"if_version": if_version, "ttl_ms": ttl_ms}
     return {name: value for name, value in given.items() if value is not None}
+
+
+def _version_of(result: Any) -> int | None:
+    version = result.get("version") if isinstance(result, Mapping) else None
+    return version if isinstance(version, int) and not isinstance(version, bool) else None
+
+
+def _settled_versions(
+    answer: Mapping[str, Any], operations: Sequence[BatchOp] | None
+) -> tuple[int, ...] | None:
+    """The versions a remote's settled repeat answered (none when it did not give them
+    all: a remote whose records settled before they kept versions)."""
+    if operations is None:
+        version = _version_of(answer)
+        return None if version is None else (version,)
+    results = answer.get("results")
+    if not isinstance(results, list) or len(results) != len(operations):
+        return None
+    versions = []
+    for op, result in zip(operations, results, strict=True):
+        if op.kind != "delete":
+            version = _version_of(result)
+            if version is None:
+                return None
+            versions.append(version)
+    return tuple(versions)
 
 
 def _forwarded(op: BatchOp) -> dict[str, Any]:
@@ -205,7 +232,7 @@ class Bridge(VersionedStateAdapter):
         if done is not None and done[1] == BATCH_RECORD and done[0] is not None:
             return parse_versioned_batch_record(done[0]), []
         payload = {"scope": scope, "operations": [_forwarded(op) for op in operations]}
-        answer = self._applied(op_id, self.remote("state::batch", payload, op_id))
+        answer = self._applied(op_id, self.remote("state::batch", payload, op_id), operations)
         results: builtins.list[VersionedBatchResult] = []
         for op, result in zip(operations, answer["results"], strict=True):
             if op.kind == "delete":
@@ -265,10 +292,14 @@ class Bridge(VersionedStateAdapter):
                 self._ops.add(op_id, self._ops.new(old, new, version))
 
     @staticmethod
-    def _applied(op_id: str | None, result: Any) -> Any:
-        """The remote's result, unless it says the operation was applied and settled there."""
+    def _applied(
+        op_id: str | None, result: Any, operations: Sequence[BatchOp] | None = None
+    ) -> Any:
+        """The remote's result, unless it says the operation was applied and settled there
+        (then with the versions it answered: a set's or an update's, or a batch's
+        ``operations``' sets and updates)."""
         if isinstance(result, Mapping) and result.get("replayed") is True:
-            raise OperationSettled(op_id or "")
+            raise OperationSettled(op_id or "", _settled_versions(result, operations))
         return result
 
     def list(self, scope: str) -> builtins.list[str]:

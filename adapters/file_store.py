@@ -48,12 +48,15 @@ Applied operation ids (see :mod:`adapters.base`) travel in the journal record of
 change as ``"id"`` and ``"exp"`` (wall-clock expiry, whole seconds), without the old
 value: replay derives it from the state the record is replayed over. Settling is not a
 write of its own: the ids settled since the last record ride in front of the next one, in
-the same ``write()``, as ``{"op": "settled", "ops": {id: exp, ...}}``. If a crash loses
+the same ``write()``, as ``{"op": "settled", "ops": {id: exp or [exp, versions], ...}}``
+(``versions``: what the operation gave, the version of a set or an update as a number, a
+batch's as :func:`adapters.base.settled_marker` text; a settled repeat answers with
+them; plain ``exp``, as written before they were kept, answers without). If a crash loses
 them, those records come back whole, which is the safe direction (the repeat re-sends the
 trigger work). A save writes ``ops.json`` first, when any record changed, as::
 
     {"format": "state_tasks.applied_ops", "version": 2, "covered": <last journal segment>,
-     "settled": {id: exp, ...}, "whole": {id: [old text, new text, exp], ...},
+     "settled": {id: exp or [exp, versions], ...}, "whole": {id: [old text, new text, exp], ...},
      "expiring": [[scope, key, version, value], ...]}
 
 Settled operations cost about 50 bytes each there; only those not yet settled carry their
@@ -103,7 +106,10 @@ from adapters.kv_store import (
     DEFAULT_MAX_OPS,
     KvStore,
     OpRecord,
+    Settled,
+    SettledOp,
     make_slot,
+    settled_expiry,
     slot_parts,
     wall_clock_ms,
 )
@@ -184,8 +190,8 @@ class FileKvStore(KvStore):
         self._counter_saved = 0
         # Journal segments up to this one are described by ops.json (set while loading).
         self._ops_covered = 0
-        # Operations settled since the last journal record: (id, wall-clock expiry).
-        self._settled_unjournaled: builtins.list[tuple[str, int]] = []
+        # Operations settled since the last journal record: (id, wall-clock expiry, versions).
+        self._settled_unjournaled: builtins.list[tuple[str, int, int | str | None]] = []
         # Expiries whose events were sent since the last journal record: (scope, key, version).
         self._sent_unjournaled: builtins.list[tuple[str, str, int]] = []
         self._save_lock = threading.Lock()  # one save at a time
@@ -344,9 +350,10 @@ class FileKvStore(KvStore):
                 version = int(row[3]) if len(row) > 3 else 0
                 if _alive(expires_wall):
                     self._ops.add(str(op_id), (old, new, _monotonic(expires_wall), version))
-            for op_id, expires_wall in settled.items():
+            for op_id, row in settled.items():
+                expires_wall, versions = _settled_row(row)
                 if _alive(expires_wall):
-                    self._ops.mark(str(op_id), _monotonic(expires_wall))
+                    self._ops.mark(str(op_id), _monotonic(expires_wall), versions)
             for scope, key, version, value in document.get("expiring", []):
                 # Handed over by a process that is gone: sent again by the first sweep.
                 gone = Expired(str(scope), str(key), dumps(value), int(version))
@@ -411,9 +418,10 @@ class FileKvStore(KvStore):
             self._ops_dirty = True
         if kind == "settled":
             if ops:
-                for op_id, expires_wall in record["ops"].items():
+                for op_id, row in record["ops"].items():
+                    expires_wall, versions = _settled_row(row)
                     if _alive(expires_wall):
-                        self._ops.mark(op_id, _monotonic(expires_wall))
+                        self._ops.mark(op_id, _monotonic(expires_wall), versions)
                 self._ops_dirty = True
         elif kind == "set":
             version = record.get("ver", 1)  # a record from before versions: 1
@@ -483,7 +491,10 @@ class FileKvStore(KvStore):
             raise AdapterError(f"the KvStore at {str(self.path)!r} is not open")
         bodies = [body]
         if self._settled_unjournaled:
-            settled = ",".join(f"{dumps(op_id)}:{exp}" for op_id, exp in self._settled_unjournaled)
+            settled = ",".join(
+                f"{dumps(op_id)}:{_settled_json(exp, versions)}"
+                for op_id, exp, versions in self._settled_unjournaled
+            )
             bodies.insert(0, f'{{"op":"settled","ops":{{{settled}}}}}')
         if self._sent_unjournaled:
             bodies.insert(0, f'{{"op":"sent","expiries":{dumps(self._sent_unjournaled)}}}')
@@ -560,11 +571,13 @@ class FileKvStore(KvStore):
 
     def _settled_at_once(self, op_id: str, expires: float) -> None:
         super()._settled_at_once(op_id, expires)
-        self._ops_settled([(op_id, expires)])
+        self._ops_settled([(op_id, expires, None)])
 
-    def _ops_settled(self, moved: builtins.list[tuple[str, float]]) -> None:
+    def _ops_settled(self, moved: builtins.list[SettledOp]) -> None:
         # Journaled with the next record: no write of its own (see the module docs).
-        self._settled_unjournaled.extend((op_id, _wall(expires)) for op_id, expires in moved)
+        self._settled_unjournaled.extend(
+            (op_id, _wall(expires), versions) for op_id, expires, versions in moved
+        )
         self._ops_dirty = True
 
     def _expiries_dropped(self, sent: builtins.list[tuple[str, str, int]]) -> None:
@@ -706,7 +719,7 @@ def _scope_document(scope: str, slots: dict[str, str], dues: dict[str, int]) -> 
 
 def _ops_document(
     whole: dict[str, OpRecord],
-    settled: dict[str, float],
+    settled: dict[str, Settled],
     expiring: builtins.list[Expired],
     covered: int,
 ) -> str:
@@ -719,7 +732,12 @@ def _ops_document(
         if expires > now
     )
     settled_body = ",".join(
-        f"{dumps(op_id)}:{_wall(expires)}" for op_id, expires in settled.items() if expires > now
+        f"{dumps(op_id)}:{_settled_json(_wall(expiry), mark)}"
+        for op_id, mark, expiry in (
+            (op_id, None if isinstance(row, float) else row[1], settled_expiry(row))
+            for op_id, row in settled.items()
+        )
+        if expiry > now
     )
     expiring_body = ",".join(
         f"[{dumps(gone.scope)},{dumps(gone.key)},{gone.version},{gone.value_json}]"
@@ -729,6 +747,21 @@ def _ops_document(
         f'{{"format":"{OPS_FORMAT_NAME}","version":{OPS_FORMAT_VERSION},"covered":{covered},'
         f'"settled":{{{settled_body}}},"whole":{{{whole_body}}},"expiring":[{expiring_body}]}}'
     )
+
+
+def _settled_json(expires_wall: int, versions: int | str | None) -> str:
+    """A settled operation's row in the journal and ``ops.json``: its expiry, with what it
+    gave when it gave versions."""
+    return str(expires_wall) if versions is None else f"[{expires_wall},{dumps(versions)}]"
+
+
+def _settled_row(row: Any) -> tuple[Any, int | str | None]:
+    """(wall-clock expiry, versions or None) of a settled row: ``exp`` (as written before
+    markers kept versions) or ``[exp, versions]``."""
+    if isinstance(row, list):
+        versions = row[1] if len(row) > 1 and isinstance(row[1], (int, str)) else None
+        return row[0], None if isinstance(versions, bool) else versions
+    return row, None
 
 
 def _wall(expires: float) -> int:

@@ -18,6 +18,8 @@ from adapters.base import (
     OperationSettled,
     VersionedStateAdapter,
     default_op_window_s,
+    settled_marker,
+    settled_versions,
 )
 from state_tasks.core.batch import (
     BatchOp,
@@ -38,6 +40,10 @@ DEFAULT_MAX_OPS = 100_000
 #: A whole record of an applied operation: (old JSON text, new JSON text or None for a
 #: delete, monotonic expiry, the version the change gave or deleted).
 OpRecord = tuple[str | None, str | None, float, int]
+#: A settled operation: its monotonic expiry, with what it gave when it gave versions.
+Settled = float | tuple[float, int | str]
+#: A just settled operation: (op id, monotonic expiry, versions or None).
+SettledOp = tuple[str, float, int | str | None]
 
 #: The "new" text of a batch's whole record, whose "old" text holds the batch's results
 #: (:func:`state_tasks.core.batch.batch_record`). Never valid JSON, so never a value.
@@ -106,8 +112,9 @@ class OpRecords:
     """Applied operation ids, bounded by time (``window_s``) and by count (``max_ops``).
 
     Whole records (with the result) wait in one dict until they are settled; a settled
-    operation is a marker in another: its id and its expiry, about 150 bytes in all.
-    Both dicts are ordered oldest first. Not thread-safe: the owner holds its lock.
+    operation is a marker in another: its id, its expiry and the version it gave (an int;
+    a batch's versions as :func:`adapters.base.settled_marker` text), about 230 bytes in
+    all. Both dicts are ordered oldest first. Not thread-safe: the owner holds its lock.
     """
 
     def __init__(self, window_s: float, max_ops: int) -> None:
@@ -115,8 +122,8 @@ class OpRecords:
         self.max_ops = max_ops
         #: op id -> whole record: applied, trigger work not yet known to be sent.
         self.whole: dict[str, OpRecord] = {}
-        #: op id -> monotonic expiry: applied and settled.
-        self.settled: dict[str, float] = {}
+        #: op id -> monotonic expiry, or (expiry, its versions): applied and settled.
+        self.settled: dict[str, Settled] = {}
 
     def __len__(self) -> int:
         return len(self.whole) + len(self.settled)
@@ -132,9 +139,10 @@ class OpRecords:
         record = self.whole.get(op_id)
         if record is not None and record[2] > now:
             return record
-        expires = self.settled.get(op_id)
-        if expires is not None and expires > now:
-            raise OperationSettled(op_id)
+        settled = self.settled.get(op_id)
+        if settled is not None and settled_expiry(settled) > now:
+            mark = None if isinstance(settled, float) else settled[1]
+            raise OperationSettled(op_id, settled_versions(mark))
         return None
 
     def expiry(self) -> float:
@@ -150,21 +158,44 @@ class OpRecords:
         _trim(self.whole, self.max_ops, lambda r: r[2])
         self.whole[op_id] = record
 
-    def mark(self, op_id: str, expires: float) -> None:
-        """Remember ``op_id`` as settled until ``expires`` (monotonic), dropping its record."""
+    def mark(self, op_id: str, expires: float, versions: int | str | None = None) -> None:
+        """Remember ``op_id`` as settled until ``expires`` (monotonic), dropping its record;
+        ``versions``: what it gave (see :func:`settled_mark`)."""
         self.whole.pop(op_id, None)
-        _trim(self.settled, self.max_ops, lambda e: e)
-        self.settled[op_id] = expires
+        _trim(self.settled, self.max_ops, settled_expiry)
+        self.settled[op_id] = float(expires) if not versions else (expires, versions)
 
-    def settle(self, op_ids: Iterable[str]) -> builtins.list[tuple[str, float]]:
-        """Turn the whole records of ``op_ids`` into markers; return the ``(id, expiry)`` moved."""
+    def settle(self, op_ids: Iterable[str]) -> builtins.list[SettledOp]:
+        """Turn the whole records of ``op_ids`` into markers; return the ``(id, expiry,
+        versions)`` moved."""
         moved = []
         for op_id in op_ids:
             record = self.whole.get(op_id)
             if record is not None:
-                self.mark(op_id, record[2])
-                moved.append((op_id, record[2]))
+                versions = settled_mark(record)
+                self.mark(op_id, record[2], versions)
+                moved.append((op_id, record[2], versions))
         return moved
+
+
+def settled_mark(record: OpRecord) -> int | str | None:
+    """What the marker of a settled operation keeps of its whole ``record``: the version a
+    set or an update gave (an int), a batch's versions of its sets and updates
+    (:func:`adapters.base.settled_marker` text), nothing for a delete."""
+    old, new, _, version = record
+    if new == BATCH_RECORD:
+        if old is None:
+            return None
+        versions = [v for _, n, v in parse_versioned_batch_record(old) if n is not None]
+        return settled_marker(versions) or None
+    if new is None or version <= 0:
+        return None
+    return version
+
+
+def settled_expiry(settled: Settled) -> float:
+    """The monotonic expiry of a settled marker."""
+    return settled if isinstance(settled, float) else settled[0]
 
 
 def _trim(records: dict[str, _R], max_ops: int, expiry: Callable[[_R], float]) -> None:
@@ -670,8 +701,8 @@ class KvStore(VersionedStateAdapter):
         """``op_id`` changed nothing (a delete of an absent key): remember it settled."""
         self._ops.mark(op_id, expires)
 
-    def _ops_settled(self, moved: builtins.list[tuple[str, float]]) -> None:
-        """These operations were just settled: ``(op id, monotonic expiry)``."""
+    def _ops_settled(self, moved: builtins.list[SettledOp]) -> None:
+        """These operations were just settled: ``(op id, monotonic expiry, versions)``."""
 
     def _expiries_dropped(self, sent: builtins.list[tuple[str, str, int]]) -> None:
         """The events of these expiries ``(scope, key, version)`` were sent: their pending

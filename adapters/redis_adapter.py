@@ -85,6 +85,7 @@ from adapters.base import (
     OperationSettled,
     VersionedStateAdapter,
     default_op_window_s,
+    settled_versions,
 )
 from adapters.redis_layout import BucketLayout, KeyLayout
 from state_tasks.core.batch import (
@@ -146,8 +147,11 @@ CLUSTER_OP_KEYS_MAX = 4096
 # looks there. A hash is a whole record ('o' old text, 'n' new text, each present when
 # there is one, 'v' the version): the operation was applied, and the script returns that
 # result and changes nothing. A string is a settled record (LUA_SETTLE made it): the script
-# changes nothing and says so. Otherwise the whole record is written in the same step as
-# the change. Without an id the last ARGV is '' and KEYS[4] is not touched.
+# changes nothing and says so, with the string: 'v<version>' for a set or an update,
+# 'v<runs>' for a batch (its sets' and updates' versions, adapters.base.settled_marker), '1'
+# for a delete or a record settled before markers kept versions. Otherwise the whole
+# record is written in the same step as the change. Without an id the last ARGV is '' and
+# KEYS[4] is not touched.
 #
 # KEYS[5] is the scope's key index (a sorted set), kept in step with the hash.
 # KEYS[6] the scope's versions (hash: key -> version; the field '' holds the scope's counter),
@@ -163,11 +167,40 @@ CLUSTER_OP_KEYS_MAX = 4096
 # Settling rides along: KEYS[11] onwards name records to settle (as LUA_SETTLE does)
 # before anything else, so that settling costs no round trip of its own.
 LUA_SETTLE_ONE = """
+local function settled_marker(key)
+  local count = redis.call('HGET', key, 'c')
+  if not count then
+    if redis.call('HEXISTS', key, 'n') == 0 then return '1' end
+    local version = redis.call('HGET', key, 'v')
+    if not version or tonumber(version) <= 0 then return '1' end
+    return 'v' .. string.format('%d', tonumber(version))
+  end
+  local written = {}
+  for _, field in ipairs(redis.call('HKEYS', key)) do written[field] = true end
+  local runs, first, last = {}, nil, nil
+  local function close()
+    if not first then return end
+    if first == last then runs[#runs + 1] = string.format('%d', first)
+    else runs[#runs + 1] = string.format('%d-%d', first, last) end
+  end
+  for i = 1, tonumber(count) do
+    if written['n' .. i] then
+      local v = tonumber(redis.call('HGET', key, 'v' .. i) or '0')
+      if last and v == last + 1 then last = v else
+        close()
+        first, last = v, v
+      end
+    end
+  end
+  close()
+  if #runs == 0 then return '1' end
+  return 'v' .. table.concat(runs, ',')
+end
 local function settle(key)
   if redis.call('TYPE', key).ok == 'hash' then
     local ttl = redis.call('PTTL', key)
     if ttl > 0 then
-      redis.call('SET', key, '1', 'PX', ttl)
+      redis.call('SET', key, settled_marker(key), 'PX', ttl)
       return 1
     end
   end
@@ -254,7 +287,7 @@ local function applied()
     local done = redis.call('HMGET', KEYS[4], 'o', 'n', 'v')
     return {'whole', done[1], done[2], tonumber(done[3] or '0')}
   end
-  if kind == 'string' then return {'settled'} end
+  if kind == 'string' then return {'settled', redis.call('GET', KEYS[4])} end
   return nil
 end
 local function record(old, new, version)
@@ -275,13 +308,13 @@ end
 # ARGV[5] ttl_ms or '', ARGV[6] op ttl or ''.
 # Returns {1, replaced text or false, trigger version, new version, expired text or false,
 # its version} when written; {2, recorded old text or false, trigger version, recorded
-# version} when already applied; {0} when already applied and settled; {3, current
-# version} when if_version does not match (nothing written).
+# version} when already applied; {0, settled marker} when already applied and settled; {3,
+# current version} when if_version does not match (nothing written).
 LUA_SET = (
     LUA_APPLIED
     + """
 local done = applied()
-if done and done[1] == 'settled' then return {0} end
+if done and done[1] == 'settled' then return {0, done[2]} end
 if done then return {2, done[2], redis.call('GET', KEYS[3]) or '0', done[4]} end
 local now = now_ms()
 local old, version, expired = current(ARGV[1], now)
@@ -300,14 +333,15 @@ return {1, old, redis.call('GET', KEYS[3]) or '0', new_version, gone_text, gone_
 
 # KEYS as above; ARGV[1] key, ARGV[2] scope, ARGV[3] if_version or '', ARGV[4] op ttl or ''.
 # Returns {1, deleted text or false, trigger version, deleted version (0: none), expired
-# text or false, its version}, {2, recorded text, trigger version, recorded version}, {0}
-# (settled) or {3, current version}. A scope left empty leaves the groups index. A delete
-# of an absent key under an id is recorded settled at once: it has no trigger work.
+# text or false, its version}, {2, recorded text, trigger version, recorded version}, {0,
+# settled marker} (settled) or {3, current version}. A scope left empty leaves the groups
+# index. A delete of an absent key under an id is recorded settled at once: it has no
+# trigger work.
 LUA_DELETE = (
     LUA_APPLIED
     + """
 local done = applied()
-if done and done[1] == 'settled' then return {0} end
+if done and done[1] == 'settled' then return {0, done[2]} end
 if done then return {2, done[2], redis.call('GET', KEYS[3]) or '0', done[4]} end
 local now = now_ms()
 local old, version, expired = current(ARGV[1], now)
@@ -330,13 +364,13 @@ return {1, old, redis.call('GET', KEYS[3]) or '0', version, gone_text, gone_vers
 # (none: a key that exists keeps its expiry), ARGV[8] op ttl or ''.
 # Returns {1, trigger version, new version, expired text or false, its version} when
 # written, {0, current text or false} when the value moved on, {2, recorded old text or
-# false, recorded new text, recorded version} when already applied, {3} when already
-# applied and settled, or {4, current version} when if_version does not match.
+# false, recorded new text, recorded version} when already applied, {3, settled marker}
+# when already applied and settled, or {4, current version} when if_version does not match.
 LUA_CHECK_AND_SET = (
     LUA_APPLIED
     + """
 local done = applied()
-if done and done[1] == 'settled' then return {3} end
+if done and done[1] == 'settled' then return {3, done[2]} end
 if done then return {2, done[2], done[3], done[4]} end
 local now = now_ms()
 local current_text, version, expired = current(ARGV[1], now)
@@ -364,7 +398,8 @@ return {1, redis.call('GET', KEYS[3]) or '0', new_version, gone_text, gone_versi
 # {key, text, version of each key found expired}} when written; {0, {current text or
 # false per checked key}} when a checked key moved on (nothing written); {2, the record as
 # HGETALL: 'c' count, 'o<i>'/'n<i>'/'v<i>' old/new text and version of operation i} when
-# already applied; {3} when already applied and settled; {5, operation index (from 0),
+# already applied; {3, settled marker} when already applied and settled; {5, operation
+# index (from 0),
 # expected, current version} when an if_version does not match (nothing written).
 LUA_BATCH = (
     LUA_APPLIED
@@ -372,7 +407,7 @@ LUA_BATCH = (
 if ARGV[2] ~= '' then
   local kind = redis.call('TYPE', KEYS[4]).ok
   if kind == 'hash' then return {2, redis.call('HGETALL', KEYS[4])} end
-  if kind == 'string' then return {3} end
+  if kind == 'string' then return {3, redis.call('GET', KEYS[4])} end
 end
 local now = now_ms()
 local at, conflict, currents = 4, false, {}
@@ -607,9 +642,10 @@ return out
 """
 )
 
-# KEYS: op records {prefix}:op:{id}; no ARGV. Each whole record (a hash) becomes the
-# string '1' with the time to live it had left: a marker of about 150 bytes of Redis
-# memory, whatever the size of the values. Returns how many records were settled.
+# KEYS: op records {prefix}:op:{id}; no ARGV. Each whole record (a hash) becomes a short
+# string with the time to live it had left (the versions it gave, see LUA_SETTLE_ONE): a
+# marker of about 150 bytes of Redis memory, whatever the size of the values. Returns how
+# many records were settled.
 LUA_SETTLE = (
     LUA_SETTLE_ONE
     + """
@@ -1163,7 +1199,7 @@ class RedisAdapter(VersionedStateAdapter):
         args = [key, value_json, scope, _arg(if_version), _arg(ttl_ms), self._op_ttl(op_id)]
         reply: builtins.list[Any] = self._mutate("set", "set", scope, keys, args)
         if reply[0] == 0:
-            raise OperationSettled(op_id or "")
+            raise OperationSettled(op_id or "", settled_versions(reply[1]))
         if reply[0] == 3:
             raise version_conflict(scope, key, if_version or 0, int(reply[1]), "state::set")
         self._remember((scope, key), value_json)
@@ -1181,7 +1217,7 @@ class RedisAdapter(VersionedStateAdapter):
         args = [key, scope, _arg(if_version), self._op_ttl(op_id)]
         reply: builtins.list[Any] = self._mutate("delete", "delete", scope, keys, args)
         if reply[0] == 0:
-            raise OperationSettled(op_id or "")
+            raise OperationSettled(op_id or "", settled_versions(reply[1]))
         if reply[0] == 3:
             raise version_conflict(scope, key, if_version or 0, int(reply[1]), "state::delete")
         self._remember((scope, key), None)
@@ -1228,7 +1264,7 @@ class RedisAdapter(VersionedStateAdapter):
                 return Change(reply[1] or None, reply[2], int(reply[3]))
             if reply[0] == 3:  # ... and settled since
                 self._recent.pop(slot, None)
-                raise OperationSettled(op_id or "")
+                raise OperationSettled(op_id or "", settled_versions(reply[1]))
             if reply[0] == 4:
                 self._recent.pop(slot, None)
                 raise version_conflict(scope, key, if_version or 0, int(reply[1]), "state::update")
@@ -1450,7 +1486,7 @@ class RedisAdapter(VersionedStateAdapter):
             for key in distinct:
                 self._recent.pop((scope, key), None)
             if reply[0] == 3:
-                raise OperationSettled(op_id or "")
+                raise OperationSettled(op_id or "", settled_versions(reply[1]))
             if reply[0] == 5:
                 index, expected, current = (int(n) for n in reply[1:4])
                 raise batch_conflict(index, scope, operations[index].key, expected, current)

@@ -190,8 +190,10 @@ class StateService:
         again with the same ``event_id`` (``op_id``), so that a change whose dispatch was cut
         short by a crash still gets it. Once it is settled, the repeat sends nothing and
         returns what it knows without the stored values: ``set`` gives
-        ``{"old_value": None, "new_value": <value>, "replayed": True}``, ``update`` gives
-        ``{"old_value": None, "new_value": None, "replayed": True}``, ``delete`` ``None``.
+        ``{"old_value": None, "new_value": <value>, "version": n, "replayed": True}``,
+        ``update`` gives ``{"old_value": None, "new_value": None, "version": n, "replayed":
+        True}`` (``version``: the version the operation gave, which the settled record keeps;
+        absent when a record settled before records kept it), ``delete`` ``None``.
 
         Raises :class:`StateError` (and nothing else) for bad input or a storage failure.
         """
@@ -229,8 +231,8 @@ class StateService:
                 if_version=request.if_version,
                 ttl_ms=request.ttl_ms,
             )
-        except OperationSettled:
-            return {"old_value": None, "new_value": request.value, "replayed": True}
+        except OperationSettled as settled:
+            return _settled_answer(request.value, settled.versions)
         old = codec.decode(change.old)
         event_type = "state:created" if change.old is None else "state:updated"
         self._changed(event_type, request.scope, request.key, old, request.value, op_id, change)
@@ -278,8 +280,8 @@ class StateService:
                 if_version=request.if_version,
                 ttl_ms=request.ttl_ms,
             )
-        except OperationSettled:
-            return {"old_value": None, "new_value": None, "replayed": True}
+        except OperationSettled as settled:
+            return _settled_answer(None, settled.versions)
         old, new = codec.decode(change.old), codec.decode(change.new)
         event_type = "state:created" if change.old is None else "state:updated"
         self._changed(event_type, request.scope, request.key, old, new, op_id, change)
@@ -333,8 +335,12 @@ class StateService:
         operations = [self._batch_op(i, raw) for i, raw in enumerate(request.operations)]
         try:
             results, expired = self.adapter.batch_versioned(request.scope, operations, op_id)
-        except OperationSettled:
-            return {"results": [_replayed(op) for op in operations], "replayed": True}
+        except OperationSettled as settled:
+            versions = _batch_versions(operations, settled.versions)
+            results = [
+                _replayed(op, version) for op, version in zip(operations, versions, strict=True)
+            ]
+            return {"results": results, "replayed": True}
         answers: list[Any] = []
         events = [expiry_event(gone) for gone in expired]
         for index, (op, (old_text, new_text, version)) in enumerate(
@@ -528,13 +534,38 @@ class StateService:
             self.on_change(event)  # type: ignore[misc]
 
 
-def _replayed(op: BatchOp) -> Any:
+def _settled_answer(new_value: Any, versions: tuple[int, ...] | None) -> dict[str, Any]:
+    """What a settled repeat of a set or an update answers: with its version when the
+    settled record kept it."""
+    answer: dict[str, Any] = {"old_value": None, "new_value": new_value}
+    if versions is not None and len(versions) == 1:
+        answer["version"] = versions[0]
+    return answer | {"replayed": True}
+
+
+def _batch_versions(
+    operations: list[BatchOp], versions: tuple[int, ...] | None
+) -> list[int | None]:
+    """The version of each operation of a settled batch: the record keeps one per set and
+    update, in order (none for a delete); none at all from a record that did not keep them."""
+    writes = sum(op.kind != "delete" for op in operations)
+    if versions is None or len(versions) != writes:
+        return [None] * len(operations)
+    given = iter(versions)
+    return [None if op.kind == "delete" else next(given) for op in operations]
+
+
+def _replayed(op: BatchOp, version: int | None = None) -> Any:
     """What a settled repeat answers for one operation of a batch (as the single calls do)."""
     if op.kind == "set":
-        return {"old_value": None, "new_value": codec.decode(op.value_json)}
-    if op.kind == "update":
-        return {"old_value": None, "new_value": None}
-    return None
+        answer: dict[str, Any] = {"old_value": None, "new_value": codec.decode(op.value_json)}
+    elif op.kind == "update":
+        answer = {"old_value": None, "new_value": None}
+    else:
+        return None
+    if version is not None:
+        answer["version"] = version
+    return answer
 
 
 def _in_operation(index: int, error: StateError) -> StateError:

@@ -327,14 +327,13 @@ def test_an_operation_applied_twice_changes_state_once(
 def test_set_and_delete_under_an_operation_id_apply_once(service: StateService) -> None:
     # (Each repeat comes after the service moved on to another call: the first delivery
     # finished and its trigger work was sent, so the repeat finds its record settled.)
-    assert plain(service.call("state::set", {"scope": "s", "key": "k", "value": 1}, "op-a")) == {
-        "old_value": None,
-        "new_value": 1,
-    }
+    first = service.call("state::set", {"scope": "s", "key": "k", "value": 1}, "op-a")
+    assert plain(first) == {"old_value": None, "new_value": 1}
     service.call("state::set", {"scope": "s", "key": "k", "value": 2}, "op-b")
     assert service.call("state::set", {"scope": "s", "key": "k", "value": 1}, "op-a") == {
         "old_value": None,
         "new_value": 1,
+        "version": first["version"],
         "replayed": True,
     }
     assert call(service, "state::get", scope="s", key="k") == 2

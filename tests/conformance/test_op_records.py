@@ -8,6 +8,7 @@ against every adapter, and measure the cost on Redis (``INFO memory``), on the K
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import tracemalloc
@@ -66,8 +67,8 @@ def test_a_repeat_of_a_settled_operation_changes_nothing_and_sends_nothing(
 ) -> None:
     # Given a set, an update and a delete, each sent its trigger work, and the service
     # moved on (the next call of the same thread settles them)
-    service.call("state::set", set_payload({"v": 1}), "set-1")
-    service.call("state::update", INCREMENT, "update-1")
+    set_version = service.call("state::set", set_payload({"v": 1}), "set-1")["version"]
+    update_version = service.call("state::update", INCREMENT, "update-1")["version"]
     service.call("state::set", set_payload({"v": 2}), "set-2")
     service.call("state::delete", DELETE, "delete-1")
     service.call("state::get", {"scope": "s", "key": "k"})
@@ -76,9 +77,20 @@ def test_a_repeat_of_a_settled_operation_changes_nothing_and_sends_nothing(
     again_set = service.call("state::set", set_payload({"v": 1}), "set-1")
     again_update = service.call("state::update", INCREMENT, "update-1")
     again_delete = service.call("state::delete", DELETE, "delete-1")
-    # Then nothing changes, nothing more is sent, and each answer says it is a repeat
-    assert again_set == {"old_value": None, "new_value": {"v": 1}, "replayed": True}
-    assert again_update == {"old_value": None, "new_value": None, "replayed": True}
+    # Then nothing changes, nothing more is sent, and each answer says it is a repeat,
+    # with the version the operation gave (the settled record kept it)
+    assert again_set == {
+        "old_value": None,
+        "new_value": {"v": 1},
+        "version": set_version,
+        "replayed": True,
+    }
+    assert again_update == {
+        "old_value": None,
+        "new_value": None,
+        "version": update_version,
+        "replayed": True,
+    }
     assert again_delete is None
     assert service.call("state::get", {"scope": "s", "key": "k"}) is None
     assert service.call("state::get", {"scope": "s", "key": "c"}) == {"n": 1}
@@ -126,6 +138,41 @@ def test_a_repeat_on_another_thread_before_the_first_moved_on_finds_the_whole_re
     assert plain(first) == {"old_value": None, "new_value": {"n": 1}}
     assert [e["event_id"] for e in events.events] == ["update-1", "update-1"]
     assert service.call("state::get", {"scope": "s", "key": "c"}) == {"n": 1}
+
+
+def test_a_repeat_of_a_settled_batch_answers_each_set_and_update_with_its_version(
+    service: StateService, events: Recorder
+) -> None:
+    # Given a batch of sets, an update and deletes, its work sent and the service moved on
+    service.call("state::set", {"scope": "s", "key": "gone", "value": 0})
+    batch = {
+        "scope": "s",
+        "operations": [
+            {"op": "set", "key": "a", "value": 1},
+            {"op": "delete", "key": "gone"},
+            {"op": "update", "key": "c", "ops": [{"increment": {"field": "n"}}]},
+            {"op": "delete", "key": "never"},
+            {"op": "set", "key": "b", "value": 2},
+        ],
+    }
+    first = service.call("state::batch", batch, "batch-1")
+    service.call("state::get", {"scope": "s", "key": "a"})
+    sent = len(events.events)
+    # When it is delivered again
+    again = service.call("state::batch", batch, "batch-1")
+    # Then it changes nothing, sends nothing, and each set and update has its version
+    versions = [r["version"] if isinstance(r, dict) else None for r in first["results"]]
+    assert again == {
+        "results": [
+            {"old_value": None, "new_value": 1, "version": versions[0]},
+            None,
+            {"old_value": None, "new_value": None, "version": versions[2]},
+            None,
+            {"old_value": None, "new_value": 2, "version": versions[4]},
+        ],
+        "replayed": True,
+    }
+    assert len(events.events) == sent
 
 
 def test_a_repeated_delete_of_an_absent_key_deletes_nothing_set_since(
@@ -355,3 +402,77 @@ def test_redis_settles_with_the_next_write_at_no_round_trip_of_its_own(
     adapter.close()
     assert client.type(f"{adapter.key_prefix}:op:b") == "string"
     client.close()
+
+
+def test_redis_understands_a_settled_marker_from_before_versions(
+    redis_server: RedisServer,
+) -> None:
+    # Given records settled by the previous release: the string '1'
+    client = redis.Redis.from_url(redis_server.url(0), decode_responses=True)
+    adapter = RedisAdapter(redis_url=redis_server.url(0), key_prefix=f"old-{uuid.uuid4().hex[:8]}")
+    service = StateService(adapter, on_change=lambda event: None)
+    service.call("state::set", set_payload({"v": 1}), "set-1")
+    service.call("state::update", INCREMENT, "update-1")
+    batch = {"scope": "s", "operations": [{"op": "set", "key": "b", "value": 1}]}
+    service.call("state::batch", batch, "batch-1")
+    service.call("state::get", {"scope": "s", "key": "k"})
+    adapter.close()
+    for op_id in ("set-1", "update-1", "batch-1"):
+        record = f"{adapter.key_prefix}:op:{op_id}"
+        assert client.get(record).startswith("v")  # settled, with its versions
+        client.set(record, "1", px=client.pttl(record))
+    # When they are repeated, Then they are settled repeats without a version
+    again = StateService(
+        RedisAdapter(redis_url=redis_server.url(0), key_prefix=adapter.key_prefix),
+        on_change=lambda event: None,
+    )
+    assert again.call("state::set", set_payload({"v": 1}), "set-1") == {
+        "old_value": None,
+        "new_value": {"v": 1},
+        "replayed": True,
+    }
+    assert again.call("state::update", INCREMENT, "update-1") == {
+        "old_value": None,
+        "new_value": None,
+        "replayed": True,
+    }
+    assert again.call("state::batch", batch, "batch-1") == {
+        "results": [{"old_value": None, "new_value": 1}],
+        "replayed": True,
+    }
+    again.adapter.close()
+    client.close()
+
+
+def test_file_store_keeps_settled_versions_across_a_crash_and_reads_old_markers(
+    tmp_path: Path,
+) -> None:
+    # Given a settled set (journaled with the next record) and a settled update (saved)
+    store = open_store(tmp_path)
+    service = StateService(store, on_change=lambda event: None)
+    update_version = service.call("state::update", INCREMENT, "update-1")["version"]
+    service.call("state::get", {"scope": "s", "key": "c"})  # settles it
+    store.save()  # ops.json holds it, settled with its version
+    set_version = service.call("state::set", set_payload({"v": 1}), "set-1")["version"]
+    service.call("state::get", {"scope": "s", "key": "k"})  # settles it
+    service.call("state::set", {"scope": "s", "key": "other", "value": 0})  # journals that
+    crash(store)
+    # When a new process opens the folder, Then both repeats answer with their versions
+    again = open_store(tmp_path)
+    service = StateService(again, on_change=lambda event: None)
+    assert service.call("state::set", set_payload({"v": 1}), "set-1")["version"] == set_version
+    assert service.call("state::update", INCREMENT, "update-1")["version"] == update_version
+    again.close()
+    # And markers written before they kept versions (a bare expiry) answer without
+    ops = (tmp_path / "ops.json").read_text()
+    assert '"set-1":[' in ops and '"update-1":[' in ops
+    old = re.sub(r'"(set-1|update-1)":\[(\d+),\d+\]', r'"\1":\2', ops)
+    assert old != ops
+    (tmp_path / "ops.json").write_text(old)
+    for path in tmp_path.glob("journal-*.log"):
+        path.unlink()
+    again = open_store(tmp_path)
+    service = StateService(again, on_change=lambda event: None)
+    assert "version" not in service.call("state::set", set_payload({"v": 1}), "set-1")
+    assert "version" not in service.call("state::update", INCREMENT, "update-1")
+    again.close()
