@@ -15,13 +15,12 @@ fall due close together are swept together, at a few dozen sweeps a second rathe
 hundreds, and an expiry fires well within a second of its due time. A worker that starts
 after a due time fires it at its first sweep.
 
-A key is removed before its event is sent. On the KvStore (in memory and file-based) the
-removal leaves a pending record that the sending drops; an event a sweep could not send
-(the broker was away; with the file store, also a worker killed in between) is sent again
-by a later sweep, with the same ``event_id``, once it is
-:data:`~state_tasks.core.service.DEFAULT_EXPIRY_RESEND_AFTER_MS` old. On Redis it is lost
-(the key is gone all the same): its adapter keeps no pending expiries yet. A failed sweep is
-logged as a warning.
+A key is removed before its event is sent, and the removal leaves a pending record (in the
+same atomic step on Redis) that the sending drops; an event a sweep could not send (the
+broker was away, or the worker was killed in between: on Redis and the file store, which
+outlive the worker) is sent again by a later sweep of any worker, with the same
+``event_id``, once it is :data:`~state_tasks.core.service.DEFAULT_EXPIRY_RESEND_AFTER_MS`
+old. A failed sweep is logged as a warning.
 """
 
 from __future__ import annotations
