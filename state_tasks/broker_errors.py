@@ -7,6 +7,7 @@ read and write URLs, result backend) replaced by ``***``. Shared by the command 
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 from kombu.exceptions import OperationalError
@@ -57,5 +58,25 @@ def where(app: Any) -> str:
 
 def describe_unreachable(app: Any, error: BaseException) -> str:
     """One line for one of :data:`UNREACHABLE_ERRORS`: where, and what went wrong."""
+    tls = _tls_failure(error)
+    if tls is not None:
+        return f"TLS with the broker at {where(app)} failed: {redact(app, tls)}"
     detail = redact(app, " ".join(str(error).split()))
     return f"cannot reach the broker at {where(app)}: {detail}"
+
+
+def _tls_failure(error: BaseException) -> str | None:
+    """Why, when the connection failed in the TLS handshake (kombu's ``OperationalError``
+    keeps the ``ssl`` error as its context): the server was reached, so "cannot reach"
+    would send one looking for a network problem instead of at the certificates."""
+    cause: BaseException | None = error
+    for _ in range(10):
+        if cause is None:
+            return None
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"the server's certificate does not verify ({cause.verify_message})"
+        if isinstance(cause, ssl.SSLError):
+            detail = " ".join(str(cause).split())
+            return f"{detail}; check the certificate files"
+        cause = cause.__cause__ or cause.__context__
+    return None

@@ -535,3 +535,157 @@ def _rabbitmqctl(*args: str) -> None:
     done = subprocess.run([binary, "-q", *args], capture_output=True, text=True, timeout=60)
     if done.returncode != 0:
         raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {done.stderr.strip()}")
+
+
+def _rabbit_tool(name: str) -> str:
+    """``rabbitmq-server`` or ``rabbitmqctl`` themselves: Debian's ``/usr/sbin`` wrappers
+    switch to the ``rabbitmq`` user when run as root, who cannot read a test's files."""
+    packaged = Path("/usr/lib/rabbitmq/bin") / name
+    if packaged.exists():
+        return str(packaged)
+    binary = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin")
+    if binary is None:
+        raise RuntimeError(f"{name} is not installed; run ./scripts/test, which installs it")
+    return binary
+
+
+class RabbitTlsNode:
+    """A RabbitMQ node of our own that listens only with TLS (``amqps://``), on a free port.
+
+    Its own node name, ports, config, logs, database and Erlang cookie (a ``HOME`` of its
+    own), all in ``workdir``; no plugins; no plain AMQP listener. The server presents
+    ``tls.server_cert`` (for ``127.0.0.1`` and ``localhost``), and with
+    ``require_client_cert`` refuses a client without a certificate signed by
+    ``tls.ca_cert``. Any node already running (the usual one on 5672) is left alone.
+    Starting takes a few seconds::
+
+        node = RabbitTlsNode(tmp_path / "rabbit", make_tls_files(tmp_path / "certs"))
+        node.url()   # amqps://guest:guest@127.0.0.1:<port>//  (guest: loopback only)
+        node.stop()
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        tls: TlsFiles,
+        require_client_cert: bool = True,
+        start_timeout_s: float = 90,
+    ) -> None:
+        self.workdir = workdir
+        self.tls = tls
+        self.require_client_cert = require_client_cert
+        self.node = f"tls-{os.getpid()}-{next(_names)}@localhost"
+        self.tls_port = free_port()
+        self.dist_port = free_port()
+        self.log_path = workdir / "rabbitmq-server.out"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start(start_timeout_s)
+
+    def _env(self) -> dict[str, str]:
+        home = self.workdir / "home"
+        home.mkdir(parents=True, exist_ok=True)
+        env_file = self.workdir / "rabbitmq-env.conf"  # not the system's (it names a node)
+        env_file.touch()
+        plugins = self.workdir / "enabled_plugins"
+        plugins.write_text("[].\n")
+        config = self.workdir / "rabbitmq.conf"
+        config.write_text(
+            "listeners.tcp = none\n"
+            f"listeners.ssl.default = 127.0.0.1:{self.tls_port}\n"
+            f"ssl_options.cacertfile = {self.tls.ca_cert}\n"
+            f"ssl_options.certfile = {self.tls.server_cert}\n"
+            f"ssl_options.keyfile = {self.tls.server_key}\n"
+            "ssl_options.verify = verify_peer\n"
+            f"ssl_options.fail_if_no_peer_cert = {str(self.require_client_cert).lower()}\n"
+        )
+        ambient = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
+        return ambient | {
+            "HOME": str(home),  # the Erlang cookie: $HOME/.erlang.cookie, made at start
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_CONF_ENV_FILE": str(env_file),
+            "RABBITMQ_CONFIG_FILE": str(config),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.workdir / "advanced.config"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(plugins),
+            "RABBITMQ_MNESIA_BASE": str(self.workdir / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.workdir / "log"),
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+        }
+
+    def start(self, timeout_s: float = 90) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        env = self._env()
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [_rabbit_tool("rabbitmq-server")], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        try:
+            wait_until(self._started, timeout_s, f"RabbitMQ node {self.node}", 0.2)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _started(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"RabbitMQ node {self.node} exited early:\n{self.tail()}")
+        # await_startup fails at once while the node has not registered with epmd.
+        return self.ctl("await_startup", "--timeout", "10", check=False).returncode == 0
+
+    def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """``rabbitmqctl -n <this node> -q <args>``."""
+        done = subprocess.run(
+            [_rabbit_tool("rabbitmqctl"), "-n", self.node, "-q", *args],
+            env=self._ctl_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if check and done.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {done.stderr.strip()}")
+        return done
+
+    def _ctl_env(self) -> dict[str, str]:
+        ambient = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
+        return ambient | {
+            "HOME": str(self.workdir / "home"),
+            "RABBITMQ_CONF_ENV_FILE": str(self.workdir / "rabbitmq-env.conf"),
+        }
+
+    def connections(self) -> list[dict[str, str]]:
+        """The node's client connections: ``ssl`` (``true``/``false``), ``peer_cert_subject``
+        and ``user`` of each."""
+        done = self.ctl(
+            "list_connections", "--no-table-headers", "ssl", "peer_cert_subject", "user"
+        )
+        rows = [line.split("\t") for line in done.stdout.splitlines() if line.strip()]
+        return [{"ssl": r[0], "peer_cert_subject": r[1], "user": r[2]} for r in rows]
+
+    def url(
+        self,
+        vhost: str = "/",
+        user: str = "guest",
+        password: str = "guest",
+        host: str = "127.0.0.1",
+    ) -> str:
+        """The ``amqps://`` URL of the TLS listener (``guest`` logs in from loopback only;
+        ``host``: ``127.0.0.1`` or ``localhost``, the names the certificate has)."""
+        path = "//" if vhost == "/" else f"/{vhost}"
+        return f"amqps://{user}:{password}@{host}:{self.tls_port}{path}"
+
+    def tail(self, lines: int = 40) -> str:
+        logs = [self.log_path, *sorted((self.workdir / "log").glob("*.log"))]
+        text = "\n".join(p.read_text(errors="replace") for p in logs if p.exists())
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        """``rabbitmqctl stop``; the process is killed if it is still there after 30 s."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.ctl("stop", check=False)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.process = None

@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,16 +14,25 @@ from typing import Any
 
 import pytest
 import redis
-from helpers import HANDLERS, Client, redis_state_yaml
+from helpers import HANDLERS, OUR_VARIABLES, Client, own_db, redis_state_yaml
 
 from adapters.redis_adapter import RedisAdapter
-from state_tasks.contrib.servers import RedisServer, TlsFiles, Worker, make_tls_files, wait_until
+from state_tasks.broker_errors import UNREACHABLE_ERRORS, describe_unreachable
+from state_tasks.contrib.servers import (
+    RabbitTlsNode,
+    RedisServer,
+    TlsFiles,
+    Worker,
+    make_tls_files,
+    wait_until,
+)
 from state_tasks.core.errors import AdapterError, ConfigError
 from state_tasks.security import backend_ssl_options, broker_ssl_options
 
 pytestmark = pytest.mark.integration
 
 PASSWORD = "tls-Secret-pw-91"
+CLI = os.path.join(os.path.dirname(sys.executable), "state-tasks")
 
 
 @pytest.fixture(scope="module")
@@ -203,3 +215,125 @@ def test_celery_tls_settings_from_the_environment() -> None:
     }
     with pytest.raises(ConfigError, match="CELERY_SSL_CERT_REQS"):
         broker_ssl_options("rediss://h/0", {"CELERY_SSL_CERT_REQS": "maybe"})
+
+
+# amqps:// — RabbitMQ over TLS: a node of the test's own that has only a TLS listener and
+# asks for client certificates (the session's RabbitMQ on 5672 is not touched).
+
+
+@pytest.fixture(scope="module")
+def tls_rabbit(tls: TlsFiles, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitTlsNode]:
+    # No skip: without rabbitmq-server this fails (./scripts/test installs it).
+    node = RabbitTlsNode(tmp_path_factory.mktemp("tls-rabbit"), tls, require_client_cert=True)
+    yield node
+    node.stop()
+
+
+def cli_env(broker: str, results: str, tls: dict[str, str]) -> dict[str, str]:
+    ambient = {k: v for k, v in os.environ.items() if k not in OUR_VARIABLES}
+    return ambient | {"CELERY_BROKER_URL": broker, "CELERY_RESULT_BACKEND": results, **tls}
+
+
+def test_a_worker_and_a_client_round_trip_with_triggers_over_amqps(
+    tls: TlsFiles, tls_rabbit: RabbitTlsNode, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # Given a worker and a client on a RabbitMQ node that only speaks TLS, trusting the
+    # test CA and showing a client certificate (the README's variables); results and the
+    # handler's records on the session's plain Redis
+    broker, results, records_url = (tls_rabbit.url(), *(redis_server.url(own_db()) for _ in "ab"))
+    records = redis.Redis.from_url(records_url, decode_responses=True)
+    env = celery_tls_env(tls)
+    worker = Worker(
+        tmp_path,
+        {
+            "CELERY_BROKER_URL": broker,
+            "CELERY_RESULT_BACKEND": results,
+            "RECORD_REDIS_URL": records_url,
+            **env,
+        },
+        ("--concurrency", "1"),
+        includes=("trigger_handlers",),
+        pythonpath=[HANDLERS],
+    ).start()
+    client = Client(broker, results, broker_use_ssl=broker_ssl_options(broker, env))
+    try:
+        client.iii.register_trigger(
+            {"type": "state", "function_id": "test::onAny", "config": {"scope": "amqps-scope"}}
+        )
+        # When the client sets, updates and reads a value
+        answer = client.call("state::set", scope="amqps-scope", key="k", value={"n": 1})
+        assert (answer["old_value"], answer["new_value"]) == (None, {"n": 1})
+        client.call(
+            "state::update", scope="amqps-scope", key="k", ops=[{"increment": {"field": "n"}}]
+        )
+        assert client.call("state::get", scope="amqps-scope", key="k") == {"n": 2}
+        # Then the trigger fired for both changes
+        wait_until(lambda: records.llen("record:any") >= 2, 20, "the handler to record two events")
+        events = [json.loads(item) for item in records.lrange("record:any", 0, -1)]
+        assert [e["event_type"] for e in events] == ["state:created", "state:updated"]
+        # And the worker ran on the TLS listener (the node has no other), and every
+        # connection to the node is TLS with the client certificate
+        assert f"amqps://guest:**@127.0.0.1:{tls_rabbit.tls_port}//" in worker.log()
+        connections = tls_rabbit.connections()
+        assert len(connections) >= 2, connections  # the worker's and the client's
+        assert {(c["ssl"], c["peer_cert_subject"]) for c in connections} == {("true", "CN=client")}
+    finally:
+        client.close()
+        worker.stop()
+
+
+def test_a_broker_certificate_that_does_not_verify_is_a_clear_error_at_once(
+    tls: TlsFiles, tls_rabbit: RabbitTlsNode, redis_server: RedisServer
+) -> None:
+    # Given the CLI trusting another CA than the one that signed the node's certificate
+    results = redis_server.url(own_db())
+    env = cli_env(tls_rabbit.url(), results, celery_tls_env(tls))
+    env["CELERY_SSL_CA_CERTS"] = str(tls.other_ca_cert)
+    # When it calls, with a long timeout
+    started = time.monotonic()
+    done = subprocess.run(
+        [CLI, "--timeout", "30", "get", "s", "k"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # Then it fails in seconds, not at the timeout, with one line naming TLS and the cause
+    assert time.monotonic() - started < 10
+    assert done.returncode == 3, done.stderr
+    assert done.stderr.strip() == (
+        f"state-tasks: TLS with the broker at amqps://guest:***@127.0.0.1:{tls_rabbit.tls_port}"
+        f"// (results: {results}) failed: the server's certificate does not verify "
+        "(self-signed certificate in certificate chain)"
+    )
+
+
+def test_a_client_without_a_certificate_is_refused_with_a_clear_error(
+    tls: TlsFiles, tls_rabbit: RabbitTlsNode, redis_server: RedisServer
+) -> None:
+    # Given a client that trusts the right CA but shows no certificate, to a node that
+    # asks for one. Its URL names the host as "localhost": kombu's connection pools, which
+    # Celery shares between the apps of a process, are keyed by the URL without the TLS
+    # options, so with the first test's URL this app would reuse its client certificate.
+    broker, results = tls_rabbit.url(host="localhost"), redis_server.url(own_db())
+    env = {"CELERY_SSL_CA_CERTS": str(tls.ca_cert)}
+    client = Client(broker, results, broker_use_ssl=broker_ssl_options(broker, env))
+    try:
+        # When it calls through the facade
+        started = time.monotonic()
+        with pytest.raises(UNREACHABLE_ERRORS) as info:
+            client.iii.trigger({"function_id": "state::get", "payload": {"scope": "s", "key": "k"}})
+        # Then it fails at once, and the line the CLI and the console show names TLS and
+        # the refusal
+        assert time.monotonic() - started < 5
+        line = describe_unreachable(client.app, info.value)
+        assert line.startswith(
+            f"TLS with the broker at amqps://guest:***@localhost:{tls_rabbit.tls_port}// "
+            f"(results: {results}) failed: "
+        ), line
+        assert line.endswith("; check the certificate files"), line
+        # (TLS 1.3: the server's "certificate required" alert, or its hang-up when the
+        # client reads after the server closed)
+        assert "alert certificate required" in line or "EOF occurred" in line, line
+    finally:
+        client.close()
