@@ -151,7 +151,11 @@ def test_a_flood_of_10000_calls_on_one_key_is_absorbed(redis_deployment: Deploym
 
     def another_caller() -> None:
         # Meanwhile, another caller keeps reading another scope
-        other = Client(redis_deployment.broker_url, redis_deployment.backend_url)
+        other = Client(
+            redis_deployment.broker_url,
+            redis_deployment.backend_url,
+            **redis_deployment.queue_settings,
+        )
         try:
             while flooding.is_set():
                 asked = time.monotonic()
