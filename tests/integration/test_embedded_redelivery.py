@@ -29,6 +29,8 @@ from state_tasks.embedded_broker import (
     transport_options,
 )
 
+pytestmark = pytest.mark.own_broker
+
 #: Takes the oldest message of the queue argv[3] of the broker under argv[1], prints its
 #: "i", then dies without acknowledging it (argv[2] "die") or waits until stdin closes.
 TAKER = """

@@ -21,6 +21,8 @@ from adapters.redis_layout import CLUSTER_BUCKETS, bucket_of
 from state_tasks.contrib.servers import RedisCluster
 from state_tasks.core.errors import AdapterUnavailable
 
+pytestmark = pytest.mark.own_broker
+
 
 @pytest.fixture
 def adapter(redis_cluster: RedisCluster) -> Iterator[RedisAdapter]:

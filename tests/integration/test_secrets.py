@@ -17,7 +17,7 @@ from helpers import HANDLERS, Client, RedisServer, Worker, adapter_yaml, redis_s
 
 from state_tasks.core.errors import StateError
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.own_broker]
 
 PASSWORD = "Pw-never-SHOWN-7731"
 CLI = [os.path.join(os.path.dirname(sys.executable), "state-tasks")]

@@ -23,6 +23,8 @@ from state_tasks.contrib.servers import RedisSentinelGroup
 from state_tasks.core.errors import AdapterError, AdapterUnavailable
 from state_tasks.core.ops import parse_ops
 
+pytestmark = pytest.mark.own_broker
+
 INCREMENT = [{"increment": {"field": "n", "by": 1}}]
 
 

@@ -16,7 +16,7 @@ from helpers import HANDLERS, REPO, Client, RedisServer, Worker, own_db, wait_un
 
 from state_tasks.contrib.servers import self_signed_certificate
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.own_broker]
 
 #: A client process: signs with the key and certificate in its environment. ``tamper``
 #: changes the signed body after signing (the signature no longer matches).

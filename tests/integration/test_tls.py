@@ -29,7 +29,7 @@ from state_tasks.contrib.servers import (
 from state_tasks.core.errors import AdapterError, ConfigError
 from state_tasks.security import backend_ssl_options, broker_ssl_options
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.own_broker]
 
 PASSWORD = "tls-Secret-pw-91"
 CLI = os.path.join(os.path.dirname(sys.executable), "state-tasks")
