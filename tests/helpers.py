@@ -162,3 +162,20 @@ def redis_state_yaml(url: str, key_prefix: str, **config: object) -> str:
     return adapter_yaml(
         "modules::state::adapters::RedisAdapter", redis_url=url, key_prefix=key_prefix, **config
     )
+
+
+class Events:
+    """A trigger listener (a StateService's ``on_change``) that records the events, or fails
+    while ``broken``, as a dispatch fails while the broker is away."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.broken = False
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if self.broken:
+            raise ConnectionError("the broker is away")
+        self.events.append(event)
+
+    def expiries(self) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("reason") == "expired"]

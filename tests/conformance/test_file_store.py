@@ -6,9 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import Events
 
 from adapters.file_store import FileKvStore, scope_file_name
-from state_tasks.core.errors import AdapterError
+from state_tasks.core.errors import AdapterError, AdapterUnavailable
 from state_tasks.core.ops import parse_ops
 from state_tasks.core.service import StateService
 from triggers.registry import TriggerRegistry
@@ -236,3 +237,70 @@ def test_applied_operation_ids_survive_a_crash_and_a_save(tmp_path: Path) -> Non
     assert third.update("s", "c", increment, op_id="t2") == ('{"n":1}', '{"n":2}')
     assert third.get("s", "c") == '{"n":2}'
     third.close()
+
+
+# -- pending expiries across a crash ---------------------------------------------------------
+
+
+def set_key(service: StateService, key: str, ttl_ms: int | None = None) -> None:
+    payload: dict[str, object] = {"scope": "s", "key": key, "value": key}
+    if ttl_ms is not None:
+        payload["ttl_ms"] = ttl_ms
+    service.call("state::set", payload)
+
+
+def expire_without_sending(store: FileKvStore, now: list[int], key: str) -> None:
+    """Set ``key`` with a ttl, let it expire and have a sweep remove it, its event unsent
+    (the worker dies before sending)."""
+    events = Events()
+    service = StateService(store, on_change=events)
+    set_key(service, key, ttl_ms=10)
+    now[0] += 10
+    events.broken = True
+    with pytest.raises(AdapterUnavailable):
+        service.sweep_expired()
+
+
+@pytest.mark.parametrize("saved", [False, True], ids=["journal", "ops.json"])
+def test_the_file_store_sends_an_expiry_the_dead_worker_did_not(
+    tmp_path: Path, saved: bool
+) -> None:
+    # Given a worker that removed an expired key and died before sending its event
+    now = [1_000_000]
+    store = open_store(tmp_path, clock_ms=lambda: now[0])
+    expire_without_sending(store, now, "k")
+    if saved:
+        store.save()
+    crash(store)
+    # When a worker starts on the folder: its first sweep sends it, once
+    store = open_store(tmp_path, clock_ms=lambda: now[0])
+    events = Events()
+    service = StateService(store, on_change=events)
+    assert store.get("s", "k") is None
+    assert service.sweep_expired()[0] == 1
+    assert service.sweep_expired()[0] == 0
+    assert [event["key"] for event in events.expiries()] == ["k"]
+    store.close()
+    # And after a clean restart nothing is sent again
+    store = open_store(tmp_path, clock_ms=lambda: now[0])
+    assert StateService(store, on_change=events).sweep_expired()[0] == 0
+    assert len(events.expiries()) == 1
+    store.close()
+
+
+def test_the_file_store_does_not_resend_a_sent_expiry_after_a_crash(tmp_path: Path) -> None:
+    # Given an expiry whose event was sent, and a write after it (which journals that)
+    now = [1_000_000]
+    store = open_store(tmp_path, clock_ms=lambda: now[0])
+    events = Events()
+    service = StateService(store, on_change=events)
+    set_key(service, "k", ttl_ms=10)
+    now[0] += 10
+    assert service.sweep_expired()[0] == 1
+    set_key(service, "other")
+    crash(store)
+    # When a worker starts on the folder, it sends nothing again
+    store = open_store(tmp_path, clock_ms=lambda: now[0])
+    assert StateService(store, on_change=events).sweep_expired()[0] == 0
+    assert len(events.expiries()) == 1
+    store.close()

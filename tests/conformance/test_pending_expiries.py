@@ -3,9 +3,8 @@ and file-based, Redis on one server, behind Sentinel and on a Cluster): a key re
 because it expired leaves a pending record, in the same atomic step, until the service says
 its event was sent; an event that could not be sent (the broker was away, or the worker
 died in between) is sent by a later sweep, with the same event id, and only once it is
-sent is it forgotten. The clock-driven cases of the KvStore alone are in
-tests/unit/test_pending_expiries.py; a Redis worker killed in between is in
-tests/integration/test_expiry_workers.py."""
+sent is it forgotten. The file store across a crash is in tests/conformance/test_file_store.py;
+a Redis worker killed in between is in tests/integration/test_expiry_workers.py."""
 
 from __future__ import annotations
 
@@ -14,6 +13,7 @@ import uuid
 from typing import Any
 
 import pytest
+from helpers import Events
 
 from adapters.base import StateAdapter
 from adapters.bridge import Bridge
@@ -22,22 +22,6 @@ from state_tasks.core.errors import AdapterUnavailable
 from state_tasks.core.service import StateService, expiry_event_id
 
 TTL_MS = 100
-
-
-class Events:
-    """A listener that records events, or fails while ``broken`` (the broker is away)."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-        self.broken = False
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        if self.broken:
-            raise ConnectionError("the broker is away")
-        self.events.append(event)
-
-    def expiries(self) -> list[dict[str, Any]]:
-        return [e for e in self.events if e.get("reason") == "expired"]
 
 
 @pytest.fixture
