@@ -36,7 +36,7 @@ def test_increments_stay_exact_while_pool_children_are_killed(
     deployment = Deployment(
         redis_server,
         tmp_path / "d",
-        redis_state_yaml(redis_server.url(9), f"chaos-{uuid.uuid4().hex[:6]}"),
+        redis_state_yaml(redis_server.url(own_db()), f"chaos-{uuid.uuid4().hex[:6]}"),
     )
     try:
         worker = deployment.worker("--concurrency", "2")
@@ -85,7 +85,7 @@ def test_a_crash_between_storing_and_dispatching_still_runs_the_handler(
     deployment = Deployment(
         redis_server,
         tmp_path / "d",
-        redis_state_yaml(redis_server.url(10), f"crash-{uuid.uuid4().hex[:6]}"),
+        redis_state_yaml(redis_server.url(own_db()), f"crash-{uuid.uuid4().hex[:6]}"),
     )
     marker = tmp_path / "crashed"
     try:
@@ -125,6 +125,56 @@ def test_a_crash_between_storing_and_dispatching_still_runs_the_handler(
         assert len(events) == 1
         assert events[0]["new_value"] == {"n": 1} and events[0]["event_id"] == result.id
         assert deployment.call("state::get", scope="fragile", key="k") == {"n": 1}
+    finally:
+        deployment.close()
+
+
+def test_a_broker_error_while_the_gate_sends_the_handler_is_retried(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # Given a trigger with a condition, and a worker whose broker refuses the first message
+    # the condition gate sends for its handler (the connection drops, as in a broker blip)
+    record_url = redis_server.url(own_db())
+    record = redis.Redis.from_url(record_url)
+    record.flushdb()
+    marker = tmp_path / "refused"
+    deployment = Deployment(redis_server, tmp_path / "d", None)
+    try:
+        worker = deployment.worker(
+            "--concurrency",
+            "1",
+            includes=("trigger_handlers", "gate_fault_hook"),
+            RECORD_REDIS_URL=record_url,
+            GATE_FAULT_FUNCTION="test::onScope",
+            CRASH_MARKER=str(marker),
+        )
+        deployment.client.iii.register_trigger(
+            {
+                "type": "state",
+                "function_id": "test::onScope",
+                "config": {"scope": "blip", "condition_function_id": "conditions::truthy"},
+            }
+        )
+        # When a change passes the condition
+        answer = deployment.client.app.send_task(
+            "state::set", kwargs={"scope": "blip", "key": "k", "value": 1}
+        )
+        answer.get(timeout=30)
+        # Then the gate is retried and the handler runs, once, with the change's event id
+        wait_until(lambda: recorded(record, "scope"), 30, "the handler to run after the retry")
+        assert marker.exists(), "the fault hook did not fire"
+        log = worker.log()
+        assert "test fault hook: the broker refuses" in log
+        assert "triggers::gate" in log and "retry" in log.lower()
+        # Sentinel: a later change's handler has run, so every run the first caused has too
+        deployment.call("state::set", scope="blip", key="sentinel", value=0)
+        wait_until(
+            lambda: any(e["key"] == "sentinel" for e in recorded(record, "scope")),
+            30,
+            "the sentinel's handler",
+        )
+        events = [e for e in recorded(record, "scope") if e["key"] != "sentinel"]
+        assert [(e["key"], e["new_value"], e["event_id"]) for e in events] == [("k", 1, answer.id)]
     finally:
         deployment.close()
 
