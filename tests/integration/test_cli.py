@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import Any
 
-from helpers import OUR_VARIABLES, plain
+from helpers import OUR_VARIABLES, own_db, plain
 
 CLI = [os.path.join(os.path.dirname(sys.executable), "state-tasks")]
 
@@ -94,6 +94,6 @@ def test_an_unreachable_broker_fails_fast_with_one_line(kv_deployment: Any) -> N
 
 
 def test_no_worker_answering_is_a_timeout(kv_deployment: Any, redis_server: Any) -> None:
-    done = run(kv_deployment, "--timeout", "1", "get", "s", "k", broker=redis_server.url(59))
+    done = run(kv_deployment, "--timeout", "1", "get", "s", "k", broker=redis_server.url(own_db()))
     assert done.returncode == 3
     assert "did not answer within 1000 ms" in one_line(done)

@@ -68,8 +68,9 @@ def test_both_workers_serve_the_same_state(redis_deployment: Any) -> None:
 
 
 def test_key_layout_is_one_hash_per_scope_with_a_groups_index(redis_server: RedisServer) -> None:
-    adapter = RedisAdapter(redis_url=redis_server.url(5), key_prefix="layout")
-    raw = redis.Redis.from_url(redis_server.url(5), decode_responses=True)
+    db = own_db()
+    adapter = RedisAdapter(redis_url=redis_server.url(db), key_prefix="layout")
+    raw = redis.Redis.from_url(redis_server.url(db), decode_responses=True)
     raw.flushdb()
     adapter.set("a:b", "c", "1")
     adapter.set("a", "b:c", "2")
@@ -95,8 +96,9 @@ def test_key_layout_is_one_hash_per_scope_with_a_groups_index(redis_server: Redi
 
 
 def test_list_groups_reads_the_index_not_the_keyspace(redis_server: RedisServer) -> None:
-    adapter = RedisAdapter(redis_url=redis_server.url(6), key_prefix="idx")
-    raw = redis.Redis.from_url(redis_server.url(6), decode_responses=True)
+    db = own_db()
+    adapter = RedisAdapter(redis_url=redis_server.url(db), key_prefix="idx")
+    raw = redis.Redis.from_url(redis_server.url(db), decode_responses=True)
     raw.flushdb()
     adapter.set("real", "k", "1")
     raw.hset("idx:s:{planted}", "k", "1")  # a hash no write of ours indexed
@@ -156,7 +158,7 @@ def test_triggers_are_shared_and_each_handler_fires_once_per_change(
     deployment = Deployment(
         redis_server,
         tmp_path / "d",
-        redis_state_yaml(redis_server.url(7), f"trg-{uuid.uuid4().hex[:6]}"),
+        redis_state_yaml(redis_server.url(own_db()), f"trg-{uuid.uuid4().hex[:6]}"),
     )
     record = redis.Redis.from_url(record_url)
     record.flushdb()
@@ -209,8 +211,9 @@ def test_triggers_are_shared_and_each_handler_fires_once_per_change(
 def test_a_stale_remembered_value_never_decides_an_update(redis_server: RedisServer) -> None:
     # Given two processes' adapters on one state, the first remembering what it last wrote
     prefix = f"stale-{uuid.uuid4().hex[:6]}"
-    mine = RedisAdapter(redis_url=redis_server.url(8), key_prefix=prefix)
-    theirs = RedisAdapter(redis_url=redis_server.url(8), key_prefix=prefix)
+    url = redis_server.url(own_db())
+    mine = RedisAdapter(redis_url=url, key_prefix=prefix)
+    theirs = RedisAdapter(redis_url=url, key_prefix=prefix)
     increment = parse_ops([{"increment": {"field": "n", "by": 1}}])
     mine.set("s", "k", '{"n":"text"}')
     # When the other writes a value the ops accept, the ops are judged on that value

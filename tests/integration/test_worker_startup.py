@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from helpers import OUR_VARIABLES, REPO, Client, Worker
+from helpers import OUR_VARIABLES, REPO, Client, Worker, own_db
 
 
 def test_embedded_default_runs_the_user_profile_example_with_no_server(tmp_path: Path) -> None:
@@ -94,7 +94,8 @@ def test_a_second_worker_on_the_same_embedded_broker_is_refused(tmp_path: Path) 
 def test_only_redis_url_makes_redis_the_broker_and_backend(
     redis_server: Any, tmp_path: Path
 ) -> None:
-    url = redis_server.url(57)
+    db = own_db()
+    url = redis_server.url(db)
     worker = Worker(tmp_path, {"REDIS_URL": url}).start()
     try:
         client = Client(url, url)
@@ -105,8 +106,8 @@ def test_only_redis_url_makes_redis_the_broker_and_backend(
         }
         assert client.call("state::get", scope="r", key="k") == 1
         client.close()
-        assert f"Connected to redis://:**@127.0.0.1:{redis_server.port}/57" in worker.log()
-        assert f"results:     redis://127.0.0.1:{redis_server.port}/57" in worker.log()
+        assert f"Connected to redis://:**@127.0.0.1:{redis_server.port}/{db}" in worker.log()
+        assert f"results:     redis://127.0.0.1:{redis_server.port}/{db}" in worker.log()
         assert not (tmp_path / "data").exists()  # nothing of the embedded default
     finally:
         worker.stop()
