@@ -13,16 +13,30 @@ def is_embedded_broker(url: object) -> bool:
     return str(url).startswith(EMBEDDED_BROKER_SCHEMES)
 
 
+def netloc_end(rest: str) -> int:
+    """Where the host part of a URL's ``rest`` (after ``scheme://``) ends: its first
+    ``/``, ``?`` or ``#``, or its length."""
+    return min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+
+
 def redact_url(url: str) -> str:
     """The URL with its password replaced by ``***`` (safe for logs and errors).
 
     A ``;``-separated list (Sentinel's ``sentinel://a;sentinel://b``) is redacted part by part,
     and a comma-separated list of hosts after one login (Redis Cluster's
-    ``redis+cluster://:pw@a:1,b:2``) keeps its hosts.
+    ``redis+cluster://:pw@a:1,b:2``) keeps its hosts. A login with an unencoded ``/``,
+    ``?`` or ``#`` (which ends the hosts in a URL) is cut at the last ``@``: the hosts after
+    it are shown, nothing after them.
     """
     if ";" in url:
         return ";".join(redact_url(part) for part in url.split(";"))
     scheme, sep, rest = url.partition("://")
+    end = netloc_end(rest)
+    if sep and "@" in rest[end:]:
+        # an unencoded '/', '?' or '#' in the login: the login ends at the last '@'
+        userinfo, _, after = rest.rpartition("@")
+        user = userinfo.partition(":")[0] + ":" if ":" in userinfo else ""
+        return f"{scheme}://{user}***@{after[: netloc_end(after)]}"
     netloc, slash, path = rest.partition("/")
     if sep and "," in netloc:
         userinfo, at, hosts = netloc.rpartition("@")

@@ -65,6 +65,39 @@ def test_a_bad_cluster_url_is_a_config_error_without_its_password(url: str, mess
     assert "s3cret" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        # an unencoded '/', '?' or '#' in the password ends the hosts in a URL
+        ("redis+cluster://:Zq7/Xk9@a:1", "login has a '/', '\\?' or '#'"),
+        ("redis+cluster://:Zq7?Xk9@a:1", "login has a '/', '\\?' or '#'"),
+        ("redis+cluster://:Zq7#Xk9@a:1,b:2", "login has a '/', '\\?' or '#'"),
+        ("redis+cluster://u:Zq7@a:1,b:2/Xk9", "path after the hosts that is not a db number"),
+        # a query on the last seed would be dropped: refused
+        ("redis+cluster://:Zq7@a:1,b:2?password=Xk9", "options after '\\?'"),
+        ("rediss+cluster://:Zq7@a:1,b:2?ssl_cert_reqs=Xk9", "options after '\\?'"),
+        ("redis+cluster://:Zq7@a:1,b:2#Xk9", "options after '\\?'"),
+        ("redis://:Zq7@a:1/?password=Xk9", "options after '\\?'"),
+    ],
+)
+def test_no_part_of_a_secret_is_shown_and_the_hosts_are(url: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        parse_cluster_url(url)
+    shown = str(caught.value)
+    assert "Zq7" not in shown and "Xk9" not in shown, shown
+    assert "a:1" in shown
+    assert "Zq7" not in redact_url(url)
+    if "Xk9@" in url:  # the login's second half is no path: redact_url drops it too
+        assert "Xk9" not in redact_url(url) and "a:1" in redact_url(url)
+
+
+def test_a_percent_encoded_password_and_db_0_are_read() -> None:
+    assert parse_cluster_url("redis+cluster://:p%2Fa%3Fs%23s@a:1,b:2/0") == ClusterTarget(
+        (("a", 1), ("b", 2)), None, "p/a?s#s"
+    )
+    assert redact_url("redis://:12/Xk9@a:1") == "redis://:***@a:1"
+
+
 def test_the_adapter_takes_a_cluster_url_or_cluster_true_and_never_shows_the_password() -> None:
     by_url = RedisAdapter(redis_url="redis+cluster://:s3cret@127.0.0.1:1,127.0.0.1:2")
     by_flag = RedisAdapter(redis_url="redis://:s3cret@127.0.0.1:1", cluster=True)
