@@ -776,15 +776,36 @@ def _arg(number: int | None) -> str:
 #: What a call fails with when the server, or a node of a cluster, cannot take it now: a
 #: state task retries it. On a cluster: a node down or unreachable, CLUSTERDOWN (slots not
 #: served during a failover), TRYAGAIN, a slot that moved (MOVED/ASK the client could not
-#: follow within its retries) or not covered.
+#: follow within its retries: ``ClusterError("TTL exhausted.")``) or not covered.
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
     redis.ConnectionError,
     redis.TimeoutError,
-    redis.exceptions.ClusterDownError,
+    redis.exceptions.ClusterError,  # and its ClusterDownError, MasterDownError
     redis.exceptions.TryAgainError,
-    redis.exceptions.AskError,
-    redis.exceptions.RedisClusterException,
+    redis.exceptions.AskError,  # and its MovedError
+    redis.exceptions.SlotNotCoveredError,
 )
+#: How redis-py 8 reports, as a bare ``RedisClusterException``, a cluster whose slot map it
+#: cannot load: no node reachable, slots not all covered, or nodes disagreeing (a failover
+#: under way). Any other ``RedisClusterException`` is a misuse of the client ("all keys
+#: must map to the same key slot", "Missing key", ...), which no retry mends.
+_CLUSTER_UNREACHABLE = (
+    "Redis Cluster cannot be connected",
+    "All slots are not covered",
+    "startup_nodes could not agree",
+)
+
+
+def _is_unavailable(error: BaseException) -> bool:
+    """True when the server or cluster cannot take a call now (it is retried), false for an
+    error that would recur on a retry."""
+    if isinstance(error, _UNAVAILABLE):
+        return True
+    return isinstance(error, redis.exceptions.RedisClusterException) and str(error).startswith(
+        _CLUSTER_UNREACHABLE
+    )
+
+
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
 
 
@@ -1052,10 +1073,15 @@ class RedisAdapter(VersionedStateAdapter):
     def _run(self, what: str, scope: str | None, call: Callable[[], Any]) -> Any:
         try:
             return call()
-        except _UNAVAILABLE as e:
-            raise self._unavailable(what, scope, e) from e
-        except redis.RedisError as e:
+        except (redis.RedisError, redis.exceptions.RedisClusterException) as e:
+            if _is_unavailable(e):
+                raise self._unavailable(what, scope, e) from e
             where = f" (scope {scope!r})" if scope is not None else ""
+            if isinstance(e, redis.exceptions.RedisClusterException):  # not a RedisError
+                raise AdapterError(
+                    f"{what}{where}: the Redis Cluster client refused the call to "
+                    f"{self.safe_url}: {_node_error(e)}"
+                ) from e
             raise AdapterError(
                 f"{what}{where}: Redis at {self.safe_url} answered with an error: {e}"
             ) from e

@@ -7,6 +7,9 @@ from collections import Counter
 from typing import Any
 
 import pytest
+import redis
+import redis.cluster
+from redis.exceptions import RedisClusterException
 
 from adapters.redis_adapter import RedisAdapter
 from adapters.redis_layout import (
@@ -19,7 +22,7 @@ from adapters.redis_layout import (
 )
 from state_tasks.core.cluster import ClusterTarget, parse_cluster_url
 from state_tasks.core.config import parse_config
-from state_tasks.core.errors import ConfigError
+from state_tasks.core.errors import AdapterError, AdapterUnavailable, ConfigError
 from state_tasks.core.urls import redact_url
 
 
@@ -182,3 +185,29 @@ def test_the_triggers_live_in_a_slot_of_their_own_with_their_counter() -> None:
     layout = BucketLayout("state")
     assert slot(layout.triggers_key) == slot(layout.triggers_version_key)
     assert len({slot(layout.version_key(tag)) for tag in layout.tags}) == CLUSTER_BUCKETS
+
+
+def test_only_connectivity_errors_of_the_cluster_client_are_unavailable() -> None:
+    from adapters.redis_adapter import _is_unavailable
+
+    unreachable = RedisClusterException(
+        "Redis Cluster cannot be connected. Please provide at least one reachable node: x"
+    )
+    assert _is_unavailable(unreachable)
+    assert _is_unavailable(redis.exceptions.SlotNotCoveredError("slot 7 not covered"))
+    assert _is_unavailable(redis.exceptions.MovedError("7 127.0.0.1:7001"))
+    assert _is_unavailable(redis.exceptions.ClusterError("TTL exhausted."))
+    # a misuse of the client would fail the same on every retry
+    assert not _is_unavailable(RedisClusterException("MGET - all keys must map to the same slot"))
+    assert not _is_unavailable(RedisClusterException("No way to dispatch... Missing key."))
+
+
+def test_a_cross_slot_call_is_an_adapter_error_not_unavailable() -> None:
+    adapter = RedisAdapter(redis_url="redis+cluster://127.0.0.1:1")
+
+    def cross_slot() -> None:
+        raise RedisClusterException("EVALSHA - all keys must map to the same key slot")
+
+    with pytest.raises(AdapterError, match="all keys must map") as caught:
+        adapter._run("reading", "users", cross_slot)
+    assert not isinstance(caught.value, AdapterUnavailable)
