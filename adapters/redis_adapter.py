@@ -1055,7 +1055,13 @@ class RedisAdapter(VersionedStateAdapter):
                 **timeouts,
                 **tls,
             )
-        except redis.exceptions.RedisClusterException as e:
+        except (redis.RedisError, redis.exceptions.RedisClusterException) as e:
+            if _tls_refusal(e) is not None:  # a certificate that does not verify: no retry
+                raise self._unavailable("connecting", None, e) from e
+            if not _is_unavailable(e):
+                raise AdapterError(
+                    f"Redis Cluster at {self.safe_url} refused the client: {_node_error(e)}"
+                ) from e
             raise AdapterUnavailable(
                 f"cannot reach Redis Cluster at {self.safe_url}: no seed node answered "
                 f"({_node_error(e)}). Check that the nodes run and the URL is right; calls "

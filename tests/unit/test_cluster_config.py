@@ -3,6 +3,7 @@ bucketed key layout (every key of a scope's mutation in one slot, buckets spread
 
 from __future__ import annotations
 
+import ssl
 from collections import Counter
 from typing import Any
 
@@ -211,3 +212,46 @@ def test_a_cross_slot_call_is_an_adapter_error_not_unavailable() -> None:
     with pytest.raises(AdapterError, match="all keys must map") as caught:
         adapter._run("reading", "users", cross_slot)
     assert not isinstance(caught.value, AdapterUnavailable)
+
+
+def _refused_by_tls() -> RedisClusterException:
+    """What redis-py raises when no seed's certificate verifies: the cluster error, caused
+    by the last seed's ConnectionError, raised while handling the SSL error."""
+    verify = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    verify.verify_message = "self-signed certificate"
+    try:
+        try:
+            raise verify
+        except ssl.SSLError as e:
+            raise redis.ConnectionError(f"Error connecting to 127.0.0.1:7000. {e}") from None
+    except redis.ConnectionError as last:
+        try:
+            raise RedisClusterException(
+                "Redis Cluster cannot be connected. Please provide at least one reachable "
+                f"node: {last}"
+            ) from last
+        except RedisClusterException as e:
+            return e
+
+
+def test_a_cluster_certificate_that_does_not_verify_is_an_error_not_unavailable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise _refused_by_tls()
+
+    monkeypatch.setattr(redis.cluster, "RedisCluster", refuse)
+    adapter = RedisAdapter(redis_url="rediss+cluster://:s3cret@127.0.0.1:7000,127.0.0.1:7001")
+    with pytest.raises(AdapterError, match="certificate does not verify") as caught:
+        adapter.get("users", "u1")
+    assert not isinstance(caught.value, AdapterUnavailable)
+    assert "ssl_ca_certs" in str(caught.value) and "s3cret" not in str(caught.value)
+    # and a cluster no seed of which answers is still unavailable
+    unreachable = RedisClusterException("Redis Cluster cannot be connected. Please provide")
+
+    def unreachable_cluster(*args: Any, **kwargs: Any) -> None:
+        raise unreachable
+
+    monkeypatch.setattr(redis.cluster, "RedisCluster", unreachable_cluster)
+    with pytest.raises(AdapterUnavailable, match="no seed node answered"):
+        RedisAdapter(redis_url="redis+cluster://127.0.0.1:7000").get("users", "u1")
