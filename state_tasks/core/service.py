@@ -91,6 +91,10 @@ DEFAULT_SWEEP_LIMIT = 1000
 #: Long enough that a send still under way (kombu retries a publish for a few seconds) is
 #: not doubled.
 DEFAULT_EXPIRY_RESEND_AFTER_MS = 30_000
+#: How often within the resend delay a sweeper looks for pending expiries (a look costs a
+#: script per bucket on a Redis Cluster: looking at every sweep, 5-20 times a second, would
+#: cost an idle worker thousands of commands a second and find nothing sooner than needed).
+PENDING_LOOKS_PER_RESEND = 10
 
 ChangeListener = Callable[[dict[str, Any]], None]
 
@@ -165,6 +169,7 @@ class StateService:
         self.adapter = adapter
         self.on_change = on_change
         self.expiry_resend_after_ms = expiry_resend_after_ms
+        self._next_pending_look = 0.0  # time.monotonic() of the next look for pending expiries
         self._handlers: dict[str, Callable[[Mapping[str, Any], str | None], Any]] = {
             "state::set": self._set,
             "state::get": self._get,
@@ -417,11 +422,19 @@ class StateService:
         all. Return how many events, and the milliseconds until the next expiry (``None``:
         none known). The adapter claims each key atomically, so several workers sweeping at
         once fire each expiry once. When the events cannot be sent (the broker is away) this
-        raises :class:`AdapterUnavailable`; an adapter without pending expiries loses them."""
+        raises :class:`AdapterUnavailable`; an adapter without pending expiries loses them.
+        Pending expiries are looked for :data:`PENDING_LOOKS_PER_RESEND` times per resend
+        delay, not at every sweep (while a look finds a full ``limit``, at every sweep)."""
         if self._sent:
             self.settle_sent(threading.get_ident())
         # The pending ones first: those this sweep removes are not pending long enough.
-        expired = self.adapter.pending_expiries(self.expiry_resend_after_ms, limit)
+        expired: list[Expired] = []
+        now = time.monotonic()
+        if now >= self._next_pending_look:
+            expired = self.adapter.pending_expiries(self.expiry_resend_after_ms, limit)
+            if len(expired) < limit:
+                every_s = self.expiry_resend_after_ms / 1000 / PENDING_LOOKS_PER_RESEND
+                self._next_pending_look = now + every_s
         next_due_ms: float | None = 0.0  # full: sweep again at once
         if len(expired) < limit:
             due, next_due_ms = self.adapter.expire_due(limit - len(expired))

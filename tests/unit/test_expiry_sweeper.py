@@ -142,3 +142,29 @@ def test_a_sweep_takes_at_most_its_limit(limit: int) -> None:
         service.call("state::set", {"scope": "s", "key": f"k{i}", "value": i, "ttl_ms": 10})
     now[0] += 10
     assert service.sweep_expired(limit=limit)[0] == limit
+
+
+class PendingLooks(KvStore):
+    """A KvStore that counts the looks for pending expiries."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.looks = 0
+
+    def pending_expiries(self, older_than_ms: int, limit: int) -> list[Any]:
+        self.looks += 1
+        return super().pending_expiries(older_than_ms, limit)
+
+
+def test_pending_expiries_are_looked_for_a_few_times_per_resend_delay_not_every_sweep() -> None:
+    store = PendingLooks()
+    # With a 30 s resend delay, back-to-back sweeps look once (the next look in 3 s)
+    service = StateService(store, expiry_resend_after_ms=30_000)
+    for _ in range(20):
+        service.sweep_expired()
+    assert store.looks == 1
+    # With no delay (nothing to wait for), every sweep looks
+    eager = StateService(store, expiry_resend_after_ms=0)
+    for _ in range(5):
+        eager.sweep_expired()
+    assert store.looks == 1 + 5
