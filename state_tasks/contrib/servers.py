@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -393,6 +394,8 @@ class RedisSentinelGroup:
             others = sentinel.execute_command("SENTINEL", "SENTINELS", self.master_name)  # type: ignore[no-untyped-call]
             if not replicas or len(others) < len(self.sentinel_ports) - 1:
                 return False
+            if not any(_promotable(replica) for replica in replicas):
+                return False
         return True
 
     def sentinel_url(self) -> str:
@@ -407,14 +410,41 @@ class RedisSentinelGroup:
         )
         return int(port)
 
-    def failover(self) -> None:
-        """Ask a sentinel for a failover (``SENTINEL FAILOVER``), as an operator would."""
+    def failover(self, timeout_s: float = 30) -> None:
+        """Ask a sentinel for a failover (``SENTINEL FAILOVER``), as an operator would, and
+        ask again while it answers that no replica can be promoted yet (``NOGOODSLAVE``: a
+        replica that rejoined a moment ago is not trusted before the sentinel has its
+        ``INFO``) or that a failover is under way (``INPROG``)."""
         sentinel = redis.Redis(port=self.sentinel_ports[0])
-        sentinel.execute_command("SENTINEL", "FAILOVER", self.master_name)  # type: ignore[no-untyped-call]
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                sentinel.execute_command("SENTINEL", "FAILOVER", self.master_name)  # type: ignore[no-untyped-call]
+                return
+            except redis.ResponseError as e:
+                retryable = str(e).startswith(("NOGOODSLAVE", "INPROG"))
+                if not retryable or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
     def stop(self) -> None:
         for process in self.processes.values():
             _stop(process)
+
+
+def _promotable(replica: Any) -> bool:
+    """Whether a sentinel would promote this replica now (a ``SENTINEL REPLICAS`` entry, as
+    redis-py parses it or as flat pairs): linked to its master, not flagged down, and its
+    ``INFO`` fresh."""
+    if isinstance(replica, dict):
+        fields = {str(k): str(v) for k, v in replica.items()}
+    else:
+        fields = dict(zip(replica[::2], replica[1::2], strict=True))
+    return (
+        fields.get("flags") == "slave"
+        and fields.get("master-link-status") == "ok"
+        and int(fields.get("info-refresh", "1000000")) < 10_000
+    )
 
 
 def _pings(client: redis.Redis) -> bool:
@@ -616,8 +646,14 @@ class RabbitTlsNode:
         self.workdir.mkdir(parents=True, exist_ok=True)
         env = self._env()
         with self.log_path.open("ab") as log:
+            # A session of its own: rabbitmq-server is a shell that runs the Erlang VM as a
+            # child, and stop() may have to kill both.
             self.process = subprocess.Popen(
-                [_rabbit_tool("rabbitmq-server")], env=env, stdout=log, stderr=subprocess.STDOUT
+                [_rabbit_tool("rabbitmq-server")],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         try:
             wait_until(self._started, timeout_s, f"RabbitMQ node {self.node}", 0.2)
@@ -678,7 +714,9 @@ class RabbitTlsNode:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self) -> None:
-        """``rabbitmqctl stop``; the process is killed if it is still there after 30 s."""
+        """``rabbitmqctl stop``; then SIGTERM to the node's session (the script stops the VM
+        cleanly on it), and SIGKILL to every process of it still there after 10 s more: a
+        node hung at boot leaves no Erlang VM behind."""
         if self.process is None:
             return
         if self.process.poll() is None:
@@ -686,6 +724,19 @@ class RabbitTlsNode:
             try:
                 self.process.wait(30)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+                self._signal_session(signal.SIGTERM)
+                try:
+                    self.process.wait(10)
+                except subprocess.TimeoutExpired:
+                    pass
+        self._signal_session(signal.SIGKILL)  # whatever of the session outlived the shell
+        if self.process.poll() is None:
+            self.process.wait(10)
         self.process = None
+
+    def _signal_session(self, sig: int) -> None:
+        assert self.process is not None
+        try:
+            os.killpg(self.process.pid, sig)
+        except ProcessLookupError:
+            pass
