@@ -19,7 +19,7 @@ import redis
 from adapters.redis_adapter import RedisAdapter
 from adapters.redis_layout import CLUSTER_BUCKETS, bucket_of
 from state_tasks.contrib.servers import RedisCluster
-from state_tasks.core.errors import AdapterUnavailable
+from state_tasks.core.errors import AdapterError, AdapterUnavailable
 
 pytestmark = pytest.mark.own_broker
 
@@ -122,6 +122,15 @@ def test_a_trigger_registered_is_seen_by_mutations_in_every_bucket(
         assert other.triggers_load() == {}
     finally:
         other.close()
+
+
+def test_a_call_with_keys_in_several_slots_is_an_adapter_error(adapter: RedisAdapter) -> None:
+    # redis-py refuses it before sending (a RedisClusterException): no retry would mend it
+    keys = ["cross-a", "cross-b"]
+    assert adapter.client.keyslot(keys[0]) != adapter.client.keyslot(keys[1])
+    with pytest.raises(AdapterError, match="all keys must map") as caught:
+        adapter._run("reading", None, lambda: adapter.client.mget(keys))
+    assert not isinstance(caught.value, AdapterUnavailable)
 
 
 def test_a_stopped_cluster_is_adapter_unavailable_naming_the_node(tmp_path: Path) -> None:
