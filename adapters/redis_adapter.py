@@ -138,6 +138,9 @@ CLUSTER_BACKOFF_CAP_S = 1.0
 #: key; a process remembers the keys of this many of its recent operations (an operation it
 #: forgot is not settled: its record stays whole until it expires, which is correct).
 CLUSTER_OP_KEYS_MAX = 4096
+#: Redis Cluster: after an expiry sweep that could not read some buckets (a master down),
+#: the next sweep comes within this many milliseconds, whatever the other buckets' due times.
+CLUSTER_SWEEP_RETRY_MS = 5000.0
 
 # Every mutation script also returns the trigger version, read in the same atomic step,
 # so matching triggers after a change costs no extra round trip.
@@ -1382,6 +1385,89 @@ class RedisAdapter(VersionedStateAdapter):
                 raise reply
         return replies
 
+    def _eval_each_node(
+        self, what: str, name: str, calls: Sequence[tuple[builtins.list[str], builtins.list[Any]]]
+    ) -> builtins.list[Any]:
+        """:meth:`_eval_each` for an expiry sweep, which must go on while a master is down:
+        on a cluster each master's calls go in a pipeline of their own, so the replies of
+        the healthy masters are kept. A call that failed (its master does not answer, or its
+        slot moved, after the slot map is refreshed once) has ``None`` for its reply; the
+        failed buckets are logged once per call, naming their nodes. Raises only when every
+        call failed (or on one server, as :meth:`_eval_each`)."""
+        if self._cluster is None or not calls:
+            return self._eval_each(name, calls)
+        script = self._script(name)
+        client = self.client
+        replies: builtins.list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        errors: dict[str, tuple[int, BaseException]] = {}  # node -> (calls failed, an error)
+        for attempt in range(2):
+            errors = {}
+            by_node: dict[str, tuple[Any, builtins.list[int]]] = {}
+            for i in todo:
+                node = client.get_node_from_key(calls[i][0][0])
+                by_node.setdefault(node.name, (node, []))[1].append(i)
+            for node_name, (node, indexes) in by_node.items():
+                try:
+                    got = self._eval_on_node(script, node, [calls[i] for i in indexes])
+                except (redis.RedisError, redis.exceptions.RedisClusterException) as e:
+                    if not _is_unavailable(e):
+                        raise
+                    errors[node_name] = (len(indexes), e)
+                    continue
+                for i, reply in zip(indexes, got, strict=True):
+                    if isinstance(reply, Exception):
+                        if not _is_unavailable(reply):
+                            raise reply
+                        failed, _ = errors.get(node_name, (0, reply))
+                        errors[node_name] = (failed + 1, reply)
+                    else:
+                        replies[i] = reply
+            todo = [i for i, reply in enumerate(replies) if reply is None]
+            if not todo or attempt:
+                break
+            try:  # a master down, or a slot that moved: ask for the slot map again, once
+                client.nodes_manager.initialize()
+            except (redis.RedisError, redis.exceptions.RedisClusterException) as e:
+                if not _is_unavailable(e):
+                    raise
+                break
+        if todo:
+            if len(todo) == len(calls):
+                raise next(iter(errors.values()))[1]
+            logger.warning(
+                "%s: %d of %d buckets of Redis Cluster %s could not be read, the others were: %s",
+                what,
+                len(todo),
+                len(calls),
+                self.safe_url,
+                "; ".join(
+                    f"node {node} ({failed}): {_node_error(error)}"
+                    for node, (failed, error) in errors.items()
+                ),
+            )
+        return replies
+
+    def _eval_on_node(
+        self,
+        script: Script,
+        node: Any,
+        calls: Sequence[tuple[builtins.list[str], builtins.list[Any]]],
+    ) -> builtins.list[Any]:
+        """The script once per call, in one pipeline on ``node``'s connection (loading the
+        script there first if it lacks it); the replies, errors among them."""
+        connection = self.client.get_redis_connection(node)
+        replies: builtins.list[Any] = []
+        for attempt in range(2):
+            pipe = connection.pipeline(transaction=False)
+            for keys, args in calls:
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            replies = pipe.execute(raise_on_error=False)
+            if attempt or not any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+                break
+            connection.script_load(script.script)
+        return replies
+
     def _mutate(
         self,
         what: str,
@@ -1615,7 +1701,15 @@ class RedisAdapter(VersionedStateAdapter):
         calls = [([self._layout.due_scopes_key(tag)], [limit]) for tag in self._layout.tags]
         scopes: builtins.list[str] = []
         wait_ms: float | None = None
-        for now, due, next_due in self._eval_each("due_scopes", calls):
+        for reply in self._eval_each_node("expiry sweep", "due_scopes", calls):
+            if reply is None:  # its master is down (logged): look again soon
+                wait_ms = (
+                    min(wait_ms, CLUSTER_SWEEP_RETRY_MS)
+                    if wait_ms is not None
+                    else (CLUSTER_SWEEP_RETRY_MS)
+                )
+                continue
+            now, due, next_due = reply
             scopes += due
             if next_due:
                 left = max(0.0, float(next_due) - float(now))
@@ -1668,11 +1762,15 @@ class RedisAdapter(VersionedStateAdapter):
             for tag in tags
         ]
         replies = self._run(
-            "pending_expiries", None, partial(self._eval_each, "pending_claim", calls)
+            "pending_expiries",
+            None,
+            partial(self._eval_each_node, "pending expiries", "pending_claim", calls),
         )
         # (previous claim time, tag, this claim time, pending id, text)
         found: builtins.list[tuple[int, str, int, str, str]] = []
         for tag, reply in zip(tags, replies, strict=True):
+            if reply is None:  # its master is down (logged); the others' claims are kept
+                continue
             now = int(reply[0])
             for at in range(1, len(reply), 3):
                 found.append((int(float(reply[at + 2])), tag, now, reply[at], reply[at + 1]))

@@ -164,6 +164,53 @@ def test_a_stopped_cluster_is_adapter_unavailable_naming_the_node(tmp_path: Path
         cluster.stop()
 
 
+def test_one_master_down_stops_expiry_only_in_its_buckets(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a small cluster of its own whose masters serve their slots while one is down
+    # (no replica: the dead master's slots stay uncovered)
+    cluster = RedisCluster(tmp_path / "partial", masters=3, replicas=0)
+    for port in cluster.ports:
+        redis.Redis(port=port).config_set("cluster-require-full-coverage", "no")
+    adapter = RedisAdapter(redis_url=cluster.cluster_url(), key_prefix="partial")
+    try:
+        scopes = one_scope_per_bucket()
+        owner = {s: adapter.client.get_node_from_key(adapter.scope_key(s)).port for s in scopes}
+        # and, in every bucket, an expiry handed over whose event is not known to be sent
+        for scope in scopes:
+            adapter.set_versioned(scope, "k1", "1", op_id=None, ttl_ms=50)
+        time.sleep(0.2)
+        assert len(adapter.expire_due(10_000)[0]) == CLUSTER_BUCKETS
+        # and a key due in every bucket
+        for scope in scopes:
+            adapter.set_versioned(scope, "k2", "2", op_id=None, ttl_ms=50)
+        time.sleep(0.2)
+        # When one master dies
+        dead = owner[scopes[0]]
+        cluster.kill(dead)
+        healthy = {s for s in scopes if owner[s] != dead}
+        assert 150 < len(healthy) < CLUSTER_BUCKETS
+        caplog.clear()
+        # Then the sweep still expires the keys due in the healthy masters' buckets
+        gone = adapter.expire_due(10_000)[0]
+        assert {(e.scope, e.key) for e in gone} == {(s, "k2") for s in healthy}
+        # And pending expiries are found (and claimed) in those buckets
+        pending = adapter.pending_expiries(0, 10_000)
+        assert {(e.scope, e.key) for e in pending} == {
+            (s, key) for s in healthy for key in ("k1", "k2")
+        }
+        # And the failed buckets are logged once per sweep, naming the node
+        failed = [r.getMessage() for r in caplog.records if "could not be read" in r.getMessage()]
+        assert len(failed) == 2 and all(f"127.0.0.1:{dead}" in m for m in failed), failed
+        # And with every master down a sweep fails as AdapterUnavailable (retried)
+        cluster.stop()
+        with pytest.raises(AdapterUnavailable):
+            adapter.expire_due(10)
+    finally:
+        adapter.close()
+        cluster.stop()
+
+
 def test_keys_written_through_the_adapter_are_plain_redis_data(adapter: RedisAdapter) -> None:
     """What the README's key table says, on a cluster: inspect it with redis-cli -c."""
     adapter.set("orders", "o1", '{"total": 3}')
