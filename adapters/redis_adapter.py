@@ -141,6 +141,9 @@ CLUSTER_OP_KEYS_MAX = 4096
 #: Redis Cluster: after an expiry sweep that could not read some buckets (a master down),
 #: the next sweep comes within this many milliseconds, whatever the other buckets' due times.
 CLUSTER_SWEEP_RETRY_MS = 5000.0
+#: Redis Cluster: how often, at most, ``settle`` warns of the ids it could not settle
+#: because the process no longer remembered their records' keys (a count since the last).
+CLUSTER_FORGOTTEN_LOG_EVERY_S = 60.0
 
 # Every mutation script also returns the trigger version, read in the same atomic step,
 # so matching triggers after a change costs no extra round trip.
@@ -965,6 +968,9 @@ class RedisAdapter(VersionedStateAdapter):
         self._to_settle: dict[str, builtins.list[str]] = {}
         self._to_settle_lock = threading.Lock()
         self._op_keys: dict[str, tuple[str, str]] = {}
+        # settle() ids no longer in _op_keys since the last warning, and when it was logged
+        self._forgotten_settles = 0
+        self._forgotten_logged_at = float("-inf")
 
     @property
     def is_cluster(self) -> bool:
@@ -1323,7 +1329,8 @@ class RedisAdapter(VersionedStateAdapter):
         settles the rest. On a cluster a record lives in its scope's bucket: only a
         mutation of the same bucket carries it, the rest are settled one script per bucket
         in one pipeline, and an id this process did not write (or no longer remembers,
-        :data:`CLUSTER_OP_KEYS_MAX`) stays whole until it expires.
+        :data:`CLUSTER_OP_KEYS_MAX`) stays whole until it expires (a warning counts them,
+        at most every :data:`CLUSTER_FORGOTTEN_LOG_EVERY_S`).
         """
         with self._to_settle_lock:
             for op_id in op_ids:
@@ -1332,10 +1339,28 @@ class RedisAdapter(VersionedStateAdapter):
                 else:
                     known = self._op_keys.pop(op_id, None)
                     if known is None:
+                        self._forgotten_settles += 1
                         continue
                     tag, key = known
                 self._to_settle.setdefault(tag, []).append(key)
             full = sum(map(len, self._to_settle.values())) >= SETTLE_BATCH_MAX
+            forgotten, now = 0, time.monotonic()
+            if (
+                self._forgotten_settles
+                and now - self._forgotten_logged_at >= CLUSTER_FORGOTTEN_LOG_EVERY_S
+            ):
+                forgotten, self._forgotten_settles = self._forgotten_settles, 0
+                self._forgotten_logged_at = now
+        if forgotten:
+            logger.warning(
+                "Redis Cluster %s: %d operation records not settled: this process no longer "
+                "knew their keys (it remembers its last %d operations); they stay whole "
+                "until they expire (logged at most every %.0f s)",
+                self.safe_url,
+                forgotten,
+                CLUSTER_OP_KEYS_MAX,
+                CLUSTER_FORGOTTEN_LOG_EVERY_S,
+            )
         if full:
             self._flush_settles()
 

@@ -3,6 +3,7 @@ bucketed key layout (every key of a scope's mutation in one slot, buckets spread
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections import Counter
 from typing import Any
@@ -255,3 +256,24 @@ def test_a_cluster_certificate_that_does_not_verify_is_an_error_not_unavailable(
     monkeypatch.setattr(redis.cluster, "RedisCluster", unreachable_cluster)
     with pytest.raises(AdapterUnavailable, match="no seed node answered"):
         RedisAdapter(redis_url="redis+cluster://127.0.0.1:7000").get("users", "u1")
+
+
+def test_settling_an_operation_the_process_forgot_is_logged_at_most_once_a_minute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    adapter = RedisAdapter(redis_url="redis+cluster://:s3cret@127.0.0.1:1")
+    adapter._op_keys["known"] = ("b0-376", "state:op:{b0-376}:known")
+    with caplog.at_level(logging.WARNING, logger="adapters.redis_adapter"):
+        adapter.settle(["known", "evicted-1", "evicted-2"])
+        adapter.settle(["evicted-3"])
+    warned = [r.getMessage() for r in caplog.records if "not settled" in r.getMessage()]
+    assert len(warned) == 1 and ": 2 operation records not settled" in warned[0]
+    assert "stay whole until they expire" in warned[0] and "s3cret" not in warned[0]
+    assert adapter._to_settle == {"b0-376": ["state:op:{b0-376}:known"]}
+    # a minute later, the ones since are counted
+    adapter._forgotten_logged_at -= 61
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="adapters.redis_adapter"):
+        adapter.settle(["evicted-4"])
+    warned = [r.getMessage() for r in caplog.records if "not settled" in r.getMessage()]
+    assert len(warned) == 1 and ": 2 operation records not settled" in warned[0]
