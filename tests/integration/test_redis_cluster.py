@@ -7,6 +7,7 @@ a small cluster of its own for the test that stops every node.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections import Counter
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from helpers import REPO
+from redis_acl import readme_acl_line
 
 from adapters.redis_adapter import RedisAdapter
 from adapters.redis_layout import CLUSTER_BUCKETS, bucket_of
@@ -209,6 +212,48 @@ def test_one_master_down_stops_expiry_only_in_its_buckets(
     finally:
         adapter.close()
         cluster.stop()
+
+
+def test_the_readme_acl_line_with_its_cluster_additions_runs_the_adapter(
+    redis_cluster: RedisCluster,
+) -> None:
+    # Given a user made on every node (a cluster does not share ACLs) by the README's line
+    # and the additions its Redis Cluster section names
+    readme = (REPO / "README.md").read_text()
+    additions = re.findall(r"need `([^`]+)`\s+besides\s+the\s+single-server\s+line", readme)
+    assert len(additions) == 1, additions
+    prefix, user, password = f"acl-{uuid.uuid4().hex[:8]}", f"cl-{uuid.uuid4().hex[:8]}", "pw1"
+    line = (
+        readme_acl_line()
+        .replace("state-adapter", user)
+        .replace("<password>", password)
+        .replace("~state:*", f"~{prefix}:*")
+    )
+    for port in redis_cluster.live_ports():
+        redis.Redis(port=port).execute_command(*line.split(), *additions[0].split())
+    seeds = ",".join(f"127.0.0.1:{port}" for port in redis_cluster.live_ports())
+    adapter = RedisAdapter(
+        redis_url=f"redis+cluster://{user}:{password}@{seeds}", key_prefix=prefix
+    )
+    try:
+        # Then the adapter connects and its calls pass: changes, reads, every bucket
+        scopes = one_scope_per_bucket()[:40]
+        for scope in scopes:
+            adapter.set_versioned(scope, "k", "1", op_id=f"op-{scope}", ttl_ms=50)
+        adapter.settle([f"op-{scope}" for scope in scopes])
+        assert adapter.get(scopes[0], "k") in ("1", None)
+        assert adapter.list_groups_page("", None, 5, with_counts=True)[0]
+        assert adapter.triggers_put("t1", '{"id": "t1"}') and adapter.triggers_load()
+        time.sleep(0.2)
+        gone = adapter.expire_due(1000)[0]
+        assert len(gone) == len(scopes)
+        assert len(adapter.pending_expiries(0, 1000)) == len(scopes)
+        adapter.expiries_sent(gone)
+        assert adapter.pending_expiries(0, 1000) == []
+    finally:
+        adapter.close()
+        for port in redis_cluster.live_ports():
+            redis.Redis(port=port).acl_deluser(user)
 
 
 def test_keys_written_through_the_adapter_are_plain_redis_data(adapter: RedisAdapter) -> None:
