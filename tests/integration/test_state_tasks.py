@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 
 import pytest
-from helpers import plain
+from helpers import plain, wait_until
 
 from state_tasks import StateError, UpdateOpError, ValidationError, ValueTooLarge
 from state_tasks.tasks import state_get, state_set
@@ -137,6 +137,9 @@ def test_facade_trigger_waits_or_returns_none_for_void(deployment: Any) -> None:
         )
         is None
     )
+    # the void call is applied all the same (by whichever worker takes it: wait for it, as
+    # a later call sent meanwhile may be taken first by another worker)
+    wait_until(lambda: deployment.call("state::get", scope=s, key="k") == 1, 20, "the void set")
     assert plain(
         iii.trigger(
             {
