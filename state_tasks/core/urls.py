@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit, urlunsplit
 
 #: URL schemes of the embedded broker (kombu's filesystem transport, and ours that keeps order).
 EMBEDDED_BROKER_SCHEMES = ("statefs://", "filesystem://")
+
+
+#: A query parameter that carries a secret (redis-py reads ``?password=`` from a URL).
+_SECRET_PARAMETER = re.compile(r"([?&][^=&#]*(?:password|passwd|secret|token)[^=&#]*=)[^&#]*", re.I)
 
 
 def is_embedded_broker(url: object) -> bool:
@@ -26,10 +31,12 @@ def redact_url(url: str) -> str:
     and a comma-separated list of hosts after one login (Redis Cluster's
     ``redis+cluster://:pw@a:1,b:2``) keeps its hosts. A login with an unencoded ``/``,
     ``?`` or ``#`` (which ends the hosts in a URL) is cut at the last ``@``: the hosts after
-    it are shown, nothing after them.
+    it are shown, nothing after them. A query parameter named like a secret
+    (``?password=``, ``sentinel_password``, ``token``) shows ``***`` too.
     """
     if ";" in url:
         return ";".join(redact_url(part) for part in url.split(";"))
+    url = _SECRET_PARAMETER.sub(r"\1***", url)
     scheme, sep, rest = url.partition("://")
     end = netloc_end(rest)
     if sep and "@" in rest[end:]:

@@ -38,6 +38,22 @@ def test_every_part_of_a_url_list_is_redacted() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://h:1/0?password=Zq7", "redis://h:1/0?password=***"),
+        (
+            "redis://u:Zq7@h:1/0?socket_timeout=1&password=Zq7&db=2",
+            "redis://u:***@h:1/0?socket_timeout=1&password=***&db=2",
+        ),
+        ("rediss://h/0?ssl_password=Zq7#x", "rediss://h/0?ssl_password=***#x"),
+        ("sentinel://h:26379?sentinel_password=Zq7", "sentinel://h:26379?sentinel_password=***"),
+    ],
+)
+def test_a_password_in_the_query_is_redacted_too(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
 def test_sentinel_options_need_the_master_name() -> None:
     assert sentinel_transport_options("redis://h:1/0", {}) == {}
     with pytest.raises(ConfigError, match="STATE_TASKS_SENTINEL_MASTER"):
