@@ -12,21 +12,19 @@ import logging
 import os
 from typing import Any
 
+from faults import first_time
+
 from triggers.dispatch import Dispatcher
 
 logger = logging.getLogger(__name__)
 
 SCOPE = os.environ["CRASH_AFTER_STORE_SCOPE"]
-MARKER = os.environ["CRASH_MARKER"]
 _dispatch = Dispatcher.__call__
 
 
 def _crash_once() -> None:
-    try:
-        fd = os.open(MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except OSError:
-        return  # crashed once already
-    os.close(fd)
+    if not first_time():
+        return
     logger.critical("test fault hook: dying between storing a change and sending its triggers")
     os._exit(70)
 

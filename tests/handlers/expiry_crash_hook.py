@@ -15,12 +15,13 @@ import signal
 from collections.abc import Sequence
 from typing import Any
 
+from faults import first_time
+
 from triggers.dispatch import Dispatcher
 
 logger = logging.getLogger(__name__)
 
 SCOPE = os.environ["CRASH_EXPIRY_SCOPE"]
-MARKER = os.environ["CRASH_MARKER"]
 _send_all = Dispatcher.send_all
 _call = Dispatcher.__call__
 
@@ -28,11 +29,8 @@ _call = Dispatcher.__call__
 def _crash_on_expiry(events: Sequence[dict[str, Any]]) -> None:
     if not any(e["scope"] == SCOPE and e.get("reason") == "expired" for e in events):
         return
-    try:
-        fd = os.open(MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except OSError:
-        return  # crashed once already
-    os.close(fd)
+    if not first_time():
+        return
     logger.critical("test fault hook: SIGKILL between removing an expired key and its event")
     for handler in logging.getLogger().handlers:
         handler.flush()

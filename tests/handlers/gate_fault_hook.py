@@ -13,6 +13,7 @@ import logging
 import os
 from typing import Any
 
+from faults import first_time
 from kombu.exceptions import OperationalError
 
 from state_tasks.celery_app import app
@@ -20,21 +21,11 @@ from state_tasks.celery_app import app
 logger = logging.getLogger(__name__)
 
 FUNCTION = os.environ["GATE_FAULT_FUNCTION"]
-MARKER = os.environ["CRASH_MARKER"]
 _send_task = app.send_task
 
 
-def _refused_once() -> bool:
-    try:
-        fd = os.open(MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except OSError:
-        return False  # refused once already
-    os.close(fd)
-    return True
-
-
 def _send_or_fail(name: str, *args: Any, **kwargs: Any) -> Any:
-    if name == FUNCTION and _refused_once():
+    if name == FUNCTION and first_time():
         logger.warning("test fault hook: the broker refuses the handler's message")
         raise OperationalError("test fault hook: connection to the broker lost")
     return _send_task(name, *args, **kwargs)
