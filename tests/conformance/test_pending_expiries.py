@@ -16,7 +16,6 @@ import pytest
 from helpers import Events
 
 from adapters.base import StateAdapter
-from adapters.bridge import Bridge
 from adapters.redis_adapter import RedisAdapter
 from state_tasks.core.errors import AdapterUnavailable
 from state_tasks.core.service import StateService, expiry_event_id
@@ -24,11 +23,8 @@ from state_tasks.core.service import StateService, expiry_event_id
 TTL_MS = 100
 
 
-@pytest.fixture
-def local(adapter: StateAdapter) -> StateAdapter:
-    if isinstance(adapter, Bridge):
-        pytest.skip("the remote's workers expire its keys and fire the events")
-    return adapter
+#: The Bridge keeps no keys: the remote's workers expire them (see conftest).
+pytestmark = pytest.mark.expires_itself
 
 
 def set_key(service: StateService, scope: str, key: str, ttl_ms: int | None = None) -> int:
@@ -50,18 +46,18 @@ def no_pending_records(adapter: StateAdapter) -> None:
 
 
 def test_an_expiry_whose_event_failed_is_sent_again_with_the_same_id(
-    local: StateAdapter,
+    adapter: StateAdapter,
 ) -> None:
     # Given a key whose expiry was swept while the broker was away
     events = Events()
-    service = StateService(local, on_change=events, expiry_resend_after_ms=0)
+    service = StateService(adapter, on_change=events, expiry_resend_after_ms=0)
     scope = f"pe-{uuid.uuid4().hex[:6]}"
     version = set_key(service, scope, "k", ttl_ms=TTL_MS)
     time.sleep(TTL_MS / 1000 + 0.1)
     events.broken = True
     with pytest.raises(AdapterUnavailable):
         service.sweep_expired()
-    assert local.get(scope, "k") is None  # removed all the same
+    assert adapter.get(scope, "k") is None  # removed all the same
     assert events.expiries() == []
     # When the broker is back, the next sweep sends it, and later sweeps send nothing more
     events.broken = False
@@ -71,14 +67,14 @@ def test_an_expiry_whose_event_failed_is_sent_again_with_the_same_id(
     assert (event["scope"], event["key"], event["version"]) == (scope, "k", version)
     assert event["old_value"] == "k" and event["new_value"] is None
     assert event["event_id"] == expiry_event_id(scope, "k", version)
-    no_pending_records(local)
+    no_pending_records(adapter)
 
 
 def test_a_pending_expiry_waits_for_the_resend_delay_and_is_claimed_once(
-    local: StateAdapter,
+    adapter: StateAdapter,
 ) -> None:
     events = Events()
-    service = StateService(local, on_change=events)  # the default delay: 30 s
+    service = StateService(adapter, on_change=events)  # the default delay: 30 s
     scope = f"pe-{uuid.uuid4().hex[:6]}"
     version = set_key(service, scope, "k", ttl_ms=TTL_MS)
     time.sleep(TTL_MS / 1000 + 0.1)
@@ -91,23 +87,23 @@ def test_a_pending_expiry_waits_for_the_resend_delay_and_is_claimed_once(
     # Once older than a delay, one claim takes it, and restarts its age: a second claim
     # right after (another sweeper) does not get it, one after the delay again does
     time.sleep(0.3)
-    (gone,) = local.pending_expiries(200, 10)
+    (gone,) = adapter.pending_expiries(200, 10)
     assert (gone.scope, gone.key, gone.value_json, gone.version) == (scope, "k", '"k"', version)
-    assert local.pending_expiries(200, 10) == []
+    assert adapter.pending_expiries(200, 10) == []
     time.sleep(0.3)
-    assert [again.key for again in local.pending_expiries(200, 10)] == ["k"]
-    local.expiries_sent([gone])
-    assert local.pending_expiries(0, 10) == []
+    assert [again.key for again in adapter.pending_expiries(200, 10)] == ["k"]
+    adapter.expiries_sent([gone])
+    assert adapter.pending_expiries(0, 10) == []
     assert events.expiries() == []
-    no_pending_records(local)
+    no_pending_records(adapter)
 
 
 def test_a_write_meeting_an_expired_key_leaves_its_expiry_pending_when_sending_fails(
-    local: StateAdapter,
+    adapter: StateAdapter,
 ) -> None:
     # Given a key that expired and was not yet swept
     events = Events()
-    service = StateService(local, on_change=events, expiry_resend_after_ms=0)
+    service = StateService(adapter, on_change=events, expiry_resend_after_ms=0)
     scope = f"pe-{uuid.uuid4().hex[:6]}"
     expired_version = set_key(service, scope, "k", ttl_ms=TTL_MS)
     time.sleep(TTL_MS / 1000 + 0.1)
@@ -124,37 +120,37 @@ def test_a_write_meeting_an_expired_key_leaves_its_expiry_pending_when_sending_f
 
 @pytest.mark.parametrize("kind", ["set", "update", "delete", "batch"])
 def test_every_write_meeting_an_expired_key_leaves_a_pending_expiry(
-    local: StateAdapter, kind: str
+    adapter: StateAdapter, kind: str
 ) -> None:
-    service = StateService(local)
+    service = StateService(adapter)
     scope = f"pe-{uuid.uuid4().hex[:6]}"
     version = set_key(service, scope, "k", ttl_ms=TTL_MS)
     time.sleep(TTL_MS / 1000 + 0.1)
     if kind == "set":
-        change = local.set_versioned(scope, "k", '"new"')
+        change = adapter.set_versioned(scope, "k", '"new"')
         gone = change.expired
     elif kind == "update":
-        change = local.update_versioned(scope, "k", [])
+        change = adapter.update_versioned(scope, "k", [])
         gone = change.expired
     elif kind == "delete":
-        change = local.delete_versioned(scope, "k")
+        change = adapter.delete_versioned(scope, "k")
         gone = change.expired
     else:
-        _, expired = local.batch_versioned(
+        _, expired = adapter.batch_versioned(
             scope, [service._batch_op(0, {"op": "set", "key": "k", "value": 1})]
         )
         (gone,) = expired
     assert gone is not None and gone.version == version
-    (pending,) = local.pending_expiries(0, 10)
+    (pending,) = adapter.pending_expiries(0, 10)
     assert (pending.scope, pending.key, pending.version) == (scope, "k", version)
-    local.expiries_sent([pending])
-    assert local.pending_expiries(0, 10) == []
-    no_pending_records(local)
+    adapter.expiries_sent([pending])
+    assert adapter.pending_expiries(0, 10) == []
+    no_pending_records(adapter)
 
 
-def test_sent_expiries_are_forgotten(local: StateAdapter) -> None:
+def test_sent_expiries_are_forgotten(adapter: StateAdapter) -> None:
     events = Events()
-    service = StateService(local, on_change=events, expiry_resend_after_ms=0)
+    service = StateService(adapter, on_change=events, expiry_resend_after_ms=0)
     scope = f"pe-{uuid.uuid4().hex[:6]}"
     for i in range(3):
         set_key(service, scope, f"k{i}", ttl_ms=TTL_MS)
@@ -163,44 +159,44 @@ def test_sent_expiries_are_forgotten(local: StateAdapter) -> None:
     assert service.sweep_expired()[0] == 2
     assert service.sweep_expired()[0] == 0
     assert sorted(e["key"] for e in events.expiries()) == ["k0", "k1", "k2"]
-    assert local.pending_expiries(0, 10) == []
-    no_pending_records(local)
+    assert adapter.pending_expiries(0, 10) == []
+    no_pending_records(adapter)
 
 
 def test_a_claim_takes_at_most_limit_and_leaves_the_rest_as_old_as_they_were(
-    local: StateAdapter,
+    adapter: StateAdapter,
 ) -> None:
     # Given five pending expiries in five scopes (on a cluster: in different buckets)
-    service = StateService(local)
+    service = StateService(adapter)
     run = uuid.uuid4().hex[:6]
     for i in range(5):
         set_key(service, f"pe-{run}-{i}", "k", ttl_ms=TTL_MS)
     time.sleep(TTL_MS / 1000 + 0.1)
-    swept, _ = local.expire_due(100)
+    swept, _ = adapter.expire_due(100)
     assert len(swept) == 5
     time.sleep(0.3)
     # When a sweep claims two of those older than 150 ms
-    first = local.pending_expiries(150, 2)
+    first = adapter.pending_expiries(150, 2)
     assert len(first) == 2
     # Then the other three are still old enough for the next, and the two are not
-    rest = local.pending_expiries(150, 10)
+    rest = adapter.pending_expiries(150, 10)
     assert sorted(g.scope for g in first + rest) == sorted(f"pe-{run}-{i}" for i in range(5))
-    assert local.pending_expiries(150, 10) == []
-    local.expiries_sent(first + rest)
-    assert local.pending_expiries(0, 10) == []
-    no_pending_records(local)
+    assert adapter.pending_expiries(150, 10) == []
+    adapter.expiries_sent(first + rest)
+    assert adapter.pending_expiries(0, 10) == []
+    no_pending_records(adapter)
 
 
 def test_odd_scope_and_key_names_round_trip_through_a_pending_expiry(
-    local: StateAdapter,
+    adapter: StateAdapter,
 ) -> None:
-    service = StateService(local)
+    service = StateService(adapter)
     scope, key = f"pe:{uuid.uuid4().hex[:4]}:é{{x}}%", "1:ü:k"
     version = set_key(service, scope, key, ttl_ms=TTL_MS)
     time.sleep(TTL_MS / 1000 + 0.1)
-    local.expire_due(10)
-    (gone,) = local.pending_expiries(0, 10)
+    adapter.expire_due(10)
+    (gone,) = adapter.pending_expiries(0, 10)
     assert (gone.scope, gone.key, gone.version) == (scope, key, version)
-    local.expiries_sent([gone])
-    assert local.pending_expiries(0, 10) == []
-    no_pending_records(local)
+    adapter.expiries_sent([gone])
+    assert adapter.pending_expiries(0, 10) == []
+    no_pending_records(adapter)

@@ -17,7 +17,6 @@ from conftest import Recorder
 from test_file_store import crash, open_store
 
 from adapters.base import StateAdapter
-from adapters.bridge import Bridge
 from adapters.kv_store import KvStore
 from adapters.redis_adapter import RedisAdapter
 from state_tasks.core.errors import StateError, VersionConflict
@@ -238,11 +237,10 @@ def test_an_expired_key_is_gone_for_every_reader_before_any_sweep(
     assert counted["items"] == [{"scope": scope, "count": 1}]
 
 
+@pytest.mark.expires_itself
 def test_each_expiry_fires_one_deleted_event_with_reason_expired(
     service: StateService, adapter: StateAdapter, events: Recorder
 ) -> None:
-    if isinstance(adapter, Bridge):
-        pytest.skip("the remote's workers expire its keys and fire the events")
     version = call(service, "state::set", scope="e", key="k", value={"a": 1}, ttl_ms=200)["version"]
     call(service, "state::set", scope="e", key="later", value=1, ttl_ms=60_000)
     fired, next_due = service.sweep_expired()
@@ -260,11 +258,10 @@ def test_each_expiry_fires_one_deleted_event_with_reason_expired(
     assert adapter.get("e", "k") is None and adapter.get("e", "later") == "1"
 
 
+@pytest.mark.expires_itself
 def test_a_write_meeting_an_expired_key_fires_its_expiry_first(
     service: StateService, adapter: StateAdapter, events: Recorder
 ) -> None:
-    if isinstance(adapter, Bridge):
-        pytest.skip("the remote's workers expire its keys and fire the events")
     version = call(service, "state::set", scope="w", key="k", value=1, ttl_ms=100)["version"]
     time.sleep(0.2)
     result = call(service, "state::update", scope="w", key="k", ops=[{"increment": {"field": "n"}}])
