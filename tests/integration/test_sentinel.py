@@ -260,16 +260,27 @@ def test_wait_replicas_not_reached_is_a_clear_retryable_error(redis_server: Redi
 # -- workers: state, broker and results behind the sentinels ----------------------------
 
 
-@pytest.fixture
-def deployment(
-    group: RedisSentinelGroup, redis_server: RedisServer, tmp_path: Path
+def opened(
+    group: RedisSentinelGroup,
+    redis_server: RedisServer,
+    tmp_path: Path,
+    celery_redis: RedisServer | None = None,
 ) -> Iterator[tuple[SentinelDeployment, redis.Redis]]:
+    """A deployment (see :class:`SentinelDeployment`) and its handlers' record, closed after."""
     record_url = redis_server.url(own_db())
-    deployment = SentinelDeployment(group, tmp_path / "d", record_url)
+    deployment = SentinelDeployment(group, tmp_path / "d", record_url, celery_redis)
     try:
         yield deployment, redis.Redis.from_url(record_url)
     finally:
         deployment.close()
+
+
+@pytest.fixture
+def deployment(
+    group: RedisSentinelGroup, redis_server: RedisServer, tmp_path: Path
+) -> Iterator[tuple[SentinelDeployment, redis.Redis]]:
+    """State, broker and results behind the sentinels."""
+    yield from opened(group, redis_server, tmp_path)
 
 
 def test_a_worker_serves_state_and_triggers_behind_sentinel(
@@ -301,12 +312,7 @@ def state_deployment(
     group: RedisSentinelGroup, redis_server: RedisServer, tmp_path: Path
 ) -> Iterator[tuple[SentinelDeployment, redis.Redis]]:
     """State behind the sentinels; the broker and results on the plain session Redis."""
-    record_url = redis_server.url(own_db())
-    deployment = SentinelDeployment(group, tmp_path / "d", record_url, celery_redis=redis_server)
-    try:
-        yield deployment, redis.Redis.from_url(record_url)
-    finally:
-        deployment.close()
+    yield from opened(group, redis_server, tmp_path, celery_redis=redis_server)
 
 
 def test_sentinel_failover_mid_load_loses_and_doubles_nothing(
