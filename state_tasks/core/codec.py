@@ -8,6 +8,7 @@ and keeps ``[]`` and ``{}`` apart.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,7 +33,14 @@ def encode(value: Any, max_bytes: int, *, what: str = "value") -> str:
     """Encode a JSON value; raise ``ValidationError`` or ``ValueTooLarge``."""
     try:
         text = _encoder.encode(value)
-    except (TypeError, ValueError, RecursionError) as e:
+    except ValueError as e:
+        if "integer string conversion" in str(e):
+            raise ValidationError(
+                f"the {what} holds an integer longer than {sys.get_int_max_str_digits()} "
+                "digits, which cannot be written as JSON text"
+            ) from None
+        raise ValidationError(f"the {what} is not a JSON value: {e}") from None
+    except (TypeError, RecursionError) as e:
         raise ValidationError(f"the {what} is not a JSON value: {e}") from None
     # Cheap first: the depth cannot exceed the number of opening brackets.
     if text.count("[") + text.count("{") > MAX_STORED_DEPTH and deeper_than(
@@ -68,9 +76,44 @@ def apply_ops_json(old_json: str | None, ops: Sequence[Op], max_bytes: int) -> s
     The one read-modify-write step every adapter's ``update`` runs under its own
     atomicity (a lock, a Redis transaction): ``UpdateOpError`` or
     ``ValueTooLarge`` means nothing may be written.
+
+    A result that cannot be stored (nested over :data:`MAX_STORED_DEPTH` levels, an integer
+    too long to write, a lone surrogate) is an ``UpdateOpError`` like any other, naming the
+    first op whose result could not be stored and a ``value.*`` reason.
     """
-    new_value = apply_ops(decode(old_json), ops, exists=old_json is not None)
+    exists = old_json is not None
+    new_value = apply_ops(decode(old_json), ops, exists=exists)
     try:
         return encode(new_value, max_bytes, what="updated value")
     except ValidationError as e:
-        raise UpdateOpError(f"{e.message}; nothing was written") from None
+        reason = _unstorable_reason(e.message)
+        index = _first_unstorable(old_json, ops, max_bytes)
+        raise UpdateOpError(
+            f"op {index} ({ops[index].kind}): {e.message}; nothing was written",
+            details={"op_index": index, "reason": reason},
+        ) from None
+
+
+def _unstorable_reason(message: str) -> str:
+    if "levels deep" in message:
+        return "value.too_deep"
+    if "not valid Unicode" in message:
+        return "value.invalid_unicode"
+    if "integer longer than" in message:
+        return "value.integer_too_long"
+    return "value.not_json"
+
+
+def _first_unstorable(old_json: str | None, ops: Sequence[Op], max_bytes: int) -> int:
+    """The index of the first op after which the value could not be stored (only on the
+    failure path: it applies the ops again, one prefix at a time)."""
+    exists = old_json is not None
+    for index in range(len(ops) - 1):
+        value = apply_ops(decode(old_json), ops[: index + 1], exists=exists)
+        try:
+            encode(value, max_bytes)
+        except ValidationError:
+            return index
+        except ValueTooLarge:
+            pass
+    return len(ops) - 1

@@ -91,6 +91,8 @@ OWN_REASONS = frozenset(
     ["merge.target_not_object", "ops.not_an_array", "op.malformed", "op.unknown_type"]
     + [f"{name}.path.invalid" for name in OP_NAMES]
     + ["increment.by.not_number", "decrement.by.not_number"]
+    # The ops applied, but their result cannot be stored: see state_tasks.core.codec.
+    + ["value.too_deep", "value.integer_too_long", "value.invalid_unicode", "value.not_json"]
 )
 #: Every ``details["reason"]`` an :class:`UpdateOpError` raised here can carry.
 REASONS = ENGINE_REASONS | OWN_REASONS

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from state_tasks.core.codec import apply_ops_json
 from state_tasks.core.errors import UpdateOpError, ValidationError
 from state_tasks.core.ops import (
     ENGINE_REASONS,
@@ -558,8 +559,50 @@ def test_every_error_carries_its_index_and_reason(
     assert json.dumps(current) == snapshot
 
 
+def _nested(levels: int) -> Any:
+    value: Any = []
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+# The ops apply, but their result cannot be stored (state_tasks.core.codec.apply_ops_json):
+# the op that made it so is named, as for any other failure.
+STORE_REASON_CASES = [
+    (
+        {"a": 1},
+        [
+            {"set": {"field": "b", "value": 1}},
+            {"type": "set", "path": ["x"], "value": _nested(205)},
+        ],
+        1,
+        "value.too_deep",
+    ),
+    ({"n": 1}, [{"type": "increment", "path": ["n"], "by": 10**4400}], 0, "value.integer_too_long"),
+    (
+        {"s": "ok"},
+        [{"type": "set", "path": ["s"], "value": "\ud800"}, {"increment": {"field": "n"}}],
+        0,
+        "value.invalid_unicode",
+    ),
+    ({}, [{"type": "set", "path": ["n"], "value": float("nan")}], 0, "value.not_json"),
+]
+
+
+@pytest.mark.parametrize(("current", "ops", "op_index", "reason"), STORE_REASON_CASES)
+def test_a_result_that_cannot_be_stored_carries_its_index_and_reason(
+    current: Any, ops: Any, op_index: int, reason: str
+) -> None:
+    with pytest.raises(UpdateOpError) as info:
+        apply_ops_json(json.dumps(current), parse_ops(ops), 1024 * 1024)
+    e = info.value
+    assert e.details == {"op_index": op_index, "reason": reason}
+    assert e.message.startswith(f"op {op_index} (")
+    assert e.message.endswith("; nothing was written")
+
+
 def test_the_reason_table_covers_every_reason_and_the_engine_names() -> None:
-    assert {case[3] for case in REASON_CASES} == REASONS
+    assert {case[3] for case in REASON_CASES + STORE_REASON_CASES} == REASONS
     assert ENGINE_REASONS <= REASONS and not ENGINE_REASONS & OWN_REASONS
     # the engine's own constants, as update_ops.rs spells them
     assert {
