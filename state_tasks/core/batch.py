@@ -78,17 +78,20 @@ def apply_batch_versioned(
     next_version: Callable[[], int],
 ) -> list[VersionedBatchResult]:
     """:func:`apply_batch` with versions: ``before`` maps each key to ``(text, version)`` or
-    ``None``; each ``if_version`` is checked against the version its key holds when the
-    operation runs (after the operations before it), and each set or update takes
-    ``next_version()``. Raises before anything may be written."""
+    ``None``. The operations are checked in order, each as the single call checks it: its
+    ``if_version`` against the version its key holds when it runs (after the operations
+    before it), then its ops; the first that fails raises, naming its index, before anything
+    may be written. Each set or update takes ``next_version()`` (a batch that fails may have
+    taken some: a version is never reused, not necessarily consecutive)."""
     texts = {key: None if entry is None else entry[0] for key, entry in before.items()}
-    values = apply_batch(texts, operations, max_value_bytes)
     versions = {key: 0 if entry is None else entry[1] for key, entry in before.items()}
     results: list[VersionedBatchResult] = []
-    for index, (op, (old, new)) in enumerate(zip(operations, values, strict=True)):
+    for index, op in enumerate(operations):
         current = versions.get(op.key, 0)
         if op.if_version is not None and op.if_version != current:
             raise batch_conflict(index, scope, op.key, op.if_version, current)
+        old = texts.get(op.key)
+        new = texts[op.key] = _outcome(index, op, old, max_value_bytes)
         if new is None:
             versions[op.key] = 0
             results.append((old, None, current if old is not None else 0))
@@ -117,24 +120,27 @@ def apply_batch(
     results: list[BatchResult] = []
     for index, op in enumerate(operations):
         old = current.get(op.key)
-        if op.kind == "set":
-            new = op.value_json
-        elif op.kind == "delete":
-            new = None
-        else:
-            try:
-                new = apply_ops_json(old, op.ops, max_value_bytes)
-            except StateError as e:
-                details = dict(e.details or {}) | {"operation_index": index}
-                raise type(e)(
-                    f"state::batch: operation {index} (update of key {op.key!r}): {e.message}; "
-                    "the batch wrote nothing",
-                    e.code,
-                    details,
-                ) from None
-        current[op.key] = new
+        new = current[op.key] = _outcome(index, op, old, max_value_bytes)
         results.append((old, new))
     return results
+
+
+def _outcome(index: int, op: BatchOp, old: str | None, max_value_bytes: int) -> str | None:
+    """What operation ``index`` of a batch leaves in its key (``None``: a delete)."""
+    if op.kind == "set":
+        return op.value_json
+    if op.kind == "delete":
+        return None
+    try:
+        return apply_ops_json(old, op.ops, max_value_bytes)
+    except StateError as e:
+        details = dict(e.details or {}) | {"operation_index": index}
+        raise type(e)(
+            f"state::batch: operation {index} (update of key {op.key!r}): {e.message}; "
+            "the batch wrote nothing",
+            e.code,
+            details,
+        ) from None
 
 
 def batch_record(results: Sequence[BatchResult | VersionedBatchResult]) -> str:
@@ -202,6 +208,7 @@ def decode_cursor(kind: PageKind, scope: str, prefix: str, cursor: str) -> str:
         isinstance(document, dict)
         and isinstance(document.get("b"), str)
         and isinstance(document.get("a"), str)
+        and _is_unicode(document["a"])  # a name never holds a lone surrogate
     ):  # the key is public (see _CURSOR_KEY): a signature proves no more than the shape
         raise ValidationError(
             f"{what} is malformed; pass the 'cursor' of the previous page unchanged, or omit "
@@ -215,6 +222,14 @@ def decode_cursor(kind: PageKind, scope: str, prefix: str, cursor: str) -> str:
             "prefix as the first page"
         )
     return str(document["a"])
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_batch_size(operations: Sequence[object]) -> None:

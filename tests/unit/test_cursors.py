@@ -26,7 +26,17 @@ def test_a_cursor_continues_after_the_name_it_was_made_for() -> None:
 
 
 @pytest.mark.parametrize(
-    "body", [b"[1]", b"{}", b"not json", b'{"b": 1, "a": "k"}', b'{"b": "x", "a": 2}', b"\xff"]
+    "body",
+    [
+        b"[1]",
+        b"{}",
+        b"not json",
+        b'{"b": 1, "a": "k"}',
+        b'{"b": "x", "a": 2}',
+        b"\xff",
+        # a position no name can hold: a lone surrogate (on Redis it was an ADAPTER_ERROR)
+        b'{"b": "x", "a": "k\\ud800"}',
+    ],
 )
 def test_a_signed_cursor_of_the_wrong_shape_is_a_validation_error(body: bytes) -> None:
     with pytest.raises(ValidationError, match="malformed"):
