@@ -49,6 +49,8 @@ change as ``"id"`` and ``"exp"`` (wall-clock expiry, whole seconds), without the
 value: replay derives it from the state the record is replayed over. Settling is not a
 write of its own: the ids settled since the last record ride in front of the next one, in
 the same ``write()``, as ``{"op": "settled", "ops": {id: exp or [exp, versions], ...}}``
+(a delete of an absent key, settled at once, is journaled so at once: it has no other
+record)
 (``versions``: what the operation gave, the version of a set or an update as a number, a
 batch's as :func:`adapters.base.settled_marker` text; a settled repeat answers with
 them; plain ``exp``, as written before they were kept, answers without). If a crash loses
@@ -570,8 +572,13 @@ class FileKvStore(KvStore):
             self._ops_dirty = True
 
     def _settled_at_once(self, op_id: str, expires: float) -> None:
+        # Unlike a settle, this is the operation's only trace: journaled now, not with the
+        # next record (a crash before one would forget it, and its repeat would delete a
+        # value set since).
+        row = _settled_json(_wall(expires), None)
+        self._append(f'{{"op":"settled","ops":{{{dumps(op_id)}:{row}}}}}')
         super()._settled_at_once(op_id, expires)
-        self._ops_settled([(op_id, expires, None)])
+        self._ops_dirty = True
 
     def _ops_settled(self, moved: builtins.list[SettledOp]) -> None:
         # Journaled with the next record: no write of its own (see the module docs).
