@@ -642,18 +642,19 @@ return texts
 )
 
 # The live keys of scopes of one bucket (for list_groups): KEYS[1] the bucket's scopes with
-# keys due, then each scope's hash and due index; ARGV the scopes. Returns one count per
-# scope: HLEN, less the keys due (and not yet swept) when the scope is filed as due.
+# keys due, then each scope's hash and due index; ARGV the scopes (at most 1,000). Returns
+# one number per scope: -1 for a scope not filed as due (all its keys are live, and it has
+# at least one), else its live keys (HLEN less the keys due and not yet swept).
 LUA_LIVE_COUNTS = (
     LUA_READ_TIME
     + """
 local now = now_ms()
+local dues = redis.call('ZMSCORE', KEYS[1], unpack(ARGV))
 local counts = {}
-for i, scope in ipairs(ARGV) do
-  local count = redis.call('HLEN', KEYS[2 * i])
-  local due = redis.call('ZSCORE', KEYS[1], scope)
-  if due and tonumber(due) <= now then
-    count = count - redis.call('ZCOUNT', KEYS[2 * i + 1], '-inf', now)
+for i = 1, #ARGV do
+  local count = -1
+  if dues[i] and tonumber(dues[i]) <= now then
+    count = redis.call('HLEN', KEYS[2 * i]) - redis.call('ZCOUNT', KEYS[2 * i + 1], '-inf', now)
   end
   counts[i] = count
 end
@@ -1847,10 +1848,17 @@ class RedisAdapter(VersionedStateAdapter):
             )[: wanted + 1]
             more, scopes = len(found) > wanted, found[:wanted]
             counts = self._run("list_groups", None, partial(self._live_counts, scopes))
+            if with_counts and -1 in counts:
+                pipe = self.client.pipeline(transaction=False)
+                for scope, count in zip(scopes, counts, strict=True):
+                    if count == -1:
+                        pipe.hlen(self.scope_key(scope))
+                lengths = iter(self._run("list_groups", None, pipe.execute))
+                counts = [next(lengths) if count == -1 else count for count in counts]
             rows += [
                 (scope, count if with_counts else None)
                 for scope, count in zip(scopes, counts, strict=True)
-                if count > 0
+                if count != 0
             ]
             if not more or len(rows) == limit:
                 return rows, more
@@ -1859,28 +1867,39 @@ class RedisAdapter(VersionedStateAdapter):
     def list_groups(self) -> builtins.list[str]:
         groups = self._run("list_groups", None, partial(self._groups_range, "ZRANGE", 0, -1))
         counts = self._run("list_groups", None, partial(self._live_counts, groups))
-        return [scope for scope, count in zip(groups, counts, strict=True) if count > 0]
+        return [scope for scope, count in zip(groups, counts, strict=True) if count != 0]
 
     def _live_counts(self, scopes: Sequence[str]) -> builtins.list[int]:
-        """How many live keys each of ``scopes`` holds (those whose keys all expired and
-        are not yet swept: 0): one script per bucket and 1,000 scopes (on a cluster, in one
-        pipeline)."""
+        """How many live keys each of ``scopes`` holds where some may have expired (0: all
+        did, not yet swept), else -1 (none expired, and it holds at least one). A look at
+        the due indexes of the scopes' buckets (one pipeline), then, for the scopes filed
+        there (those with keys that expire), one script per bucket and 1,000 scopes."""
         by_tag: dict[str, builtins.list[int]] = {}
         for at, scope in enumerate(scopes):
             by_tag.setdefault(self._layout.tag(scope), []).append(at)
+        chunks = [
+            (tag, ats[first : first + 1000])
+            for tag, ats in by_tag.items()
+            for first in range(0, len(ats), 1000)
+        ]
+        counts = [-1] * len(scopes)
+        if not chunks:
+            return counts
+        pipe = self.client.pipeline(transaction=False)
+        for tag, part in chunks:
+            pipe.zmscore(self._layout.due_scopes_key(tag), [scopes[at] for at in part])
         calls: builtins.list[tuple[builtins.list[str], builtins.list[Any]]] = []
         placed: builtins.list[builtins.list[int]] = []
-        for tag, ats in by_tag.items():
-            for first in range(0, len(ats), 1000):
-                part = ats[first : first + 1000]
+        for (tag, part), dues in zip(chunks, pipe.execute(), strict=True):
+            filed = [at for at, due in zip(part, dues, strict=True) if due is not None]
+            if filed:
                 keys = [self._layout.due_scopes_key(tag)]
-                for at in part:
+                for at in filed:
                     keys += [self.scope_key(scopes[at]), self.due_key(scopes[at])]
-                calls.append((keys, [scopes[at] for at in part]))
-                placed.append(part)
-        counts = [0] * len(scopes)
-        for part, reply in zip(placed, self._eval_each("live_counts", calls), strict=True):
-            for at, count in zip(part, reply, strict=True):
+                calls.append((keys, [scopes[at] for at in filed]))
+                placed.append(filed)
+        for filed, reply in zip(placed, self._eval_each("live_counts", calls), strict=True):
+            for at, count in zip(filed, reply, strict=True):
                 counts[at] = int(count)
         return counts
 
