@@ -51,11 +51,13 @@ from state_tasks.core.batch import (
     BatchOp,
     BatchResult,
     VersionedBatchResult,
+    batch_operation_error,
     batch_record,
     encode_cursor,
     parse_versioned_batch_record,
 )
-from state_tasks.core.codec import decode, dumps
+from state_tasks.core.codec import decode, dumps, unstorable, writable
+from state_tasks.core.errors import StateError, ValidationError
 from state_tasks.core.ops import Op
 
 #: Runs one remote state function: ``(function_id, payload, op_id or None) -> result``.
@@ -98,13 +100,31 @@ def _settled_versions(
     return tuple(versions)
 
 
-def _forwarded(op: BatchOp) -> dict[str, Any]:
+def _wire_ops(ops: Sequence[Op]) -> builtins.list[dict[str, Any]]:
+    """Update ops as the remote takes them. An op that JSON cannot carry (possible only from
+    Python: an integer over 4,300 digits, a lone surrogate) could not reach the remote; it
+    is the UPDATE_OP_ERROR the other adapters give for the value it would make."""
+    wire = []
+    for index, op in enumerate(ops):
+        form = op.to_wire_form()
+        try:
+            writable(form, what="updated value")
+        except ValidationError as e:
+            raise unstorable(index, ops, e) from None
+        wire.append(form)
+    return wire
+
+
+def _forwarded(index: int, op: BatchOp) -> dict[str, Any]:
     """A batch operation as the remote's ``state::batch`` takes it."""
     options = _options(op.if_version, op.ttl_ms)
     if op.kind == "set":
         return {"op": "set", "key": op.key, "value": decode(op.value_json), **options}
     if op.kind == "update":
-        ops = [o.to_wire_form() for o in op.ops]
+        try:
+            ops = _wire_ops(op.ops)
+        except StateError as e:
+            raise batch_operation_error(index, op.key, e) from None
         return {"op": "update", "key": op.key, "ops": ops, **options}
     return {"op": "delete", "key": op.key, **options}
 
@@ -207,7 +227,7 @@ class Bridge(VersionedStateAdapter):
         if done is not None and done[1] is not None:
             return Change(done[0], done[1], done[3])
         payload: dict[str, Any] = {"scope": scope, "key": key}
-        payload |= {"ops": [op.to_wire_form() for op in ops]} | _options(if_version, ttl_ms)
+        payload |= {"ops": _wire_ops(ops)} | _options(if_version, ttl_ms)
         result = self._applied(op_id, self.remote("state::update", payload, op_id))
         old, new = _text(result["old_value"]), dumps(result["new_value"])
         version = int(result.get("version") or 0)
@@ -231,7 +251,8 @@ class Bridge(VersionedStateAdapter):
         done = self._recorded(op_id)
         if done is not None and done[1] == BATCH_RECORD and done[0] is not None:
             return parse_versioned_batch_record(done[0]), []
-        payload = {"scope": scope, "operations": [_forwarded(op) for op in operations]}
+        forwarded = [_forwarded(index, op) for index, op in enumerate(operations)]
+        payload = {"scope": scope, "operations": forwarded}
         answer = self._applied(op_id, self.remote("state::batch", payload, op_id), operations)
         results: builtins.list[VersionedBatchResult] = []
         for op, result in zip(operations, answer["results"], strict=True):

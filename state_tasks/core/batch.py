@@ -134,13 +134,18 @@ def _outcome(index: int, op: BatchOp, old: str | None, max_value_bytes: int) -> 
     try:
         return apply_ops_json(old, op.ops, max_value_bytes)
     except StateError as e:
-        details = dict(e.details or {}) | {"operation_index": index}
-        raise type(e)(
-            f"state::batch: operation {index} (update of key {op.key!r}): {e.message}; "
-            "the batch wrote nothing",
-            e.code,
-            details,
-        ) from None
+        raise batch_operation_error(index, op.key, e) from None
+
+
+def batch_operation_error(index: int, key: str, error: StateError) -> StateError:
+    """``error`` of the update that is operation ``index`` of a batch, naming it."""
+    details = dict(error.details or {}) | {"operation_index": index}
+    return type(error)(
+        f"state::batch: operation {index} (update of key {key!r}): {error.message}; "
+        "the batch wrote nothing",
+        error.code,
+        details,
+    )
 
 
 def batch_record(results: Sequence[BatchResult | VersionedBatchResult]) -> str:
@@ -258,6 +263,7 @@ __all__ = [
     "apply_batch_versioned",
     "batch_conflict",
     "batch_keys",
+    "batch_operation_error",
     "batch_record",
     "decode_cursor",
     "encode_cursor",

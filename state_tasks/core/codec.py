@@ -31,6 +31,26 @@ MAX_STORED_DEPTH = 200
 
 def encode(value: Any, max_bytes: int, *, what: str = "value") -> str:
     """Encode a JSON value; raise ``ValidationError`` or ``ValueTooLarge``."""
+    text, size = writable(value, what=what)
+    # Cheap first: the depth cannot exceed the number of opening brackets.
+    if text.count("[") + text.count("{") > MAX_STORED_DEPTH and deeper_than(
+        value, MAX_STORED_DEPTH
+    ):
+        raise ValidationError(
+            f"the {what} nests lists and objects more than {MAX_STORED_DEPTH} levels deep; "
+            "flatten it (results and events carry a value a few levels deeper still)"
+        )
+    if size > max_bytes:
+        raise ValueTooLarge(
+            f"the {what} is {size} bytes as JSON; the limit is {max_bytes} bytes "
+            "(raise the adapter's max_value_bytes, or store it in smaller pieces)"
+        )
+    return text
+
+
+def writable(value: Any, *, what: str = "value") -> tuple[str, int]:
+    """The JSON text of ``value`` and its size in bytes of UTF-8, with no limit of depth
+    or size; ``ValidationError`` when JSON text cannot carry it."""
     try:
         text = _encoder.encode(value)
     except ValueError as e:
@@ -42,27 +62,13 @@ def encode(value: Any, max_bytes: int, *, what: str = "value") -> str:
         raise ValidationError(f"the {what} is not a JSON value: {e}") from None
     except (TypeError, RecursionError) as e:
         raise ValidationError(f"the {what} is not a JSON value: {e}") from None
-    # Cheap first: the depth cannot exceed the number of opening brackets.
-    if text.count("[") + text.count("{") > MAX_STORED_DEPTH and deeper_than(
-        value, MAX_STORED_DEPTH
-    ):
-        raise ValidationError(
-            f"the {what} nests lists and objects more than {MAX_STORED_DEPTH} levels deep; "
-            "flatten it (results and events carry a value a few levels deeper still)"
-        )
     try:
-        size = len(text.encode("utf-8"))
+        return text, len(text.encode("utf-8"))
     except UnicodeEncodeError as e:
         raise ValidationError(
             f"the {what} holds text that is not valid Unicode "
             f"(lone surrogate at position {e.start})"
         ) from None
-    if size > max_bytes:
-        raise ValueTooLarge(
-            f"the {what} is {size} bytes as JSON; the limit is {max_bytes} bytes "
-            "(raise the adapter's max_value_bytes, or store it in smaller pieces)"
-        )
-    return text
 
 
 def decode(text: str | None) -> Any:
@@ -86,12 +92,16 @@ def apply_ops_json(old_json: str | None, ops: Sequence[Op], max_bytes: int) -> s
     try:
         return encode(new_value, max_bytes, what="updated value")
     except ValidationError as e:
-        reason = _unstorable_reason(e.message)
-        index = _first_unstorable(old_json, ops, max_bytes)
-        raise UpdateOpError(
-            f"op {index} ({ops[index].kind}): {e.message}; nothing was written",
-            details={"op_index": index, "reason": reason},
-        ) from None
+        raise unstorable(_first_unstorable(old_json, ops, max_bytes), ops, e) from None
+
+
+def unstorable(index: int, ops: Sequence[Op], error: ValidationError) -> UpdateOpError:
+    """The ``UpdateOpError`` of op ``index`` of ``ops``, after which the value could not be
+    stored (``error`` says why)."""
+    return UpdateOpError(
+        f"op {index} ({ops[index].kind}): {error.message}; nothing was written",
+        details={"op_index": index, "reason": _unstorable_reason(error.message)},
+    )
 
 
 def _unstorable_reason(message: str) -> str:
