@@ -26,18 +26,18 @@ from typing import Any
 
 import redis
 
-from adapters.file_store import FileKvStore
-from adapters.kv_store import KvStore
-from adapters.redis_adapter import RedisAdapter
 from bench.cluster import ClusterFigures
 from bench.costs import costs
 from bench.harness import BenchDeployment, adapter_yaml, median, timed_ops_per_s
 from bench.soak import soak
+from state_tasks.adapters.file_store import FileKvStore
+from state_tasks.adapters.kv_store import KvStore
+from state_tasks.adapters.redis_adapter import RedisAdapter
 from state_tasks.contrib.servers import RedisServer
 from state_tasks.core.batch import BatchOp
 from state_tasks.core.ops import parse_ops
 from state_tasks.core.service import StateService
-from triggers.registry import TriggerRegistry
+from state_tasks.triggers.registry import TriggerRegistry
 
 VALUE = {"name": "Alice", "email": "alice@example.com", "preferences": {"theme": "dark"}}
 VALUE_JSON = json.dumps(VALUE, separators=(",", ":"))
@@ -707,7 +707,7 @@ class Bench:
 
 MEMORY_PROBE = """
 import gc, json
-from adapters.kv_store import KvStore
+from state_tasks.adapters.kv_store import KvStore
 
 def rss():
     with open('/proc/self/statm') as f:

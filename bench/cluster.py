@@ -18,8 +18,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from adapters.redis_adapter import RedisAdapter
 from bench.harness import BenchDeployment, adapter_yaml, median
+from state_tasks.adapters.redis_adapter import RedisAdapter
 from state_tasks.contrib.servers import RedisCluster
 
 if TYPE_CHECKING:

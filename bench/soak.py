@@ -23,14 +23,14 @@ import redis
 from celery import Celery
 from celery.result import AsyncResult
 
-from adapters.kv_store import KvStore
-from adapters.redis_adapter import RedisAdapter
 from state_tasks import III, create_app
+from state_tasks.adapters.kv_store import KvStore
+from state_tasks.adapters.redis_adapter import RedisAdapter
 from state_tasks.contrib.servers import RedisServer, Worker, adapter_yaml, wait_until
 from state_tasks.core.service import StateService
 from state_tasks.embedded_broker import embedded_settings
 from state_tasks.settings import DEFAULT_RESULT_EXPIRES_S
-from triggers.registry import TriggerRegistry
+from state_tasks.triggers.registry import TriggerRegistry
 
 if TYPE_CHECKING:
     from bench.__main__ import Bench

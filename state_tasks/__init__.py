@@ -1,15 +1,18 @@
 """state_tasks: scoped key-value state with reactive triggers, built on Celery.
 
-``celery -A state_tasks worker`` finds :data:`app` here; services use the six
+``celery -A state_tasks worker`` finds :data:`app` here; services use the
 ``state::*`` tasks by name (``app.send_task("state::get", kwargs=...)``), the
 task objects in :mod:`state_tasks.tasks`, or the iii-style facade :data:`iii`.
 
 The flow, one folder each::
 
-    state_tasks/core/   the contract: errors, ops, codec, models, config, service (no Celery)
-    adapters/           where state is kept (imports only state_tasks.core)
-    triggers/           what reacts: registry (no Celery), dispatch, gate, decorator
-    state_tasks/        the Celery transport: app, tasks, worker, facade, cli, remote
+    state_tasks/core/       the contract: errors, ops, codec, models, config, service (no Celery)
+    state_tasks/adapters/   where state is kept (imports only state_tasks.core)
+    state_tasks/triggers/   what reacts: registry (no Celery), dispatch, gate, decorator
+    state_tasks/            the Celery transport: app, tasks, worker, facade, cli, remote
+
+Everything is one package: nothing is installed under a generic top-level name that a
+project's own ``triggers.py`` or ``adapters/`` would shadow.
 
 Importing this package, or anything under :mod:`state_tasks.core`, loads no Celery:
 the Celery-bound names (``app``, ``iii``, ...) are imported on first use
@@ -54,7 +57,7 @@ if TYPE_CHECKING:
 
     from state_tasks.celery_app import create_app
     from state_tasks.facade import III
-    from triggers.declarations import state_trigger
+    from state_tasks.triggers.declarations import state_trigger
 
     app: Celery
     iii: III
@@ -66,7 +69,7 @@ _LAZY = {
     "create_app": "state_tasks.celery_app",
     "III": "state_tasks.facade",
     "iii": "state_tasks.facade",
-    "state_trigger": "triggers.declarations",
+    "state_trigger": "state_tasks.triggers.declarations",
 }
 
 

@@ -15,7 +15,7 @@ from state_tasks.embedded_broker import result_folder  # (registers our schemes 
 from state_tasks.security import limit_json_depth, setup_signing
 
 #: Modules every worker imports: the state tasks, the trigger tasks, the worker's checks.
-TASK_MODULES = ("state_tasks.tasks", "triggers.tasks", "state_tasks.worker")
+TASK_MODULES = ("state_tasks.tasks", "state_tasks.triggers.tasks", "state_tasks.worker")
 #: The package's own settings.
 SETTINGS_MODULE = "state_tasks.settings"
 #: The environment variable naming a module of the user's Celery overrides.

@@ -7,8 +7,8 @@ data folder's cleaner in :mod:`state_tasks.worker`) and stopped at its shutdown.
 adapter claims due keys atomically (a lock in the KvStore; one Lua script per scope on
 Redis, which several workers may run at once without firing an expiry twice), and the
 events go through the same trigger dispatch as every change, all of a sweep's at once
-(:meth:`triggers.dispatch.Dispatcher.send_all`: one round trip to a Redis broker instead of
-two per message). Between sweeps it sleeps until the next due time, at most
+(:meth:`state_tasks.triggers.dispatch.Dispatcher.send_all`: one round trip to a Redis broker
+instead of two per message). Between sweeps it sleeps until the next due time, at most
 :data:`DEFAULT_MAX_SLEEP_S` and at least :data:`DEFAULT_MIN_SLEEP_S`, plus a random part of
 up to half that (so the sweepers of several workers do not wake together): expiries that
 fall due close together are swept together, at a few dozen sweeps a second rather than

@@ -28,8 +28,8 @@ from state_tasks.celery_app import app
 from state_tasks.core.errors import CallTimeout, ValidationError
 from state_tasks.core.service import STATE_FUNCTIONS
 from state_tasks.runtime import current_runtime, get_runtime
-from triggers.declarations import declare
-from triggers.registry import Trigger, trigger_from_spec
+from state_tasks.triggers.declarations import declare
+from state_tasks.triggers.registry import Trigger, trigger_from_spec
 
 DEFAULT_TIMEOUT_MS = 30_000
 #: How often a waiting caller polls a polling result backend (the file backend).

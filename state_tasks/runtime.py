@@ -14,9 +14,9 @@ from celery import Celery
 
 from state_tasks.core.config import StateConfig, load_config
 from state_tasks.core.service import StateService
-from triggers import declarations
-from triggers.dispatch import Dispatcher
-from triggers.registry import TriggerRegistry
+from state_tasks.triggers import declarations
+from state_tasks.triggers.dispatch import Dispatcher
+from state_tasks.triggers.registry import TriggerRegistry
 
 
 class Runtime:

@@ -28,10 +28,14 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from adapters.base import DEFAULT_MAX_VALUE_BYTES, StateAdapter
-from adapters.file_store import DEFAULT_FILE_PATH, DEFAULT_SAVE_INTERVAL_MS
-from adapters.kv_store import DEFAULT_MAX_OPS
-from adapters.redis_adapter import DEFAULT_KEY_PREFIX, DEFAULT_REDIS_URL, DEFAULT_WAIT_TIMEOUT_MS
+from state_tasks.adapters.base import DEFAULT_MAX_VALUE_BYTES, StateAdapter
+from state_tasks.adapters.file_store import DEFAULT_FILE_PATH, DEFAULT_SAVE_INTERVAL_MS
+from state_tasks.adapters.kv_store import DEFAULT_MAX_OPS
+from state_tasks.adapters.redis_adapter import (
+    DEFAULT_KEY_PREFIX,
+    DEFAULT_REDIS_URL,
+    DEFAULT_WAIT_TIMEOUT_MS,
+)
 from state_tasks.core.errors import ConfigError
 from state_tasks.core.sentinel import (
     SENTINEL_MASTER_VARIABLE,
@@ -143,14 +147,14 @@ class BridgeConfig(_AdapterConfig):
 
 def _kv_store(config: KvStoreConfig) -> StateAdapter:
     if config.store_method == "in_memory":
-        from adapters.kv_store import KvStore
+        from state_tasks.adapters.kv_store import KvStore
 
         return KvStore(
             max_value_bytes=config.max_value_bytes,
             op_window_s=config.op_window_s,
             max_ops=config.max_ops,
         )
-    from adapters.file_store import FileKvStore
+    from state_tasks.adapters.file_store import FileKvStore
 
     return FileKvStore(
         file_path=config.file_path,
@@ -164,7 +168,7 @@ def _kv_store(config: KvStoreConfig) -> StateAdapter:
 
 
 def _redis(config: RedisAdapterConfig) -> StateAdapter:
-    from adapters.redis_adapter import RedisAdapter
+    from state_tasks.adapters.redis_adapter import RedisAdapter
 
     tls = {
         name: getattr(config, name)
@@ -194,7 +198,7 @@ def _redis(config: RedisAdapterConfig) -> StateAdapter:
 
 
 def _bridge(config: BridgeConfig) -> StateAdapter:
-    from adapters.bridge import Bridge
+    from state_tasks.adapters.bridge import Bridge
     from state_tasks.remote import RemoteDeployment
 
     remote = RemoteDeployment(
@@ -303,7 +307,8 @@ def _resolve_custom(name: str, where: str, source: str) -> type[StateAdapter]:
         raise ConfigError(f"{source}: {where}: cannot import adapter class {name!r}: {e}") from e
     if not (isinstance(cls, type) and issubclass(cls, StateAdapter)):
         raise ConfigError(
-            f"{source}: {where}: {name!r} is not a subclass of adapters.base.StateAdapter"
+            f"{source}: {where}: {name!r} is not a subclass of "
+            "state_tasks.adapters.base.StateAdapter"
         )
     return cls
 

@@ -7,7 +7,7 @@ is stored (never before, never for a failed change) the service hands a
 layer wires to trigger dispatch.
 
 Applied operations are recorded whole by the adapter, atomically with the change (see
-:mod:`adapters.base`). Once a change's trigger work is sent, the service settles its
+:mod:`state_tasks.adapters.base`). Once a change's trigger work is sent, the service settles its
 record, shrinking it to a marker of a fixed size. It does so when the thread that ran
 the operation starts its next call: in a Celery worker (threads, prefork or solo pool)
 that thread has by then stored the task's result, so a task redelivered after a crash
@@ -21,8 +21,8 @@ fires one ``state:deleted`` event with ``"reason": "expired"`` for each. Its ``e
 is derived from the scope, the key and the version that expired
 (:func:`expiry_event_id`), so whoever fires it (the sweeper, or a write that found the key
 expired first) gives it the same id. Once an expiry's event is sent the service tells the
-adapter (:meth:`adapters.base.StateAdapter.expiries_sent`); an adapter that keeps pending
-expiries (the KvStore, the RedisAdapter) hands those not known to be sent after
+adapter (:meth:`state_tasks.adapters.base.StateAdapter.expiries_sent`); an adapter that
+keeps pending expiries (the KvStore, the RedisAdapter) hands those not known to be sent after
 :data:`DEFAULT_EXPIRY_RESEND_AFTER_MS` to the next sweep, which sends them again with the
 same id: a process that died, or could not reach the broker, between removing a key and
 sending its event does not lose the event.
@@ -40,7 +40,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from adapters.base import Change, Expired, OperationSettled, StateAdapter
+from state_tasks.adapters.base import Change, Expired, OperationSettled, StateAdapter
 from state_tasks.core import codec
 from state_tasks.core.batch import (
     DEFAULT_PAGE_LIMIT,
@@ -154,7 +154,7 @@ class StateService:
 
     :param adapter: where values live; opened by the caller.
     :param on_change: called with the event dict after each stored change. A listener that
-        also has ``send_all(events)`` (:class:`triggers.dispatch.Dispatcher`) gets the
+        also has ``send_all(events)`` (:class:`state_tasks.triggers.dispatch.Dispatcher`) gets the
         events of one operation or sweep together.
     :param expiry_resend_after_ms: see :data:`DEFAULT_EXPIRY_RESEND_AFTER_MS`.
     """
@@ -538,7 +538,7 @@ class StateService:
 
     def _send(self, events: list[dict[str, Any]]) -> None:
         """Hand ``events`` to the listener: all at once when it can take several
-        (:meth:`triggers.dispatch.Dispatcher.send_all`), else one by one."""
+        (:meth:`state_tasks.triggers.dispatch.Dispatcher.send_all`), else one by one."""
         send_all = getattr(self.on_change, "send_all", None)
         if send_all is not None and len(events) > 1:
             send_all(events)

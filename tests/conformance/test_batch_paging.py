@@ -11,8 +11,8 @@ import redis
 from conftest import Recorder, plain
 from test_file_store import crash, open_store
 
-from adapters.base import StateAdapter
-from adapters.redis_adapter import RedisAdapter
+from state_tasks.adapters.base import StateAdapter
+from state_tasks.adapters.redis_adapter import RedisAdapter
 from state_tasks.core.batch import DEFAULT_MAX_BATCH_OPERATIONS, BatchOp, encode_cursor
 from state_tasks.core.errors import StateError
 from state_tasks.core.ops import parse_ops

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from conftest import plain
 
-from adapters.base import StateAdapter
+from state_tasks.adapters.base import StateAdapter
 from state_tasks.core.errors import StateError
 from state_tasks.core.service import StateService
 

@@ -20,9 +20,9 @@ from redis_acl import make_restricted_user, readme_acl_line
 from test_batch_paging import *  # noqa: F403  (batches, get_many, pages: the same)
 from test_contract import *  # noqa: F403  (the contract's tests, collected again here)
 
-import adapters.redis_adapter as redis_adapter_module
-from adapters.base import StateAdapter
-from adapters.redis_adapter import RedisAdapter
+import state_tasks.adapters.redis_adapter as redis_adapter_module
+from state_tasks.adapters.base import StateAdapter
+from state_tasks.adapters.redis_adapter import RedisAdapter
 from state_tasks.contrib.servers import RedisServer
 from state_tasks.core.errors import AdapterError
 

@@ -31,10 +31,10 @@ import pytest
 from conftest import Recorder, plain
 from test_file_store import crash
 
-from adapters.base import StateAdapter
-from adapters.file_store import FileKvStore
-from adapters.redis_adapter import RedisAdapter
-from adapters.redis_layout import bucket_of
+from state_tasks.adapters.base import StateAdapter
+from state_tasks.adapters.file_store import FileKvStore
+from state_tasks.adapters.redis_adapter import RedisAdapter
+from state_tasks.adapters.redis_layout import bucket_of
 from state_tasks.core.batch import DEFAULT_MAX_BATCH_OPERATIONS, DEFAULT_MAX_GET_MANY_KEYS
 from state_tasks.core.codec import MAX_STORED_DEPTH
 from state_tasks.core.errors import StateError, VersionConflict

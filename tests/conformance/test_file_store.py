@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from helpers import Events
 
-from adapters.file_store import FileKvStore, scope_file_name
+from state_tasks.adapters.file_store import FileKvStore, scope_file_name
 from state_tasks.core.errors import AdapterError, AdapterUnavailable
 from state_tasks.core.ops import parse_ops
 from state_tasks.core.service import StateService
-from triggers.registry import TriggerRegistry
+from state_tasks.triggers.registry import TriggerRegistry
 
 
 def open_store(path: Path, **settings: object) -> FileKvStore:

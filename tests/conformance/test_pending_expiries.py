@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from helpers import Events
 
-from adapters.base import StateAdapter
-from adapters.redis_adapter import RedisAdapter
+from state_tasks.adapters.base import StateAdapter
+from state_tasks.adapters.redis_adapter import RedisAdapter
 from state_tasks.core.errors import AdapterUnavailable
 from state_tasks.core.service import StateService, expiry_event_id
 

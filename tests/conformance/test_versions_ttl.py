@@ -16,9 +16,9 @@ import redis
 from conftest import Recorder
 from test_file_store import crash, open_store
 
-from adapters.base import StateAdapter
-from adapters.kv_store import KvStore
-from adapters.redis_adapter import RedisAdapter
+from state_tasks.adapters.base import StateAdapter
+from state_tasks.adapters.kv_store import KvStore
+from state_tasks.adapters.redis_adapter import RedisAdapter
 from state_tasks.core.errors import StateError, VersionConflict
 from state_tasks.core.models import MAX_TTL_MS
 from state_tasks.core.service import StateService, expiry_event_id

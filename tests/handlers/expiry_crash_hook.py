@@ -17,7 +17,7 @@ from typing import Any
 
 from faults import first_time
 
-from triggers.dispatch import Dispatcher
+from state_tasks.triggers.dispatch import Dispatcher
 
 logger = logging.getLogger(__name__)
 

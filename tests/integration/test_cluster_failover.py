@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from helpers import Deployment, RedisServer, redis_state_yaml, wait_until
 
-from adapters.redis_adapter import RedisAdapter
+from state_tasks.adapters.redis_adapter import RedisAdapter
 from state_tasks.contrib.servers import RedisCluster
 
 INCREMENT = [{"increment": {"field": "n", "by": 1}}]

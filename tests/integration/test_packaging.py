@@ -173,3 +173,47 @@ def test_the_pytest_plugin_starts_a_worker_whose_triggers_fire(
         assert (event["scope"], event["key"], event["new_value"]) == ("decorated", "k", value)
     finally:
         client.close()
+
+
+#: A service's own modules with the generic names a project picks (state_tasks installs
+#: none of them: everything it has is under state_tasks.*).
+PROJECT_MODULES = {
+    "triggers.py": "raise ImportError('the project triggers.py was imported')\n",
+    "adapters/__init__.py": "raise ImportError('the project adapters package was imported')\n",
+    "tasks.py": "raise ImportError('the project tasks.py was imported')\n",
+    "settings.py": "raise ImportError('the project settings.py was imported')\n",
+}
+
+
+def test_a_project_with_its_own_triggers_adapters_tasks_and_settings_modules_works(
+    deployment_factory: Any,
+) -> None:
+    # Given a service folder holding its own triggers.py, adapters/, tasks.py and settings.py
+    # (each fails loudly if imported), first on sys.path as Celery puts the working folder
+    deployment = deployment_factory(name="own-modules")
+    for name, text in PROJECT_MODULES.items():
+        path = deployment.workdir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    # When a worker starts there and a client in the same folder calls the state functions
+    worker = deployment.worker()
+    round_trip(deployment, f"own-modules-{uuid.uuid4().hex[:8]}")
+    script = (
+        "import state_tasks.tasks, state_tasks.triggers.registry, state_tasks.worker\n"
+        "from state_tasks.adapters.kv_store import KvStore\n"
+        "print('state_tasks imported')\n"
+        "import triggers\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=deployment.workdir,
+        env={k: v for k, v in os.environ.items() if k not in OUR_VARIABLES and k != "PYTHONPATH"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # Then the worker ran them with none of the project's modules imported, and in that
+    # folder state_tasks imports whole while `triggers` is the project's own module
+    assert "was imported" not in worker.log(), worker.tail()
+    assert done.stdout == "state_tasks imported\n", done.stdout + done.stderr
+    assert "ImportError: the project triggers.py was imported" in done.stderr, done.stderr

@@ -13,8 +13,8 @@ import pytest
 import redis
 from helpers import Deployment, RedisServer, Worker, own_db, redis_state_yaml, wait_until
 
-from adapters.redis_adapter import RedisAdapter
 from state_tasks import AdapterError, UpdateOpError
+from state_tasks.adapters.redis_adapter import RedisAdapter
 from state_tasks.core.ops import parse_ops
 from state_tasks.core.urls import redact_url
 

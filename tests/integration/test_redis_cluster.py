@@ -19,8 +19,8 @@ import redis
 from helpers import REPO
 from redis_acl import readme_acl_line
 
-from adapters.redis_adapter import RedisAdapter
-from adapters.redis_layout import CLUSTER_BUCKETS, bucket_of
+from state_tasks.adapters.redis_adapter import RedisAdapter
+from state_tasks.adapters.redis_layout import CLUSTER_BUCKETS, bucket_of
 from state_tasks.contrib.servers import RedisCluster
 from state_tasks.core.errors import AdapterError, AdapterUnavailable
 

@@ -13,8 +13,8 @@ import redis
 import redis.cluster
 from redis.exceptions import RedisClusterException
 
-from adapters.redis_adapter import RedisAdapter
-from adapters.redis_layout import (
+from state_tasks.adapters.redis_adapter import RedisAdapter
+from state_tasks.adapters.redis_layout import (
     CLUSTER_BUCKETS,
     CLUSTER_SLOTS,
     BucketLayout,
@@ -190,7 +190,7 @@ def test_the_triggers_live_in_a_slot_of_their_own_with_their_counter() -> None:
 
 
 def test_only_connectivity_errors_of_the_cluster_client_are_unavailable() -> None:
-    from adapters.redis_adapter import _is_unavailable
+    from state_tasks.adapters.redis_adapter import _is_unavailable
 
     unreachable = RedisClusterException(
         "Redis Cluster cannot be connected. Please provide at least one reachable node: x"
@@ -263,7 +263,7 @@ def test_settling_an_operation_the_process_forgot_is_logged_at_most_once_a_minut
 ) -> None:
     adapter = RedisAdapter(redis_url="redis+cluster://:s3cret@127.0.0.1:1")
     adapter._op_keys["known"] = ("b0-376", "state:op:{b0-376}:known")
-    with caplog.at_level(logging.WARNING, logger="adapters.redis_adapter"):
+    with caplog.at_level(logging.WARNING, logger="state_tasks.adapters.redis_adapter"):
         adapter.settle(["known", "evicted-1", "evicted-2"])
         adapter.settle(["evicted-3"])
     warned = [r.getMessage() for r in caplog.records if "not settled" in r.getMessage()]
@@ -273,7 +273,7 @@ def test_settling_an_operation_the_process_forgot_is_logged_at_most_once_a_minut
     # a minute later, the ones since are counted
     adapter._forgotten_logged_at -= 61
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="adapters.redis_adapter"):
+    with caplog.at_level(logging.WARNING, logger="state_tasks.adapters.redis_adapter"):
         adapter.settle(["evicted-4"])
     warned = [r.getMessage() for r in caplog.records if "not settled" in r.getMessage()]
     assert len(warned) == 1 and ": 2 operation records not settled" in warned[0]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.kv_store import KvStore
+from state_tasks.adapters.kv_store import KvStore
 from state_tasks.core.config import (
     DEFAULT_VISIBILITY_TIMEOUT_S,
     OP_WINDOW_MARGIN_S,
@@ -61,8 +61,8 @@ def test_bare_module_list_is_accepted(tmp_path: Path) -> None:
         ("kv", "KvStore"),
         ("modules::state::adapters::RedisAdapter", "RedisAdapter"),
         ("redis", "RedisAdapter"),
-        ("adapters.kv_store.KvStore", "KvStore"),
-        ("adapters.kv_store:KvStore", "KvStore"),
+        ("state_tasks.adapters.kv_store.KvStore", "KvStore"),
+        ("state_tasks.adapters.kv_store:KvStore", "KvStore"),
     ],
 )
 def test_adapter_naming_styles(name: str, expected: str) -> None:
@@ -75,7 +75,10 @@ def test_dotted_path_builds_the_users_class() -> None:
         {
             "class": "modules::state::StateModule",
             "config": {
-                "adapter": {"class": "adapters.kv_store.KvStore", "config": {"max_value_bytes": 10}}
+                "adapter": {
+                    "class": "state_tasks.adapters.kv_store.KvStore",
+                    "config": {"max_value_bytes": 10},
+                }
             },
         }
     ]
@@ -199,8 +202,8 @@ def test_env_expanded_numbers_are_numbers(tmp_path: Path, monkeypatch: pytest.Mo
         ("modules: [\n", r"not valid YAML"),
         ("modulez: []", r"unknown top-level keys \['modulez'\]"),
         (
-            "- class: modules::state::StateModule\n  config: {adapter: {class: adapters.base.DEFAULT_MAX_VALUE_BYTES}}",
-            r"is not a subclass of adapters.base.StateAdapter",
+            "- class: modules::state::StateModule\n  config: {adapter: {class: state_tasks.adapters.base.DEFAULT_MAX_VALUE_BYTES}}",
+            r"is not a subclass of state_tasks.adapters.base.StateAdapter",
         ),
         (
             "- class: modules::state::StateModule\n  config: {adapter: {class: redis, config: {redis_url: 5}}}",

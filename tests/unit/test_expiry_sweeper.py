@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from adapters.kv_store import KvStore
 from state_tasks import create_app
+from state_tasks.adapters.kv_store import KvStore
 from state_tasks.core.service import StateService
 from state_tasks.expiry import DEFAULT_MAX_SLEEP_S, DEFAULT_MIN_SLEEP_S, ExpirySweeper
-from triggers.dispatch import Dispatcher
-from triggers.registry import TriggerRegistry
+from state_tasks.triggers.dispatch import Dispatcher
+from state_tasks.triggers.registry import TriggerRegistry
 
 
 class FakeService:

@@ -23,15 +23,15 @@ from pathlib import Path
 import pytest
 
 #: The packages this project installs.
-PACKAGES = ("state_tasks", "adapters", "triggers")
+PACKAGES = ("state_tasks",)
 #: Packages whose every module must import without Celery.
-CELERY_FREE_PACKAGES = ("state_tasks.core", "adapters")
+CELERY_FREE_PACKAGES = ("state_tasks.core", "state_tasks.adapters")
 #: Single modules that must import without Celery too.
 CELERY_FREE_MODULES = (
     "state_tasks",
-    "triggers.registry",
-    "triggers.declarations",
-    "triggers.dispatch",
+    "state_tasks.triggers.registry",
+    "state_tasks.triggers.declarations",
+    "state_tasks.triggers.dispatch",
 )
 #: Modules that exist only once Celery is loaded: none may be in a Celery-free import.
 CELERY_BOUND = ("celery", "state_tasks.celery_app")
@@ -90,7 +90,7 @@ assert app is state_tasks.celery_app.app
 assert state_tasks.app is app
 assert iii is state_tasks.iii and callable(iii.trigger)
 assert issubclass(StateError, Exception) and callable(state_trigger)
-assert set(app.conf.include) >= {"state_tasks.tasks", "triggers.tasks"}, app.conf.include
+assert set(app.conf.include) >= {"state_tasks.tasks", "state_tasks.triggers.tasks"}, app.conf.include
 print("ok")
 """
 
@@ -167,13 +167,18 @@ def test_discovery_finds_every_layer() -> None:
         "state_tasks.core.errors",
         "state_tasks.contrib.servers",
         "state_tasks.tasks",
-        "adapters.kv_store",
-        "triggers.registry",
-        "triggers.tasks",
+        "state_tasks.adapters.kv_store",
+        "state_tasks.triggers.registry",
+        "state_tasks.triggers.tasks",
     ):
         assert expected in MODULES
-    assert "state_tasks.core.ops" in CELERY_FREE and "adapters.redis_adapter" in CELERY_FREE
-    assert "state_tasks.tasks" not in CELERY_FREE and "triggers.tasks" not in CELERY_FREE
+    assert (
+        "state_tasks.core.ops" in CELERY_FREE
+        and "state_tasks.adapters.redis_adapter" in CELERY_FREE
+    )
+    assert (
+        "state_tasks.tasks" not in CELERY_FREE and "state_tasks.triggers.tasks" not in CELERY_FREE
+    )
 
 
 @pytest.mark.parametrize("module", MODULES)

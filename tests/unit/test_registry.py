@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from adapters.kv_store import KvStore
+from state_tasks.adapters.kv_store import KvStore
 from state_tasks.core.errors import ValidationError
-from triggers.registry import MatchIndex, TriggerRegistry, trigger_from_spec
+from state_tasks.triggers.registry import MatchIndex, TriggerRegistry, trigger_from_spec
 
 
 def spec(function_id: str = "h", **config: str) -> dict[str, object]:

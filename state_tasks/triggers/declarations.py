@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from state_tasks.core.errors import ValidationError
-from triggers.registry import Trigger, TriggerRegistry, trigger_from_spec
+from state_tasks.triggers.registry import Trigger, TriggerRegistry, trigger_from_spec
 
 TaskT = TypeVar("TaskT")
 

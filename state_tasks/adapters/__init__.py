@@ -5,6 +5,6 @@ arguments and speak JSON text (``str``) so that values are encoded once, by the
 core, and stored exactly as encoded.
 """
 
-from adapters.base import DEFAULT_MAX_VALUE_BYTES, StateAdapter
+from state_tasks.adapters.base import DEFAULT_MAX_VALUE_BYTES, StateAdapter
 
 __all__ = ["DEFAULT_MAX_VALUE_BYTES", "StateAdapter"]

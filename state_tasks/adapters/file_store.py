@@ -44,7 +44,7 @@ a ``/`` or differs from another only by case). A name that would be too long for
 file system keeps a prefix and ends in a hash of the scope. The scope itself is read
 back from the file's ``scope`` field.
 
-Applied operation ids (see :mod:`adapters.base`) travel in the journal record of their
+Applied operation ids (see :mod:`state_tasks.adapters.base`) travel in the journal record of their
 change as ``"id"`` and ``"exp"`` (wall-clock expiry, whole seconds), without the old
 value: replay derives it from the state the record is replayed over. Settling is not a
 write of its own: the ids settled since the last record ride in front of the next one, in
@@ -52,7 +52,7 @@ the same ``write()``, as ``{"op": "settled", "ops": {id: exp or [exp, versions],
 (a delete of an absent key, settled at once, is journaled so at once: it has no other
 record)
 (``versions``: what the operation gave, the version of a set or an update as a number, a
-batch's as :func:`adapters.base.settled_marker` text; a settled repeat answers with
+batch's as :func:`state_tasks.adapters.base.settled_marker` text; a settled repeat answers with
 them; plain ``exp``, as written before they were kept, answers without). If a crash loses
 them, those records come back whole, which is the safe direction (the repeat re-sends the
 trigger work). A save writes ``ops.json`` first, when any record changed, as::
@@ -63,7 +63,7 @@ trigger work). A save writes ``ops.json`` first, when any record changed, as::
 
 Settled operations cost about 50 bytes each there; only those not yet settled carry their
 values. ``expiring`` (optional) holds the expiries whose events are pending (see
-:meth:`adapters.base.StateAdapter.pending_expiries`): a ``del`` record with ``"reason":
+:meth:`state_tasks.adapters.base.StateAdapter.pending_expiries`): a ``del`` record with ``"reason":
 "expired"`` makes one on replay, and the ids of expiries whose events were sent ride in
 front of the next record like settled ids, as ``{"op": "sent", "expiries": [[scope, key,
 version], ...]}``. Pending expiries loaded at start-up were handed over by a process that
@@ -102,8 +102,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from adapters.base import DEFAULT_MAX_VALUE_BYTES, Expired
-from adapters.kv_store import (
+from state_tasks.adapters.base import DEFAULT_MAX_VALUE_BYTES, Expired
+from state_tasks.adapters.kv_store import (
     BATCH_RECORD,
     DEFAULT_MAX_OPS,
     KvStore,

@@ -32,8 +32,8 @@ sweep claims and sends again those older than its resend delay
 (:meth:`RedisAdapter.pending_expiries`).
 
 On a Redis Cluster (``redis+cluster://``, or ``cluster=True``) the keys follow the bucketed
-layout of :mod:`adapters.redis_layout` instead: every scope is in one of 256 buckets, and
-every key a mutation script touches (the scope's four keys, its bucket's groups index,
+layout of :mod:`state_tasks.adapters.redis_layout` instead: every scope is in one of 256
+buckets, and every key a mutation script touches (the scope's four keys, its bucket's groups index,
 due index, copy of the trigger version, operation records and pending expiries) carries
 the bucket's hash tag, so one script is one slot. The scripts are the same; only their
 KEYS differ. What reads every bucket (``list_groups``, the sweep's due indexes and pending
@@ -77,7 +77,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.commands.core import Script
 from redis.retry import Retry
 
-from adapters.base import (
+from state_tasks.adapters.base import (
     DEFAULT_MAX_VALUE_BYTES,
     Change,
     Entry,
@@ -87,7 +87,7 @@ from adapters.base import (
     default_op_window_s,
     settled_versions,
 )
-from adapters.redis_layout import BucketLayout, KeyLayout
+from state_tasks.adapters.redis_layout import BucketLayout, KeyLayout
 from state_tasks.core.batch import (
     BatchOp,
     BatchResult,
@@ -155,8 +155,8 @@ CLUSTER_FORGOTTEN_LOG_EVERY_S = 60.0
 # there is one, 'v' the version): the operation was applied, and the script returns that
 # result and changes nothing. A string is a settled record (LUA_SETTLE made it): the script
 # changes nothing and says so, with the string: 'v<version>' for a set or an update,
-# 'v<runs>' for a batch (its sets' and updates' versions, adapters.base.settled_marker), '1'
-# for a delete or a record settled before markers kept versions. Otherwise the whole
+# 'v<runs>' for a batch (its sets' and updates' versions, adapters.base.settled_marker),
+# '1' for a delete or a record settled before markers kept versions. Otherwise the whole
 # record is written in the same step as the change. Without an id the last ARGV is '' and
 # KEYS[4] is not touched.
 #
@@ -899,10 +899,10 @@ class RedisAdapter(VersionedStateAdapter):
         ``sentinel://`` (see ``master_name``); or ``redis+cluster://`` /
         ``rediss+cluster://`` with comma-separated seed nodes for a Redis Cluster
         (:mod:`state_tasks.core.cluster`; the keys then use the bucketed layout of
-        :mod:`adapters.redis_layout`).
+        :mod:`state_tasks.adapters.redis_layout`).
     :param key_prefix: first part of every key (no braces).
     :param op_window_s: how long an applied operation id is remembered (default: the
-        broker's redelivery window, :func:`adapters.base.default_op_window_s`).
+        broker's redelivery window, :func:`state_tasks.adapters.base.default_op_window_s`).
     :param ssl_ca_certs: ``rediss://`` only: a PEM file of the CAs to trust (default: the
         system's).
     :param ssl_certfile: ``rediss://`` only: a client certificate (PEM), for a server that
@@ -1042,7 +1042,8 @@ class RedisAdapter(VersionedStateAdapter):
 
     @property
     def is_cluster(self) -> bool:
-        """True on a Redis Cluster (the bucketed key layout of :mod:`adapters.redis_layout`)."""
+        """True on a Redis Cluster (the bucketed key layout of
+        :mod:`state_tasks.adapters.redis_layout`)."""
         return self._cluster is not None
 
     def __repr__(self) -> str:

@@ -14,7 +14,7 @@ from state_tasks.celery_app import app
 from state_tasks.core.errors import ValidationError
 from state_tasks.runtime import get_runtime
 from state_tasks.tasks import StateTask
-from triggers.dispatch import GATE_TASK, TRIGGER_WORK_OPTIONS
+from state_tasks.triggers.dispatch import GATE_TASK, TRIGGER_WORK_OPTIONS
 
 
 @app.task(

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
-from adapters.base import (
+from state_tasks.adapters.base import (
     DEFAULT_MAX_VALUE_BYTES,
     Change,
     Entry,
@@ -113,7 +113,7 @@ class OpRecords:
 
     Whole records (with the result) wait in one dict until they are settled; a settled
     operation is a marker in another: its id, its expiry and the version it gave (an int;
-    a batch's versions as :func:`adapters.base.settled_marker` text), about 230 bytes in
+    a batch's versions as :func:`state_tasks.adapters.base.settled_marker` text), about 230 bytes in
     all. Both dicts are ordered oldest first. Not thread-safe: the owner holds its lock.
     """
 
@@ -181,7 +181,7 @@ class OpRecords:
 def settled_mark(record: OpRecord) -> int | str | None:
     """What the marker of a settled operation keeps of its whole ``record``: the version a
     set or an update gave (an int), a batch's versions of its sets and updates
-    (:func:`adapters.base.settled_marker` text), nothing for a delete."""
+    (:func:`state_tasks.adapters.base.settled_marker` text), nothing for a delete."""
     old, new, _, version = record
     if new == BATCH_RECORD:
         if old is None:
@@ -221,7 +221,7 @@ class KvStore(VersionedStateAdapter):
     ``ttl_ms`` pay for one) and a heap of due times that :meth:`expire_due` pops.
 
     :param op_window_s: how long an applied operation id is remembered (default: the
-        broker's redelivery window, :func:`adapters.base.default_op_window_s`).
+        broker's redelivery window, :func:`state_tasks.adapters.base.default_op_window_s`).
     :param max_ops: how many applied operation ids are remembered at most.
     :param clock_ms: the clock of expiries, in wall-clock milliseconds (tests pass their own).
     """

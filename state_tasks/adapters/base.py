@@ -313,7 +313,7 @@ class StateAdapter(ABC):
             raise AdapterError(
                 f"{type(self).__name__} keeps no versions or expiries: if_version and ttl_ms "
                 "need an adapter that implements the *_versioned methods of "
-                "adapters.base.StateAdapter"
+                "state_tasks.adapters.base.StateAdapter"
             )
 
     def settle(self, op_ids: Sequence[str]) -> None:  # noqa: B027 - optional
@@ -359,7 +359,7 @@ class StateAdapter(ABC):
         """
         raise AdapterError(
             f"{type(self).__name__} does not implement state::batch (an atomic batch needs "
-            "the adapter's own write path; see adapters.base.StateAdapter.batch)"
+            "the adapter's own write path; see state_tasks.adapters.base.StateAdapter.batch)"
         )
 
     def list_page(

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from adapters.base import StateAdapter
+from state_tasks.adapters.base import StateAdapter
 from state_tasks.core.models import TriggerSpec, parse
 
 

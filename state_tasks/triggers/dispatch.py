@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
-from triggers.registry import Trigger, TriggerRegistry
+from state_tasks.triggers.registry import Trigger, TriggerRegistry
 
 if TYPE_CHECKING:
     from celery import Celery

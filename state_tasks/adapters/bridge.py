@@ -37,7 +37,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from adapters.base import (
+from state_tasks.adapters.base import (
     DEFAULT_MAX_VALUE_BYTES,
     Change,
     Entry,
@@ -46,7 +46,13 @@ from adapters.base import (
     VersionedStateAdapter,
     default_op_window_s,
 )
-from adapters.kv_store import BATCH_RECORD, DEFAULT_MAX_OPS, KvStore, OpRecord, OpRecords
+from state_tasks.adapters.kv_store import (
+    BATCH_RECORD,
+    DEFAULT_MAX_OPS,
+    KvStore,
+    OpRecord,
+    OpRecords,
+)
 from state_tasks.core.batch import (
     BatchOp,
     BatchResult,
