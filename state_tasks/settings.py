@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import os
 
-from state_tasks.core.config import positive_int_from_env, visibility_timeout_s
+from state_tasks.core.environment import positive_int_from_env, visibility_timeout_s
 from state_tasks.core.urls import is_embedded_broker
 from state_tasks.embedded_broker import result_url
 from state_tasks.high_availability import queue_type_settings, sentinel_transport_options

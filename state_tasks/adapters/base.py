@@ -7,23 +7,13 @@ the text ``"null"``). Every method may raise
 exception may escape an adapter, apart from :class:`OperationSettled`, the answer
 to a repeat of an operation whose record was settled.
 
-Applied operations. Each ``set``/``delete``/``update`` with an ``op_id`` (the Celery
-task id, which a redelivered or retried task keeps) is recorded atomically with its
-change, in two phases:
-
-1. *Whole*: the record holds the result (the old and the new JSON text). A repeat
-   returns that result and changes nothing; the service then sends the change's
-   trigger work again, with the same ``event_id``.
-2. *Settled*: once the service has sent the trigger work it calls :meth:`StateAdapter.settle`,
-   and the record shrinks to a marker of a fixed size (no values). A repeat changes
-   nothing and raises :class:`OperationSettled`: the service sends nothing (the work
-   was sent) and answers with what it knows without the values.
-
-A record is kept for ``op_window_s`` seconds (see
-:func:`state_tasks.core.config.default_op_window_s`) and then forgotten. A whole record
-keeps the change's version too, so a repeat answers with the version the first delivery
-gave; a settled one keeps the versions a set, an update or a batch gave (a few bytes:
-:func:`settled_marker`), so its repeat answers with them too.
+Applied operations. Each ``set``/``delete``/``update``/``batch`` with an ``op_id`` (the
+Celery task id, which a redelivered or retried task keeps) is recorded atomically with its
+change: *whole* (a repeat returns the recorded result and the service sends the change's
+trigger work again, with the same ``event_id``) until the service calls
+:meth:`StateAdapter.settle`, then *settled* (a repeat changes nothing and raises
+:class:`OperationSettled`, with the versions the operation gave). The protocol, its
+markers and its window are :mod:`state_tasks.adapters.records`.
 
 Versions and expiry (the ``*_versioned`` methods, :meth:`StateAdapter.get_entry` and
 :meth:`StateAdapter.expire_due`). Every key has a version: a positive integer that grows
@@ -114,52 +104,6 @@ class OperationSettled(Exception):
         super().__init__(f"operation {op_id!r} was applied before and its record is settled")
         self.op_id = op_id
         self.versions = None if versions is None else tuple(versions)
-
-
-def settled_marker(versions: Sequence[int]) -> str:
-    """The versions of a settled operation as a short text: ``v`` and runs of consecutive
-    versions, ``v12`` or ``v12-15,20`` (a batch's versions come from one counter, so
-    usually one run: a few bytes whatever its size). ``''`` for none."""
-    runs: list[str] = []
-    first = last = None
-    for version in versions:
-        if last is not None and version == last + 1:
-            last = version
-            continue
-        if first is not None:
-            runs.append(str(first) if first == last else f"{first}-{last}")
-        first = last = version
-    if first is not None:
-        runs.append(str(first) if first == last else f"{first}-{last}")
-    return "v" + ",".join(runs) if runs else ""
-
-
-def settled_versions(marker: str | int | None) -> tuple[int, ...] | None:
-    """The versions a settled marker keeps (:func:`settled_marker`, or one version as an
-    int); ``None`` for a marker without them (``'1'``, written before markers kept them)."""
-    if isinstance(marker, int) and not isinstance(marker, bool):
-        return (marker,) if marker > 0 else None
-    if not isinstance(marker, str) or not marker.startswith("v") or len(marker) < 2:
-        return None
-    versions: list[int] = []
-    try:
-        for run in marker[1:].split(","):
-            first, _, last = run.partition("-")
-            versions.extend(range(int(first), int(last or first) + 1))
-    except ValueError:
-        return None
-    return tuple(versions)
-
-
-def default_op_window_s() -> float:
-    """How long an applied operation is remembered when ``op_window_s`` is not given.
-
-    Follows the broker's redelivery window (``CELERY_VISIBILITY_TIMEOUT``); see
-    :func:`state_tasks.core.config.default_op_window_s`.
-    """
-    from state_tasks.core.config import default_op_window_s as from_environment
-
-    return from_environment()
 
 
 class StateAdapter(ABC):

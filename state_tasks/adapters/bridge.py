@@ -34,7 +34,11 @@ from __future__ import annotations
 
 import builtins
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import (
+    Callable,
+    Mapping,
+    Sequence,
+)
 from typing import Any
 
 from state_tasks.adapters.base import (
@@ -44,26 +48,34 @@ from state_tasks.adapters.base import (
     Expired,
     OperationSettled,
     VersionedStateAdapter,
-    default_op_window_s,
 )
-from state_tasks.adapters.kv_store import (
+from state_tasks.adapters.kv_store import KvStore
+from state_tasks.adapters.records import (
     BATCH_RECORD,
     DEFAULT_MAX_OPS,
-    KvStore,
     OpRecord,
     OpRecords,
+    batch_record,
+    default_op_window_s,
+    parse_versioned_batch_record,
 )
 from state_tasks.core.batch import (
     BatchOp,
     BatchResult,
     VersionedBatchResult,
     batch_operation_error,
-    batch_record,
     encode_cursor,
-    parse_versioned_batch_record,
 )
-from state_tasks.core.codec import decode, dumps, unstorable, writable
-from state_tasks.core.errors import StateError, ValidationError
+from state_tasks.core.codec import (
+    decode,
+    dumps,
+    unstorable,
+    writable,
+)
+from state_tasks.core.errors import (
+    StateError,
+    ValidationError,
+)
 from state_tasks.core.ops import Op
 
 #: Runs one remote state function: ``(function_id, payload, op_id or None) -> result``.

@@ -98,27 +98,45 @@ import re
 import threading
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import (
+    Callable,
+    Sequence,
+)
 from pathlib import Path
-from typing import Any, Literal
+from typing import (
+    Any,
+    Literal,
+)
 
-from state_tasks.adapters.base import DEFAULT_MAX_VALUE_BYTES, Expired
+from state_tasks.adapters.base import (
+    DEFAULT_MAX_VALUE_BYTES,
+    Expired,
+)
 from state_tasks.adapters.kv_store import (
-    BATCH_RECORD,
-    DEFAULT_MAX_OPS,
     KvStore,
-    OpRecord,
-    Settled,
-    SettledOp,
     make_slot,
-    settled_expiry,
     slot_parts,
     wall_clock_ms,
 )
-from state_tasks.core.batch import BatchOp, VersionedBatchResult, batch_record
+from state_tasks.adapters.records import (
+    BATCH_RECORD,
+    DEFAULT_MAX_OPS,
+    OpRecord,
+    Settled,
+    SettledOp,
+    batch_record,
+    settled_expiry,
+)
+from state_tasks.core.batch import (
+    BatchOp,
+    VersionedBatchResult,
+)
 from state_tasks.core.codec import dumps
 from state_tasks.core.errors import AdapterError
-from state_tasks.core.ownership import OwnedElsewhere, take_ownership
+from state_tasks.core.ownership import (
+    OwnedElsewhere,
+    take_ownership,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -7,19 +7,27 @@ import builtins
 import heapq
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from typing import TypeVar
+from collections.abc import (
+    Callable,
+    Iterable,
+    Sequence,
+)
 
 from state_tasks.adapters.base import (
     DEFAULT_MAX_VALUE_BYTES,
     Change,
     Entry,
     Expired,
-    OperationSettled,
     VersionedStateAdapter,
+)
+from state_tasks.adapters.records import (
+    BATCH_RECORD,
+    DEFAULT_MAX_OPS,
+    OpRecords,
+    SettledOp,
+    batch_record,
     default_op_window_s,
-    settled_marker,
-    settled_versions,
+    parse_versioned_batch_record,
 )
 from state_tasks.core.batch import (
     BatchOp,
@@ -27,30 +35,10 @@ from state_tasks.core.batch import (
     VersionedBatchResult,
     apply_batch_versioned,
     batch_keys,
-    batch_record,
-    parse_versioned_batch_record,
 )
 from state_tasks.core.codec import apply_ops_json
 from state_tasks.core.errors import version_conflict
 from state_tasks.core.ops import Op
-
-#: How many applied operation ids a KvStore remembers at most (the oldest go first).
-DEFAULT_MAX_OPS = 100_000
-
-#: A whole record of an applied operation: (old JSON text, new JSON text or None for a
-#: delete, monotonic expiry, the version the change gave or deleted).
-OpRecord = tuple[str | None, str | None, float, int]
-#: A settled operation: its monotonic expiry, with what it gave when it gave versions.
-Settled = float | tuple[float, int | str]
-#: A just settled operation: (op id, monotonic expiry, versions or None).
-SettledOp = tuple[str, float, int | str | None]
-
-#: The "new" text of a batch's whole record, whose "old" text holds the batch's results
-#: (:func:`state_tasks.core.batch.batch_record`). Never valid JSON, so never a value.
-BATCH_RECORD = "\x00batch"
-
-_R = TypeVar("_R")
-
 
 # A key's slot in its scope's dict is one string: its version in hex, ":", its JSON text.
 # One object a key instead of a text plus a version kept apart (a second dict entry and an
@@ -108,106 +96,6 @@ class SortedNames:
         return found[:limit], len(found) > limit
 
 
-class OpRecords:
-    """Applied operation ids, bounded by time (``window_s``) and by count (``max_ops``).
-
-    Whole records (with the result) wait in one dict until they are settled; a settled
-    operation is a marker in another: its id, its expiry and the version it gave (an int;
-    a batch's versions as :func:`state_tasks.adapters.base.settled_marker` text), about 230 bytes in
-    all. Both dicts are ordered oldest first. Not thread-safe: the owner holds its lock.
-    """
-
-    def __init__(self, window_s: float, max_ops: int) -> None:
-        self.window_s = window_s
-        self.max_ops = max_ops
-        #: op id -> whole record: applied, trigger work not yet known to be sent.
-        self.whole: dict[str, OpRecord] = {}
-        #: op id -> monotonic expiry, or (expiry, its versions): applied and settled.
-        self.settled: dict[str, Settled] = {}
-
-    def __len__(self) -> int:
-        return len(self.whole) + len(self.settled)
-
-    def find(self, op_id: str | None) -> OpRecord | None:
-        """The whole record of ``op_id``, or ``None`` if it is unknown or expired.
-
-        Raises :class:`OperationSettled` when it is settled and not yet expired.
-        """
-        if op_id is None:
-            return None
-        now = time.monotonic()
-        record = self.whole.get(op_id)
-        if record is not None and record[2] > now:
-            return record
-        settled = self.settled.get(op_id)
-        if settled is not None and settled_expiry(settled) > now:
-            mark = None if isinstance(settled, float) else settled[1]
-            raise OperationSettled(op_id, settled_versions(mark))
-        return None
-
-    def expiry(self) -> float:
-        """The monotonic time until which an operation applied now is remembered."""
-        return time.monotonic() + self.window_s
-
-    def new(self, old: str | None, new: str | None, version: int = 0) -> OpRecord:
-        """A whole record for an operation applied now."""
-        return (old, new, self.expiry(), version)
-
-    def add(self, op_id: str, record: OpRecord) -> None:
-        """Remember a whole record (once its change is made)."""
-        _trim(self.whole, self.max_ops, lambda r: r[2])
-        self.whole[op_id] = record
-
-    def mark(self, op_id: str, expires: float, versions: int | str | None = None) -> None:
-        """Remember ``op_id`` as settled until ``expires`` (monotonic), dropping its record;
-        ``versions``: what it gave (see :func:`settled_mark`)."""
-        self.whole.pop(op_id, None)
-        _trim(self.settled, self.max_ops, settled_expiry)
-        self.settled[op_id] = float(expires) if not versions else (expires, versions)
-
-    def settle(self, op_ids: Iterable[str]) -> builtins.list[SettledOp]:
-        """Turn the whole records of ``op_ids`` into markers; return the ``(id, expiry,
-        versions)`` moved."""
-        moved = []
-        for op_id in op_ids:
-            record = self.whole.get(op_id)
-            if record is not None:
-                versions = settled_mark(record)
-                self.mark(op_id, record[2], versions)
-                moved.append((op_id, record[2], versions))
-        return moved
-
-
-def settled_mark(record: OpRecord) -> int | str | None:
-    """What the marker of a settled operation keeps of its whole ``record``: the version a
-    set or an update gave (an int), a batch's versions of its sets and updates
-    (:func:`state_tasks.adapters.base.settled_marker` text), nothing for a delete."""
-    old, new, _, version = record
-    if new == BATCH_RECORD:
-        if old is None:
-            return None
-        versions = [v for _, n, v in parse_versioned_batch_record(old) if n is not None]
-        return settled_marker(versions) or None
-    if new is None or version <= 0:
-        return None
-    return version
-
-
-def settled_expiry(settled: Settled) -> float:
-    """The monotonic expiry of a settled marker."""
-    return settled if isinstance(settled, float) else settled[0]
-
-
-def _trim(records: dict[str, _R], max_ops: int, expiry: Callable[[_R], float]) -> None:
-    """Forget the expired records at the head, and the oldest beyond ``max_ops - 1``."""
-    now = time.monotonic()
-    while records:
-        oldest_id, oldest = next(iter(records.items()))
-        if expiry(oldest) > now and len(records) < max_ops:
-            return
-        del records[oldest_id]
-
-
 class KvStore(VersionedStateAdapter):
     """Scopes as dicts of JSON text, guarded by one lock.
 
@@ -221,7 +109,7 @@ class KvStore(VersionedStateAdapter):
     ``ttl_ms`` pay for one) and a heap of due times that :meth:`expire_due` pops.
 
     :param op_window_s: how long an applied operation id is remembered (default: the
-        broker's redelivery window, :func:`state_tasks.adapters.base.default_op_window_s`).
+        broker's redelivery window, :func:`state_tasks.adapters.records.default_op_window_s`).
     :param max_ops: how many applied operation ids are remembered at most.
     :param clock_ms: the clock of expiries, in wall-clock milliseconds (tests pass their own).
     """

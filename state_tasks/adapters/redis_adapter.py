@@ -67,9 +67,15 @@ import re
 import ssl
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import (
+    Callable,
+    Sequence,
+)
 from functools import partial
-from typing import Any, cast
+from typing import (
+    Any,
+    cast,
+)
 
 import redis
 import redis.cluster
@@ -84,10 +90,15 @@ from state_tasks.adapters.base import (
     Expired,
     OperationSettled,
     VersionedStateAdapter,
+)
+from state_tasks.adapters.records import (
     default_op_window_s,
     settled_versions,
 )
-from state_tasks.adapters.redis_layout import BucketLayout, KeyLayout
+from state_tasks.adapters.redis_layout import (
+    BucketLayout,
+    KeyLayout,
+)
 from state_tasks.core.batch import (
     BatchOp,
     BatchResult,
@@ -97,7 +108,11 @@ from state_tasks.core.batch import (
     batch_conflict,
     batch_keys,
 )
-from state_tasks.core.cluster import ClusterTarget, is_cluster_url, parse_cluster_url
+from state_tasks.core.cluster import (
+    ClusterTarget,
+    is_cluster_url,
+    parse_cluster_url,
+)
 from state_tasks.core.codec import apply_ops_json
 from state_tasks.core.errors import (
     AdapterError,
@@ -107,7 +122,11 @@ from state_tasks.core.errors import (
     version_conflict,
 )
 from state_tasks.core.ops import Op
-from state_tasks.core.sentinel import SentinelTarget, is_sentinel_url, parse_sentinel_url
+from state_tasks.core.sentinel import (
+    SentinelTarget,
+    is_sentinel_url,
+    parse_sentinel_url,
+)
 from state_tasks.core.urls import redact_url
 
 logger = logging.getLogger(__name__)
@@ -155,7 +174,7 @@ CLUSTER_FORGOTTEN_LOG_EVERY_S = 60.0
 # there is one, 'v' the version): the operation was applied, and the script returns that
 # result and changes nothing. A string is a settled record (LUA_SETTLE made it): the script
 # changes nothing and says so, with the string: 'v<version>' for a set or an update,
-# 'v<runs>' for a batch (its sets' and updates' versions, adapters.base.settled_marker),
+# 'v<runs>' for a batch (its sets' and updates' versions, records.settled_marker),
 # '1' for a delete or a record settled before markers kept versions. Otherwise the whole
 # record is written in the same step as the change. Without an id the last ARGV is '' and
 # KEYS[4] is not touched.
@@ -902,7 +921,7 @@ class RedisAdapter(VersionedStateAdapter):
         :mod:`state_tasks.adapters.redis_layout`).
     :param key_prefix: first part of every key (no braces).
     :param op_window_s: how long an applied operation id is remembered (default: the
-        broker's redelivery window, :func:`state_tasks.adapters.base.default_op_window_s`).
+        broker's redelivery window, :func:`state_tasks.adapters.records.default_op_window_s`).
     :param ssl_ca_certs: ``rediss://`` only: a PEM file of the CAs to trust (default: the
         system's).
     :param ssl_certfile: ``rediss://`` only: a client certificate (PEM), for a server that

@@ -148,21 +148,6 @@ def batch_operation_error(index: int, key: str, error: StateError) -> StateError
     )
 
 
-def batch_record(results: Sequence[BatchResult | VersionedBatchResult]) -> str:
-    """The results of a batch as one JSON text (the whole record of its operation id)."""
-    return json.dumps([list(result) for result in results], separators=(",", ":"))
-
-
-def parse_batch_record(text: str) -> list[BatchResult]:
-    """The results :func:`batch_record` encoded."""
-    return [(row[0], row[1]) for row in json.loads(text)]
-
-
-def parse_versioned_batch_record(text: str) -> list[VersionedBatchResult]:
-    """The results :func:`batch_record` encoded, with versions (0 from a record without)."""
-    return [(row[0], row[1], row[2] if len(row) > 2 else 0) for row in json.loads(text)]
-
-
 # -- cursors ------------------------------------------------------------------------------
 
 #: Signs cursors. Fixed, so that every deployment (and a Bridge forwarding a page) reads
@@ -264,9 +249,6 @@ __all__ = [
     "batch_conflict",
     "batch_keys",
     "batch_operation_error",
-    "batch_record",
     "decode_cursor",
     "encode_cursor",
-    "parse_batch_record",
-    "parse_versioned_batch_record",
 ]

@@ -19,18 +19,40 @@ from __future__ import annotations
 import importlib
 import os
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import (
+    Callable,
+    Mapping,
+)
+from dataclasses import (
+    dataclass,
+    field,
+)
 from pathlib import Path
-from typing import Any, Literal
+from typing import (
+    Any,
+    Literal,
+)
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+)
 
-from state_tasks.adapters.base import DEFAULT_MAX_VALUE_BYTES, StateAdapter
-from state_tasks.adapters.file_store import DEFAULT_FILE_PATH, DEFAULT_SAVE_INTERVAL_MS
-from state_tasks.adapters.kv_store import DEFAULT_MAX_OPS
+from state_tasks.adapters.base import (
+    DEFAULT_MAX_VALUE_BYTES,
+    StateAdapter,
+)
+from state_tasks.adapters.file_store import (
+    DEFAULT_FILE_PATH,
+    DEFAULT_SAVE_INTERVAL_MS,
+)
+from state_tasks.adapters.records import (
+    DEFAULT_MAX_OPS,
+    default_op_window_s,
+)
 from state_tasks.adapters.redis_adapter import (
     DEFAULT_KEY_PREFIX,
     DEFAULT_REDIS_URL,
@@ -48,44 +70,7 @@ from state_tasks.high_availability import is_amqp_url
 STATE_MODULE_CLASS = "modules::state::StateModule"
 DEFAULT_CONFIG_FILE = "state.yaml"
 DEFAULT_BRIDGE_TIMEOUT_MS = 30000
-#: Celery's Redis transport hands a task taken by a worker that vanished to another worker
-#: after this many seconds, unless ``CELERY_VISIBILITY_TIMEOUT`` says otherwise.
-DEFAULT_VISIBILITY_TIMEOUT_S = 3600
-#: Added to the visibility timeout to make the default ``op_window_s``: a redelivered task
-#: may still wait behind a backlog, and retry with backoff, before it runs.
-OP_WINDOW_MARGIN_S = 3600
-
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
-
-
-def positive_int_from_env(variable: str, default: int, unit: str = "seconds") -> int:
-    """The positive whole number in ``$variable``, else ``default``; :class:`ConfigError`
-    naming the variable for anything else (``0``, ``-1``, ``two``, ``1.5``)."""
-    raw = os.environ.get(variable) or ""
-    if not raw:
-        return default
-    try:
-        number = int(raw)
-    except ValueError:
-        number = 0
-    if number <= 0:
-        raise ConfigError(f"{variable} must be a positive whole number of {unit}, got {raw!r}")
-    return number
-
-
-def visibility_timeout_s() -> int:
-    """``CELERY_VISIBILITY_TIMEOUT`` in seconds, else :data:`DEFAULT_VISIBILITY_TIMEOUT_S`."""
-    return positive_int_from_env("CELERY_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT_S)
-
-
-def default_op_window_s() -> float:
-    """How long adapters remember an applied operation id unless ``op_window_s`` is set.
-
-    The broker's redelivery window plus :data:`OP_WINDOW_MARGIN_S`: a Redis broker hands
-    out a lost worker's task again after the visibility timeout; RabbitMQ at once when the
-    worker's connection drops.
-    """
-    return float(visibility_timeout_s() + OP_WINDOW_MARGIN_S)
 
 
 class _AdapterConfig(BaseModel):

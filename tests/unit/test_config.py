@@ -10,12 +10,16 @@ from pathlib import Path
 import pytest
 
 from state_tasks.adapters.kv_store import KvStore
-from state_tasks.core.config import (
-    DEFAULT_VISIBILITY_TIMEOUT_S,
+from state_tasks.adapters.records import (
     OP_WINDOW_MARGIN_S,
     default_op_window_s,
+)
+from state_tasks.core.config import (
     load_config,
     parse_config,
+)
+from state_tasks.core.environment import (
+    DEFAULT_VISIBILITY_TIMEOUT_S,
     visibility_timeout_s,
 )
 from state_tasks.core.errors import ConfigError
