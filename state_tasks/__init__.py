@@ -31,6 +31,7 @@ from state_tasks.core.errors import (
     UpdateOpError,
     ValidationError,
     ValueTooLarge,
+    VersionConflict,
 )
 from state_tasks.core.models import (
     AppendOp,
@@ -45,6 +46,7 @@ from state_tasks.core.models import (
     SetOp,
     StateEvent,
     UpdateOp,
+    VersionedValue,
     batch_json,
     ops_json,
 )
@@ -101,6 +103,8 @@ __all__ = [
     "UpdateOpError",
     "ValidationError",
     "ValueTooLarge",
+    "VersionConflict",
+    "VersionedValue",
     "app",
     "batch_json",
     "create_app",
