@@ -8,7 +8,7 @@ its public names are applied on top of the package's settings::
 
     CELERY_CONFIG_MODULE=celeryconfig celery -A state_tasks worker
 
-Overrides change what the Guarantees in the README rest on when they touch
+Overrides change what the guarantees (docs/guarantees.md) rest on when they touch
 ``task_acks_late``, ``task_reject_on_worker_lost``, ``worker_prefetch_multiplier`` or
 the serializers: leave those as they are.
 """

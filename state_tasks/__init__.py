@@ -34,6 +34,7 @@ from state_tasks.core.errors import (
     UpdateOpError,
     ValidationError,
     ValueTooLarge,
+    VersionConflict,
 )
 from state_tasks.core.models import (
     AppendOp,
@@ -48,6 +49,7 @@ from state_tasks.core.models import (
     SetOp,
     StateEvent,
     UpdateOp,
+    VersionedValue,
     batch_json,
     ops_json,
 )
@@ -104,6 +106,8 @@ __all__ = [
     "UpdateOpError",
     "ValidationError",
     "ValueTooLarge",
+    "VersionConflict",
+    "VersionedValue",
     "app",
     "batch_json",
     "create_app",

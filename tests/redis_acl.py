@@ -1,4 +1,4 @@
-"""Restricted Redis users made with the README's own ``ACL SETUSER`` line."""
+"""Restricted Redis users made with the documentation's own ``ACL SETUSER`` line."""
 
 from __future__ import annotations
 
@@ -10,16 +10,19 @@ from helpers import REPO
 
 from state_tasks.contrib.servers import RedisServer
 
+#: The page that holds the line (Security, "Least privilege on Redis").
+ACL_DOC = REPO / "docs" / "security.md"
+
 
 def readme_acl_line() -> str:
-    """The one ``ACL SETUSER`` line of the README's Security section."""
-    lines = re.findall(r"^ACL SETUSER .+$", (REPO / "README.md").read_text(), re.MULTILINE)
+    """The one ``ACL SETUSER`` line of :data:`ACL_DOC`."""
+    lines = re.findall(r"^ACL SETUSER .+$", ACL_DOC.read_text(), re.MULTILINE)
     assert len(lines) == 1, lines
     return lines[0]
 
 
 def make_restricted_user(server: RedisServer, prefix: str) -> str:
-    """Run the README's line on ``server`` for ``prefix``; return a URL as that user (db 0)."""
+    """Run the documented line on ``server`` for ``prefix``; return a URL as that user (db 0)."""
     user, password = f"state-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
     line = (
         readme_acl_line()

@@ -384,8 +384,7 @@ def parse_config(document: Any, source: str) -> StateConfig:
         adapter = _mapping(config.get("adapter"), f"{where}.config.adapter", source)
         return _build_spec(adapter, f"{where}.config.adapter", source)
     raise ConfigError(
-        f"{source}: no module with class {STATE_MODULE_CLASS}; add one "
-        "(see the README's Configuration section)"
+        f"{source}: no module with class {STATE_MODULE_CLASS}; add one (see docs/configuration.md)"
     )
 
 

@@ -56,7 +56,7 @@ class UpdateOpError(StateError):
 
     Raised by the ops, ``details`` is ``{"op_index": i, "reason": r}``: the index of the
     failing op in ``ops`` (``None`` when ``ops`` itself is not an array) and a stable reason
-    name such as ``increment.not_number`` (the engine's names, see the README).
+    name such as ``increment.not_number`` (the engine's names, see docs/update-ops.md).
     """
 
     default_code = "UPDATE_OP_ERROR"

@@ -1,7 +1,7 @@
 """Update ops: the one definition of what ``state::update`` does to a value.
 
 Pure code with no I/O, shared by every adapter so that all of them agree. The
-semantics follow the engine's ``update_ops.rs``; the README's "Update ops" section
+semantics follow the engine's ``update_ops.rs``; docs/update-ops.md
 lists where they deliberately differ (all or nothing; no silent replacement of a
 non-object). Ops come in two spellings, both accepted everywhere:
 

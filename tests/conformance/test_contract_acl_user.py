@@ -1,8 +1,8 @@
-"""The adapter contract on Redis as the least-privileged user of the README's Security
+"""The adapter contract on Redis as the least-privileged user of docs/security.md's Security
 section: only the adapter's key prefix, only the commands it sends.
 
 Every test of ``test_contract.py`` and ``test_batch_paging.py`` runs again here, once, with the RedisAdapter connected
-as a user made by the README's exact ``ACL SETUSER`` line; a command or key the line
+as a user made by docs/security.md's exact ``ACL SETUSER`` line; a command or key the line
 forgot fails the test with ``NOPERM``.
 """
 
@@ -73,7 +73,7 @@ def test_the_restricted_user_cannot_touch_keys_outside_its_prefix(
 
 
 def test_the_readme_line_allows_every_command_the_adapter_sends() -> None:
-    """A guard for changes to the adapter: a new command must be added to the README's
+    """A guard for changes to the adapter: a new command must be added to docs/security.md's
     line (and the contract above then shows that the line suffices)."""
     source = Path(redis_adapter_module.__file__).read_text()
     in_scripts = set(re.findall(r"redis\.call\('([A-Z]+)'", source))
@@ -81,4 +81,4 @@ def test_the_readme_line_allows_every_command_the_adapter_sends() -> None:
     from_python = {name.upper() for name in called if name not in ("pipeline", "execute")}
     sent = in_scripts | from_python | {"EVALSHA", "SCRIPT|LOAD", "PING"}
     allowed = {word[1:].upper() for word in readme_acl_line().split() if word.startswith("+")}
-    assert sent - allowed == set(), "add these to the README's ACL SETUSER line"
+    assert sent - allowed == set(), "add these to the ACL SETUSER line of docs/security.md"

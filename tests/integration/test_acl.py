@@ -1,5 +1,5 @@
 """Two deployments on one Redis, each with its own key prefix and its own restricted user
-(the README's ``ACL SETUSER`` line): neither sees the other's state or triggers."""
+(the ``ACL SETUSER`` line of docs/security.md): neither sees the other's state or triggers."""
 
 from __future__ import annotations
 

@@ -122,7 +122,7 @@ def test_a_celery_config_module_that_cannot_be_imported_stops_the_worker(
 
 
 def test_the_readme_command_finds_overrides_in_the_current_folder(tmp_path: Path) -> None:
-    # README: CELERY_CONFIG_MODULE=celeryconfig celery -A state_tasks worker   # ./celeryconfig.py
+    # docs/configuration.md: CELERY_CONFIG_MODULE=celeryconfig celery -A state_tasks worker   # ./celeryconfig.py
     (tmp_path / "my_folder_overrides.py").write_text("result_expires = 4321\n")
     env = {k: v for k, v in os.environ.items() if k not in OUR_VARIABLES and k != "PYTHONPATH"}
     env["CELERY_CONFIG_MODULE"] = "my_folder_overrides"

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from helpers import REPO
-from redis_acl import readme_acl_line
+from redis_acl import ACL_DOC, readme_acl_line
 
 from state_tasks.adapters.redis_adapter import RedisAdapter
 from state_tasks.adapters.redis_layout import CLUSTER_BUCKETS, bucket_of
@@ -217,9 +216,9 @@ def test_one_master_down_stops_expiry_only_in_its_buckets(
 def test_the_readme_acl_line_with_its_cluster_additions_runs_the_adapter(
     redis_cluster: RedisCluster,
 ) -> None:
-    # Given a user made on every node (a cluster does not share ACLs) by the README's line
-    # and the additions its Redis Cluster section names
-    readme = (REPO / "README.md").read_text()
+    # Given a user made on every node (a cluster does not share ACLs) by the security
+    # page's line and the additions its Redis Cluster section names
+    readme = ACL_DOC.read_text()
     additions = re.findall(r"need `([^`]+)`\s+besides\s+the\s+single-server\s+line", readme)
     assert len(additions) == 1, additions
     prefix, user, password = f"acl-{uuid.uuid4().hex[:8]}", f"cl-{uuid.uuid4().hex[:8]}", "pw1"
@@ -257,7 +256,7 @@ def test_the_readme_acl_line_with_its_cluster_additions_runs_the_adapter(
 
 
 def test_keys_written_through_the_adapter_are_plain_redis_data(adapter: RedisAdapter) -> None:
-    """What the README's key table says, on a cluster: inspect it with redis-cli -c."""
+    """What docs/adapters.md's key table says, on a cluster: inspect it with redis-cli -c."""
     adapter.set("orders", "o1", '{"total": 3}')
     client: redis.RedisCluster = adapter.client
     tag = adapter.scope_key("orders").split("{")[1].split("}")[0]

@@ -321,7 +321,7 @@ def test_sentinel_failover_mid_load_loses_and_doubles_nothing(
     # Given a worker whose state is behind the sentinels (wait_replicas: 1), and a trigger
     # on the scope. (Its broker and results are on another Redis: kombu sends no WAIT, so
     # a broker behind the sentinels can lose a task message the old master took in its
-    # last seconds, a retry's included; see the README and the next test)
+    # last seconds, a retry's included; see docs/high-availability.md and the next test)
     sentinel_deployment, record = state_deployment
     group = sentinel_deployment.group
     worker = sentinel_deployment.worker("--concurrency", "2")

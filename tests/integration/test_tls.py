@@ -238,7 +238,7 @@ def test_a_worker_and_a_client_round_trip_with_triggers_over_amqps(
     tls: TlsFiles, tls_rabbit: RabbitTlsNode, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     # Given a worker and a client on a RabbitMQ node that only speaks TLS, trusting the
-    # test CA and showing a client certificate (the README's variables); results and the
+    # test CA and showing a client certificate (docs/security.md's variables); results and the
     # handler's records on the session's plain Redis
     broker, results, records_url = (tls_rabbit.url(), *(redis_server.url(own_db()) for _ in "ab"))
     records = redis.Redis.from_url(records_url, decode_responses=True)

@@ -77,7 +77,7 @@ importlib.import_module(sys.argv[1])
 print(json.dumps(sorted(m for m in {CELERY_BOUND!r} if m in sys.modules)))
 """
 
-#: What a service writes (README, "Using it"): the lazy names, the task objects.
+#: What a service writes (README, "First calls"): the lazy names, the task objects.
 PUBLIC_NAMES = """
 import sys
 import state_tasks

@@ -463,7 +463,7 @@ function opsDialog(scope, key, after) {
   openDialog([
     h("form", { class: "stack", onsubmit: apply },
       h("h2", {}, "Apply update ops"),
-      h("div", { class: "small muted" }, "set, merge, increment, decrement, append, remove: all or nothing (see the README)"),
+      h("div", { class: "small muted" }, "set, merge, increment, decrement, append, remove: all or nothing (see docs/update-ops.md)"),
       editor.area, editor.note, error,
       h("div", { class: "buttons" },
         h("button", { type: "button", onclick: () => $("#dialog").close() }, "Cancel"),
