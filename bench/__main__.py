@@ -32,7 +32,7 @@ from bench.harness import BenchDeployment, adapter_yaml, median, timed_ops_per_s
 from bench.soak import soak
 from state_tasks.adapters.file_store import FileKvStore
 from state_tasks.adapters.kv_store import KvStore
-from state_tasks.adapters.redis_adapter import RedisAdapter
+from state_tasks.adapters.redis import RedisAdapter
 from state_tasks.contrib.servers import RedisServer
 from state_tasks.core.batch import BatchOp
 from state_tasks.core.ops import parse_ops
@@ -431,9 +431,11 @@ class Bench:
                 pipe = raw.pipeline(transaction=False)
                 items = list(fields.items())
                 for start in range(0, len(items), 1000):  # the bulk of the keys, fast
-                    pipe.hset(adapter.scope_key(scope), mapping=dict(items[start : start + 1000]))
+                    pipe.hset(
+                        adapter.layout.scope_key(scope), mapping=dict(items[start : start + 1000])
+                    )
                 pipe.execute()
-        assert raw.hlen(big.scope_key("scope-000")) == self.sizes.groups_keys
+        assert raw.hlen(big.layout.scope_key("scope-000")) == self.sizes.groups_keys
 
         def time_calls(adapter: RedisAdapter) -> float:
             started = time.perf_counter()
@@ -646,7 +648,7 @@ class Bench:
                     ],
                 )
         fill_s = time.perf_counter() - started
-        assert raw.hlen(adapter.scope_key("big")) == big_keys
+        assert raw.hlen(adapter.layout.scope_key("big")) == big_keys
 
         def page_time(scope: str, prefix: str, after: str | None) -> float:
             started = time.perf_counter()

@@ -19,7 +19,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from bench.harness import BenchDeployment, adapter_yaml, median
-from state_tasks.adapters.redis_adapter import RedisAdapter
+from state_tasks.adapters.redis import RedisAdapter
 from state_tasks.contrib.servers import RedisCluster
 
 if TYPE_CHECKING:
@@ -122,9 +122,9 @@ class ClusterFigures:
                     for start in range(1, keys, 1000):  # the bulk of the keys, fast
                         chunk = range(start, min(keys, start + 1000))
                         fields = {f"k{i}": '{"n": 1}' for i in chunk}
-                        pipe.hset(adapter.scope_key(scope), mapping=fields)
+                        pipe.hset(adapter.layout.scope_key(scope), mapping=fields)
                     pipe.execute()
-            assert big.client.hlen(big.scope_key("scope-000")) == keys_per_scope
+            assert big.client.hlen(big.layout.scope_key("scope-000")) == keys_per_scope
 
             def time_calls(adapter: RedisAdapter) -> float:
                 started = time.perf_counter()

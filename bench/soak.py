@@ -25,7 +25,7 @@ from celery.result import AsyncResult
 
 from state_tasks import III, create_app
 from state_tasks.adapters.kv_store import KvStore
-from state_tasks.adapters.redis_adapter import RedisAdapter
+from state_tasks.adapters.redis import RedisAdapter
 from state_tasks.contrib.servers import RedisServer, Worker, adapter_yaml, wait_until
 from state_tasks.core.service import StateService
 from state_tasks.embedded_broker import embedded_settings

@@ -86,6 +86,21 @@ class Change:
     new: str | None
     version: int
     expired: Expired | None = None
+    #: The triggers' version read in the same atomic step as the change, when the adapter
+    #: has it at no cost (the RedisAdapter's scripts do): matching the change's triggers
+    #: then needs no read of its own. ``None``: matching reads it.
+    trigger_version: int | None = None
+
+
+@dataclass(frozen=True)
+class BatchChange:
+    """What a versioned batch did: one ``(old, new, version)`` per operation, the keys it
+    found expired (their events are due), and the triggers' version as for
+    :class:`Change`."""
+
+    results: list[VersionedBatchResult]
+    expired: list[Expired]
+    trigger_version: int | None = None
 
 
 class OperationSettled(Exception):
@@ -223,14 +238,16 @@ class StateAdapter(ABC):
 
     def batch_versioned(
         self, scope: str, operations: Sequence[BatchOp], op_id: str | None = None
-    ) -> tuple[builtins.list[VersionedBatchResult], builtins.list[Expired]]:
+    ) -> BatchChange:
         """``batch`` with versions: one ``(old, new, version)`` per operation, and the keys
         it found expired (their events are due). A conflict of an operation's
         ``if_version`` fails the whole batch, naming the operation's index."""
         for op in operations:
             self._plain_only(op.if_version, op.ttl_ms)
         results = self.batch(scope, operations, op_id)
-        return [(old, new, 0 if new is None and old is None else 1) for old, new in results], []
+        return BatchChange(
+            [(old, new, 0 if new is None and old is None else 1) for old, new in results], []
+        )
 
     def expire_due(self, limit: int) -> tuple[builtins.list[Expired], float | None]:
         """Remove up to ``limit`` keys whose expiry is due, atomically (two workers never

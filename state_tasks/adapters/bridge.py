@@ -43,9 +43,9 @@ from typing import Any
 
 from state_tasks.adapters.base import (
     DEFAULT_MAX_VALUE_BYTES,
+    BatchChange,
     Change,
     Entry,
-    Expired,
     OperationSettled,
     VersionedStateAdapter,
 )
@@ -259,16 +259,16 @@ class Bridge(VersionedStateAdapter):
     def batch(
         self, scope: str, operations: Sequence[BatchOp], op_id: str | None = None
     ) -> builtins.list[BatchResult]:
-        results, _ = self.batch_versioned(scope, operations, op_id)
+        results = self.batch_versioned(scope, operations, op_id).results
         return [(old, new) for old, new, _ in results]
 
     def batch_versioned(
         self, scope: str, operations: Sequence[BatchOp], op_id: str | None = None
-    ) -> tuple[builtins.list[VersionedBatchResult], builtins.list[Expired]]:
+    ) -> BatchChange:
         """One remote ``state::batch`` (atomic there); recorded here as one operation."""
         done = self._recorded(op_id)
         if done is not None and done[1] == BATCH_RECORD and done[0] is not None:
-            return parse_versioned_batch_record(done[0]), []
+            return BatchChange(parse_versioned_batch_record(done[0]), [])
         forwarded = [_forwarded(index, op) for index, op in enumerate(operations)]
         payload = {"scope": scope, "operations": forwarded}
         answer = self._applied(op_id, self.remote("state::batch", payload, op_id), operations)
@@ -283,7 +283,7 @@ class Bridge(VersionedStateAdapter):
         if op_id is not None:
             with self._ops_lock:
                 self._ops.add(op_id, self._ops.new(batch_record(results), BATCH_RECORD))
-        return results, []
+        return BatchChange(results, [])
 
     def list_page(
         self, scope: str, prefix: str, after: str | None, limit: int

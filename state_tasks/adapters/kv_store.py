@@ -15,6 +15,7 @@ from collections.abc import (
 
 from state_tasks.adapters.base import (
     DEFAULT_MAX_VALUE_BYTES,
+    BatchChange,
     Change,
     Entry,
     Expired,
@@ -408,11 +409,11 @@ class KvStore(VersionedStateAdapter):
 
     def batch_versioned(
         self, scope: str, operations: Sequence[BatchOp], op_id: str | None = None
-    ) -> tuple[builtins.list[VersionedBatchResult], builtins.list[Expired]]:
+    ) -> BatchChange:
         with self._lock:
             done = self._ops.find(op_id)
             if done is not None and done[1] == BATCH_RECORD and done[0] is not None:
-                return parse_versioned_batch_record(done[0]), []
+                return BatchChange(parse_versioned_batch_record(done[0]), [])
             now = self.clock_ms()
             before: dict[str, tuple[str, int] | None] = {}
             waiting: builtins.list[str] = []
@@ -442,12 +443,12 @@ class KvStore(VersionedStateAdapter):
                 self._apply(scope, op.key, new, version, dues[op.key] if new is not None else None)
             if op_id is not None:
                 self._ops.add(op_id, record)
-            return results, gone
+            return BatchChange(results, gone)
 
     def batch(
         self, scope: str, operations: Sequence[BatchOp], op_id: str | None = None
     ) -> builtins.list[BatchResult]:
-        results, _ = self.batch_versioned(scope, operations, op_id)
+        results = self.batch_versioned(scope, operations, op_id).results
         return [(old, new) for old, new, _ in results]
 
     # -- expiry -------------------------------------------------------------------------

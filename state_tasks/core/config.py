@@ -53,7 +53,7 @@ from state_tasks.adapters.records import (
     DEFAULT_MAX_OPS,
     default_op_window_s,
 )
-from state_tasks.adapters.redis_adapter import (
+from state_tasks.adapters.redis import (
     DEFAULT_KEY_PREFIX,
     DEFAULT_REDIS_URL,
     DEFAULT_WAIT_TIMEOUT_MS,
@@ -153,7 +153,7 @@ def _kv_store(config: KvStoreConfig) -> StateAdapter:
 
 
 def _redis(config: RedisAdapterConfig) -> StateAdapter:
-    from state_tasks.adapters.redis_adapter import RedisAdapter
+    from state_tasks.adapters.redis import RedisAdapter
 
     tls = {
         name: getattr(config, name)

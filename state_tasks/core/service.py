@@ -154,8 +154,10 @@ class StateService:
 
     :param adapter: where values live; opened by the caller.
     :param on_change: called with the event dict after each stored change. A listener that
-        also has ``send_all(events)`` (:class:`state_tasks.triggers.dispatch.Dispatcher`) gets the
-        events of one operation or sweep together.
+        has ``send_changes(events, trigger_version)`` gets the events of one operation
+        together with the triggers' version the adapter read with the change (``None``:
+        not read); one that has ``send_all(events)`` gets them together
+        (:class:`state_tasks.triggers.dispatch.Dispatcher` has both).
     :param expiry_resend_after_ms: see :data:`DEFAULT_EXPIRY_RESEND_AFTER_MS`.
     """
 
@@ -339,7 +341,7 @@ class StateService:
         check_batch_size(request.operations)
         operations = [self._batch_op(i, raw) for i, raw in enumerate(request.operations)]
         try:
-            results, expired = self.adapter.batch_versioned(request.scope, operations, op_id)
+            change = self.adapter.batch_versioned(request.scope, operations, op_id)
         except OperationSettled as settled:
             versions = _batch_versions(operations, settled.versions)
             results = [
@@ -347,9 +349,9 @@ class StateService:
             ]
             return {"results": results, "replayed": True}
         answers: list[Any] = []
-        events = [expiry_event(gone) for gone in expired]
+        events = [expiry_event(gone) for gone in change.expired]
         for index, (op, (old_text, new_text, version)) in enumerate(
-            zip(operations, results, strict=True)
+            zip(operations, change.results, strict=True)
         ):
             old = codec.decode(old_text)
             event_id = None if op_id is None else f"{op_id}:{index}"
@@ -368,8 +370,8 @@ class StateService:
             events.append(
                 make_event(event_type, request.scope, op.key, old, new, event_id, version)
             )
-        self._dispatch(events, op_id)
-        self._expiries_sent(expired)
+        self._dispatch(events, op_id, change.trigger_version)
+        self._expiries_sent(change.expired)
         return {"results": answers}
 
     def _batch_op(self, index: int, raw: Any) -> BatchOp:
@@ -486,7 +488,7 @@ class StateService:
         record may be settled."""
         events = [] if change.expired is None else [expiry_event(change.expired)]
         events.append(make_event(event_type, scope, key, old, new, op_id, change.version))
-        self._dispatch(events, op_id)
+        self._dispatch(events, op_id, change.trigger_version)
         if change.expired is not None:
             self._expiries_sent([change.expired])
 
@@ -505,12 +507,15 @@ class StateService:
                 e,
             )
 
-    def _dispatch(self, events: list[dict[str, Any]], op_id: str | None) -> None:
-        """Send the trigger work of an operation's stored changes; then its record may be
-        settled."""
+    def _dispatch(
+        self, events: list[dict[str, Any]], op_id: str | None, trigger_version: int | None = None
+    ) -> None:
+        """Send the trigger work of an operation's stored changes (matched against the
+        triggers at ``trigger_version`` when the adapter read it with the change); then its
+        record may be settled."""
         if self.on_change is not None and events:
             try:
-                self._send(events)
+                self._send(events, trigger_version)
             except Exception as e:
                 # The change is stored, its trigger work is not (or not surely) sent. Fail the
                 # call as a connection problem: the task is retried under the same id, which
@@ -536,9 +541,15 @@ class StateService:
             with self._sent_lock:
                 self._sent.append((threading.get_ident(), time.monotonic(), op_id))
 
-    def _send(self, events: list[dict[str, Any]]) -> None:
-        """Hand ``events`` to the listener: all at once when it can take several
-        (:meth:`state_tasks.triggers.dispatch.Dispatcher.send_all`), else one by one."""
+    def _send(self, events: list[dict[str, Any]], trigger_version: int | None) -> None:
+        """Hand ``events`` to the listener: all at once with the triggers' version when it
+        takes them so (``send_changes``, as
+        :meth:`state_tasks.triggers.dispatch.Dispatcher.send_changes`), all at once when it
+        can (``send_all``), else one by one."""
+        send_changes = getattr(self.on_change, "send_changes", None)
+        if send_changes is not None:
+            send_changes(events, trigger_version)
+            return
         send_all = getattr(self.on_change, "send_all", None)
         if send_all is not None and len(events) > 1:
             send_all(events)

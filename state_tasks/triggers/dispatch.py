@@ -44,20 +44,36 @@ class Dispatcher:
         self.app = app
         self.registry = registry
 
-    def __call__(self, event: dict[str, Any]) -> None:
-        """Enqueue the work of every trigger matching the change; none: nothing is sent."""
-        for trigger in self.registry.match(event["scope"], event["key"]):
+    def __call__(self, event: dict[str, Any], *, trigger_version: int | None = None) -> None:
+        """Enqueue the work of every trigger matching the change; none: nothing is sent.
+        ``trigger_version``: as for :meth:`send_all`."""
+        index = self.registry.match_index(trigger_version)
+        for trigger in index.match(event["scope"], event["key"]):
             self.enqueue(trigger, event)
 
-    def send_all(self, events: Sequence[dict[str, Any]]) -> None:
+    def send_changes(
+        self, events: Sequence[dict[str, Any]], trigger_version: int | None = None
+    ) -> None:
+        """The state service's way in: the events of one operation, matched against the
+        triggers at ``trigger_version`` when the adapter read it with the change."""
+        if len(events) == 1:
+            self(events[0], trigger_version=trigger_version)
+        else:
+            self.send_all(events, trigger_version=trigger_version)
+
+    def send_all(
+        self, events: Sequence[dict[str, Any]], *, trigger_version: int | None = None
+    ) -> None:
         """Enqueue the work of every trigger matching each of ``events``, in their order,
         through one producer and (where the transport batches) one round trip to the broker.
+        ``trigger_version``: the triggers' version the adapter read with the change (the
+        registry then reads none).
 
         Raises what sending raises; then none, some or all of the work may have been sent
         (a batch that failed to flush is uncertain: kombu's ``BatchPublishError``), so a
         caller resends all of it under the same event ids.
         """
-        index = self.registry.match_index()
+        index = self.registry.match_index(trigger_version)
         work = [
             (trigger, event)
             for event in events

@@ -121,10 +121,12 @@ class TriggerRegistry:
         """Triggers for a change of ``(scope, key)``, from an index that follows the store."""
         return self.match_index().match(scope, key)
 
-    def match_index(self) -> MatchIndex:
-        """The index of the stored triggers as they are now (one read of their version; a
+    def match_index(self, version: int | None = None) -> MatchIndex:
+        """The index of the stored triggers as they are now: at ``version`` when the caller
+        has it (an adapter may read it with the change), else after one read of it (a
         caller matching many changes at once reads it once for all of them)."""
-        version = self.adapter.triggers_version()
+        if version is None:
+            version = self.adapter.triggers_version()
         if version != self._version:
             with self._reload_lock:
                 if version != self._version:

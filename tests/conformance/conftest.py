@@ -14,7 +14,7 @@ from state_tasks.adapters.base import StateAdapter
 from state_tasks.adapters.bridge import Bridge
 from state_tasks.adapters.file_store import FileKvStore
 from state_tasks.adapters.kv_store import KvStore
-from state_tasks.adapters.redis_adapter import RedisAdapter
+from state_tasks.adapters.redis import RedisAdapter
 from state_tasks.contrib.servers import RedisSentinelGroup
 from state_tasks.core.service import StateService
 from state_tasks.remote import RemoteDeployment

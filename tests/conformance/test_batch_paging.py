@@ -12,7 +12,7 @@ from conftest import Recorder, plain
 from test_file_store import crash, open_store
 
 from state_tasks.adapters.base import StateAdapter
-from state_tasks.adapters.redis_adapter import RedisAdapter
+from state_tasks.adapters.redis import RedisAdapter
 from state_tasks.core.batch import DEFAULT_MAX_BATCH_OPERATIONS, BatchOp, encode_cursor
 from state_tasks.core.errors import StateError
 from state_tasks.core.ops import parse_ops
@@ -365,12 +365,12 @@ def test_redis_scope_written_before_the_key_index_pages_whole(redis_server: Any)
     # Given a scope written by an older release: its hash, and no key index
     adapter = RedisAdapter(redis_url=redis_server.url(0), key_prefix=f"legacy-{uuid.uuid4().hex}")
     raw = redis.Redis.from_url(redis_server.url(0), decode_responses=True)
-    raw.hset(adapter.scope_key("old"), mapping={f"k{i:02d}": str(i) for i in range(30)})
+    raw.hset(adapter.layout.scope_key("old"), mapping={f"k{i:02d}": str(i) for i in range(30)})
     raw.zadd(f"{adapter.key_prefix}:groups", {"old": 0})
     # When it changes (a new key, a deleted key) before any page
     adapter.set("old", "new", '"n"')
     adapter.delete("old", "k05")
-    assert not raw.exists(adapter.index_key("old"))  # no partial index
+    assert not raw.exists(adapter.layout.scope_key("old", "k"))  # no partial index
     # Then its pages hold every key, once, and the index is kept from then on
     keys, after, more = [], None, True
     while more:
@@ -379,6 +379,6 @@ def test_redis_scope_written_before_the_key_index_pages_whole(redis_server: Any)
         after = rows[-1][0] if rows else None
     assert keys == sorted({f"k{i:02d}" for i in range(30)} - {"k05"} | {"new"})
     adapter.set("old", "k05", "5")
-    assert raw.zcard(adapter.index_key("old")) == 31
+    assert raw.zcard(adapter.layout.scope_key("old", "k")) == 31
     assert adapter.list_page("old", "k0", None, 100)[0][5] == ("k05", "5")
     adapter.close()

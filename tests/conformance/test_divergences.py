@@ -33,8 +33,8 @@ from test_file_store import crash
 
 from state_tasks.adapters.base import StateAdapter
 from state_tasks.adapters.file_store import FileKvStore
-from state_tasks.adapters.redis_adapter import RedisAdapter
-from state_tasks.adapters.redis_layout import bucket_of
+from state_tasks.adapters.redis import RedisAdapter
+from state_tasks.adapters.redis.layout import bucket_of
 from state_tasks.core.batch import DEFAULT_MAX_BATCH_OPERATIONS, DEFAULT_MAX_GET_MANY_KEYS
 from state_tasks.core.codec import MAX_STORED_DEPTH
 from state_tasks.core.errors import StateError, VersionConflict
@@ -403,11 +403,11 @@ def write_before_versions(adapter: RedisAdapter, scope: str, fields: dict[str, s
     """A scope as a release before versions wrote it: its hash, its key index and its place
     in the groups index, and no versions hash."""
     client = adapter.client
-    client.hset(adapter.scope_key(scope), mapping=fields)
-    client.zadd(adapter.index_key(scope), dict.fromkeys(fields, 0))
-    layout = adapter._layout
+    client.hset(adapter.layout.scope_key(scope), mapping=fields)
+    client.zadd(adapter.layout.scope_key(scope, "k"), dict.fromkeys(fields, 0))
+    layout = adapter.layout
     client.zadd(layout.groups_key(layout.tag(scope)), {scope: 0})
-    assert not client.exists(adapter.versions_key(scope))
+    assert not client.exists(adapter.layout.scope_key(scope, "v"))
 
 
 @pytest.mark.parametrize("make_adapter", REDIS_KINDS, indirect=True)

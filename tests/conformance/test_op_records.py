@@ -26,7 +26,7 @@ from test_file_store import crash, open_store
 from state_tasks.adapters.base import StateAdapter
 from state_tasks.adapters.file_store import FileKvStore
 from state_tasks.adapters.kv_store import KvStore
-from state_tasks.adapters.redis_adapter import RedisAdapter
+from state_tasks.adapters.redis import RedisAdapter
 from state_tasks.core.errors import AdapterUnavailable
 from state_tasks.core.service import StateService
 

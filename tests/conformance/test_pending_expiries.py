@@ -16,7 +16,7 @@ import pytest
 from helpers import Events
 
 from state_tasks.adapters.base import StateAdapter
-from state_tasks.adapters.redis_adapter import RedisAdapter
+from state_tasks.adapters.redis import RedisAdapter
 from state_tasks.core.errors import AdapterUnavailable
 from state_tasks.core.service import StateService, expiry_event_id
 
@@ -39,7 +39,7 @@ def no_pending_records(adapter: StateAdapter) -> None:
     is kept for an expiry whose event went out."""
     if not isinstance(adapter, RedisAdapter):
         return
-    layout = adapter._layout
+    layout = adapter.layout
     for tag in layout.tags:
         for name in (layout.expiring_key(tag), layout.expiring_at_key(tag)):
             assert not adapter.client.exists(name), name
@@ -136,9 +136,9 @@ def test_every_write_meeting_an_expired_key_leaves_a_pending_expiry(
         change = adapter.delete_versioned(scope, "k")
         gone = change.expired
     else:
-        _, expired = adapter.batch_versioned(
+        expired = adapter.batch_versioned(
             scope, [service._batch_op(0, {"op": "set", "key": "k", "value": 1})]
-        )
+        ).expired
         (gone,) = expired
     assert gone is not None and gone.version == version
     (pending,) = adapter.pending_expiries(0, 10)

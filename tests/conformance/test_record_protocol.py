@@ -18,7 +18,7 @@ from state_tasks.adapters.base import StateAdapter
 from state_tasks.adapters.file_store import FileKvStore
 from state_tasks.adapters.kv_store import KvStore
 from state_tasks.adapters.records import settled_marker, settled_versions
-from state_tasks.adapters.redis_adapter import RedisAdapter
+from state_tasks.adapters.redis import RedisAdapter
 from state_tasks.core.service import StateService
 
 
@@ -110,7 +110,7 @@ def marker_kept(adapter: StateAdapter, op_id: str) -> str | None:
     """The settled marker the adapter keeps for ``op_id``, as settled_marker text ('': one
     without versions); None for an adapter whose records live elsewhere (the Bridge)."""
     if isinstance(adapter, RedisAdapter):
-        text = adapter.client.get(adapter._layout.op_key(op_id, adapter._layout.tag("s")))
+        text = adapter.client.get(adapter.layout.op_key(op_id, adapter.layout.tag("s")))
         return "" if text == "1" else str(text)
     if isinstance(adapter, KvStore | FileKvStore):
         settled = adapter._ops.settled[op_id]

@@ -18,7 +18,7 @@ from test_file_store import crash, open_store
 
 from state_tasks.adapters.base import StateAdapter
 from state_tasks.adapters.kv_store import KvStore
-from state_tasks.adapters.redis_adapter import RedisAdapter
+from state_tasks.adapters.redis import RedisAdapter
 from state_tasks.core.errors import StateError, VersionConflict
 from state_tasks.core.models import MAX_TTL_MS
 from state_tasks.core.service import StateService, expiry_event_id
@@ -384,7 +384,7 @@ def test_redis_data_from_before_versions_is_at_version_one(redis_server: Any) ->
     service = StateService(adapter)
     # Given a scope written by the previous release: a hash and nothing else
     raw = redis.Redis.from_url(redis_server.url(0))
-    raw.hset(adapter.scope_key("old"), mapping={"a": '{"v":1}', "b": "2"})
+    raw.hset(adapter.layout.scope_key("old"), mapping={"a": '{"v":1}', "b": "2"})
     raw.zadd(f"{prefix}:groups", {"old": 0})
     assert versioned(service, "old", "a") == {
         "value": {"v": 1},

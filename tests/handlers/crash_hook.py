@@ -29,10 +29,10 @@ def _crash_once() -> None:
     os._exit(70)
 
 
-def _dispatch_or_crash(self: Dispatcher, event: dict[str, Any]) -> None:
+def _dispatch_or_crash(self: Dispatcher, event: dict[str, Any], **options: Any) -> None:
     if event["scope"] == SCOPE:
         _crash_once()
-    _dispatch(self, event)
+    _dispatch(self, event, **options)
 
 
 Dispatcher.__call__ = _dispatch_or_crash  # type: ignore[method-assign]

@@ -37,14 +37,14 @@ def _crash_on_expiry(events: Sequence[dict[str, Any]]) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _send_all_or_crash(self: Dispatcher, events: Sequence[dict[str, Any]]) -> None:
+def _send_all_or_crash(self: Dispatcher, events: Sequence[dict[str, Any]], **options: Any) -> None:
     _crash_on_expiry(events)
-    _send_all(self, events)
+    _send_all(self, events, **options)
 
 
-def _call_or_crash(self: Dispatcher, event: dict[str, Any]) -> None:
+def _call_or_crash(self: Dispatcher, event: dict[str, Any], **options: Any) -> None:
     _crash_on_expiry([event])
-    _call(self, event)
+    _call(self, event, **options)
 
 
 Dispatcher.send_all = _send_all_or_crash  # type: ignore[method-assign]

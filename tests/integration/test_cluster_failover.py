@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from helpers import Deployment, RedisServer, redis_state_yaml, wait_until
 
-from state_tasks.adapters.redis_adapter import RedisAdapter
+from state_tasks.adapters.redis import RedisAdapter
 from state_tasks.contrib.servers import RedisCluster
 
 INCREMENT = [{"increment": {"field": "n", "by": 1}}]
@@ -58,7 +58,7 @@ def test_a_master_killed_mid_load_loses_and_doubles_nothing(
     )
     probe = RedisAdapter(redis_url=url, key_prefix=prefix)
     try:
-        masters = {scope: cluster.master_of(probe.scope_key(scope)) for scope in SCOPES}
+        masters = {scope: cluster.master_of(probe.layout.scope_key(scope)) for scope in SCOPES}
         assert len(set(masters.values())) == 3, "the scopes spread over every master"
         for _ in range(2):
             deployment.worker("--concurrency", "2")
@@ -75,7 +75,7 @@ def test_a_master_killed_mid_load_loses_and_doubles_nothing(
         busiest = masters[SCOPES[0]]
         cluster.kill(busiest)
         wait_until(
-            lambda: cluster.master_of(probe.scope_key(SCOPES[0])) != busiest,
+            lambda: cluster.master_of(probe.layout.scope_key(SCOPES[0])) != busiest,
             30,
             "a replica to take over the dead master's slots",
         )

@@ -14,7 +14,7 @@ import redis
 from helpers import Deployment, RedisServer, Worker, own_db, redis_state_yaml, wait_until
 
 from state_tasks import AdapterError, UpdateOpError
-from state_tasks.adapters.redis_adapter import RedisAdapter
+from state_tasks.adapters.redis import RedisAdapter
 from state_tasks.core.ops import parse_ops
 from state_tasks.core.urls import redact_url
 

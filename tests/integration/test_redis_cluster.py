@@ -18,8 +18,8 @@ import pytest
 import redis
 from redis_acl import ACL_DOC, readme_acl_line
 
-from state_tasks.adapters.redis_adapter import RedisAdapter
-from state_tasks.adapters.redis_layout import CLUSTER_BUCKETS, bucket_of
+from state_tasks.adapters.redis import RedisAdapter
+from state_tasks.adapters.redis.layout import CLUSTER_BUCKETS, bucket_of
 from state_tasks.contrib.servers import RedisCluster
 from state_tasks.core.errors import AdapterError, AdapterUnavailable
 
@@ -54,17 +54,21 @@ def test_a_scopes_keys_share_a_slot_and_the_buckets_spread_over_every_master(
         adapter.set_versioned(scope, "k", '{"n": 1}', op_id=f"op-{scope}", ttl_ms=600_000)
     client = adapter.client
     for scope in scopes[:20]:
-        keys = adapter._mutation_keys(scope, f"op-{scope}")
-        assert all(client.exists(key) for key in keys[:2] + keys[3:])
-        # Then all of them, and the pending expiries' keys (KEYS[9..10]), are in one slot
+        keys = adapter.layout.mutation_keys(scope, f"op-{scope}")
+        assert all(client.exists(key) for key in keys[:2] + keys[3:8])
+        # Then all of them, the pending expiries' keys (KEYS[9..10]) too, are in one slot
         # (Redis would refuse the script otherwise)
-        keys += adapter._pending_keys(scope)
+        assert len(keys) == 10
         assert len({client.keyslot(key) for key in keys}) == 1
     # And the buckets (so the scopes, groups and due indexes) are spread over the three
     # masters, evenly
-    owners = Counter(client.get_node_from_key(adapter.scope_key(scope)).port for scope in scopes)
+    owners = Counter(
+        client.get_node_from_key(adapter.layout.scope_key(scope)).port for scope in scopes
+    )
     assert sorted(owners.values()) == [85, 85, 86]
-    assert set(owners) == {redis_cluster.master_of(adapter.scope_key(s)) for s in scopes[::40]}
+    assert set(owners) == {
+        redis_cluster.master_of(adapter.layout.scope_key(s)) for s in scopes[::40]
+    }
 
 
 def test_list_groups_merges_every_bucket_and_pages_each_scope_once_in_order(
@@ -133,7 +137,7 @@ def test_a_call_with_keys_in_several_slots_is_an_adapter_error(adapter: RedisAda
     keys = ["cross-a", "cross-b"]
     assert adapter.client.keyslot(keys[0]) != adapter.client.keyslot(keys[1])
     with pytest.raises(AdapterError, match="all keys must map") as caught:
-        adapter._run("reading", None, lambda: adapter.client.mget(keys))
+        adapter.run("reading", None, lambda: adapter.client.mget(keys))
     assert not isinstance(caught.value, AdapterUnavailable)
 
 
@@ -145,7 +149,7 @@ def test_a_stopped_cluster_is_adapter_unavailable_naming_the_node(tmp_path: Path
     adapter = RedisAdapter(redis_url=url, key_prefix="doomed")
     try:
         adapter.set("users", "u1", '{"n": 1}')
-        owner = cluster.master_of(adapter.scope_key("users"))
+        owner = cluster.master_of(adapter.layout.scope_key("users"))
         # When every node is stopped
         cluster.stop()
         # Then a call fails within seconds as AdapterUnavailable (a state task retries
@@ -177,7 +181,9 @@ def test_one_master_down_stops_expiry_only_in_its_buckets(
     adapter = RedisAdapter(redis_url=cluster.cluster_url(), key_prefix="partial")
     try:
         scopes = one_scope_per_bucket()
-        owner = {s: adapter.client.get_node_from_key(adapter.scope_key(s)).port for s in scopes}
+        owner = {
+            s: adapter.client.get_node_from_key(adapter.layout.scope_key(s)).port for s in scopes
+        }
         # and, in every bucket, an expiry handed over whose event is not known to be sent
         for scope in scopes:
             adapter.set_versioned(scope, "k1", "1", op_id=None, ttl_ms=50)
@@ -259,9 +265,9 @@ def test_keys_written_through_the_adapter_are_plain_redis_data(adapter: RedisAda
     """What docs/adapters.md's key table says, on a cluster: inspect it with redis-cli -c."""
     adapter.set("orders", "o1", '{"total": 3}')
     client: redis.RedisCluster = adapter.client
-    tag = adapter.scope_key("orders").split("{")[1].split("}")[0]
+    tag = adapter.layout.scope_key("orders").split("{")[1].split("}")[0]
     prefix = adapter.key_prefix
-    assert adapter.scope_key("orders") == f"{prefix}:s:{{{tag}}}:orders"
+    assert adapter.layout.scope_key("orders") == f"{prefix}:s:{{{tag}}}:orders"
     assert client.hget(f"{prefix}:s:{{{tag}}}:orders", "o1") == '{"total": 3}'
     assert client.zrange(f"{prefix}:groups:{{{tag}}}", 0, -1) == ["orders"]
     assert client.zrange(f"{prefix}:k:{{{tag}}}:orders", 0, -1) == ["o1"]

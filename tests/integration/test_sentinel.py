@@ -18,7 +18,7 @@ import redis
 from helpers import HANDLERS, REPO, RedisServer, Worker, adapter_yaml, own_db, wait_until
 
 from state_tasks import III, ConfigError, create_app
-from state_tasks.adapters.redis_adapter import RedisAdapter
+from state_tasks.adapters.redis import RedisAdapter
 from state_tasks.contrib.servers import RedisSentinelGroup
 from state_tasks.core.errors import AdapterError, AdapterUnavailable
 from state_tasks.core.ops import parse_ops

@@ -16,7 +16,7 @@ import pytest
 import redis
 from helpers import HANDLERS, OUR_VARIABLES, Client, own_db, redis_state_yaml
 
-from state_tasks.adapters.redis_adapter import RedisAdapter
+from state_tasks.adapters.redis import RedisAdapter
 from state_tasks.broker_errors import UNREACHABLE_ERRORS, describe_unreachable
 from state_tasks.contrib.servers import (
     RabbitTlsNode,

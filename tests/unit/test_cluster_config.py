@@ -13,8 +13,8 @@ import redis
 import redis.cluster
 from redis.exceptions import RedisClusterException
 
-from state_tasks.adapters.redis_adapter import RedisAdapter
-from state_tasks.adapters.redis_layout import (
+from state_tasks.adapters.redis import RedisAdapter
+from state_tasks.adapters.redis.layout import (
     CLUSTER_BUCKETS,
     CLUSTER_SLOTS,
     BucketLayout,
@@ -157,12 +157,15 @@ def test_state_yaml_selects_the_cluster_by_scheme_or_by_cluster_true() -> None:
 def test_every_key_a_mutation_touches_is_in_the_scopes_bucket_slot() -> None:
     adapter = RedisAdapter(redis_url="redis+cluster://127.0.0.1:1", key_prefix="state")
     for scope in ("users", "a:b", "{x}", "}", "%7B", "日本", ""):
-        keys = adapter._mutation_keys(scope, "op-1")
+        keys = adapter.layout.mutation_keys(scope, "op-1")
         assert len({slot(key) for key in keys}) == 1, (scope, keys)
-        assert {slot(key) for key in adapter._read_keys(scope)} == {slot(keys[0])}
+        assert {slot(key) for key in adapter.layout.read_keys(scope)} == {slot(keys[0])}
     # and distinct scopes never share a key
-    assert adapter.scope_key("a}") != adapter.scope_key("a%7D")
-    assert adapter.scope_key("users") == f"state:s:{{{bucket_tags()[bucket_of('users')]}}}:users"
+    assert adapter.layout.scope_key("a}") != adapter.layout.scope_key("a%7D")
+    assert (
+        adapter.layout.scope_key("users")
+        == f"state:s:{{{bucket_tags()[bucket_of('users')]}}}:users"
+    )
 
 
 def test_the_buckets_are_fixed_and_spread_evenly_over_the_slots() -> None:
@@ -190,18 +193,18 @@ def test_the_triggers_live_in_a_slot_of_their_own_with_their_counter() -> None:
 
 
 def test_only_connectivity_errors_of_the_cluster_client_are_unavailable() -> None:
-    from state_tasks.adapters.redis_adapter import _is_unavailable
+    from state_tasks.adapters.redis.connection import is_unavailable
 
     unreachable = RedisClusterException(
         "Redis Cluster cannot be connected. Please provide at least one reachable node: x"
     )
-    assert _is_unavailable(unreachable)
-    assert _is_unavailable(redis.exceptions.SlotNotCoveredError("slot 7 not covered"))
-    assert _is_unavailable(redis.exceptions.MovedError("7 127.0.0.1:7001"))
-    assert _is_unavailable(redis.exceptions.ClusterError("TTL exhausted."))
+    assert is_unavailable(unreachable)
+    assert is_unavailable(redis.exceptions.SlotNotCoveredError("slot 7 not covered"))
+    assert is_unavailable(redis.exceptions.MovedError("7 127.0.0.1:7001"))
+    assert is_unavailable(redis.exceptions.ClusterError("TTL exhausted."))
     # a misuse of the client would fail the same on every retry
-    assert not _is_unavailable(RedisClusterException("MGET - all keys must map to the same slot"))
-    assert not _is_unavailable(RedisClusterException("No way to dispatch... Missing key."))
+    assert not is_unavailable(RedisClusterException("MGET - all keys must map to the same slot"))
+    assert not is_unavailable(RedisClusterException("No way to dispatch... Missing key."))
 
 
 def test_a_cross_slot_call_is_an_adapter_error_not_unavailable() -> None:
@@ -211,7 +214,7 @@ def test_a_cross_slot_call_is_an_adapter_error_not_unavailable() -> None:
         raise RedisClusterException("EVALSHA - all keys must map to the same key slot")
 
     with pytest.raises(AdapterError, match="all keys must map") as caught:
-        adapter._run("reading", "users", cross_slot)
+        adapter.run("reading", "users", cross_slot)
     assert not isinstance(caught.value, AdapterUnavailable)
 
 
@@ -262,8 +265,8 @@ def test_settling_an_operation_the_process_forgot_is_logged_at_most_once_a_minut
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     adapter = RedisAdapter(redis_url="redis+cluster://:s3cret@127.0.0.1:1")
-    adapter._op_keys["known"] = ("b0-376", "state:op:{b0-376}:known")
-    with caplog.at_level(logging.WARNING, logger="state_tasks.adapters.redis_adapter"):
+    adapter._topology._op_keys["known"] = ("b0-376", "state:op:{b0-376}:known")
+    with caplog.at_level(logging.WARNING, logger="state_tasks.adapters.redis"):
         adapter.settle(["known", "evicted-1", "evicted-2"])
         adapter.settle(["evicted-3"])
     warned = [r.getMessage() for r in caplog.records if "not settled" in r.getMessage()]
@@ -273,7 +276,7 @@ def test_settling_an_operation_the_process_forgot_is_logged_at_most_once_a_minut
     # a minute later, the ones since are counted
     adapter._forgotten_logged_at -= 61
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="state_tasks.adapters.redis_adapter"):
+    with caplog.at_level(logging.WARNING, logger="state_tasks.adapters.redis"):
         adapter.settle(["evicted-4"])
     warned = [r.getMessage() for r in caplog.records if "not settled" in r.getMessage()]
     assert len(warned) == 1 and ": 2 operation records not settled" in warned[0]

@@ -172,10 +172,7 @@ def test_discovery_finds_every_layer() -> None:
         "state_tasks.triggers.tasks",
     ):
         assert expected in MODULES
-    assert (
-        "state_tasks.core.ops" in CELERY_FREE
-        and "state_tasks.adapters.redis_adapter" in CELERY_FREE
-    )
+    assert "state_tasks.core.ops" in CELERY_FREE and "state_tasks.adapters.redis" in CELERY_FREE
     assert (
         "state_tasks.tasks" not in CELERY_FREE and "state_tasks.triggers.tasks" not in CELERY_FREE
     )

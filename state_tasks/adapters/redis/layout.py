@@ -1,4 +1,5 @@
-"""Where the RedisAdapter keeps what: the key names, on one server and on a Redis Cluster.
+"""Where the RedisAdapter keeps what: the key names, on one server and on a Redis Cluster,
+and which of them each script is given.
 
 One server (and Sentinel)::
 
@@ -121,6 +122,30 @@ class KeyLayout:
         """The pending expiries by claim time: a sorted set, pending id -> ms of the
         server's clock when the expiry was handed over (or last claimed again)."""
         return f"{self.prefix}:expiring:at"
+
+    # -- the KEYS of the scripts (named in lua/lib_mutation_keys.lua, lua/lib_read_keys.lua)
+
+    def mutation_keys(self, scope: str, op_id: str | None) -> list[str]:
+        """KEYS[1..10] of a script that changes ``scope``: its hash, its bucket's groups
+        index and copy of the trigger version, the operation's record, its key index,
+        versions and due index, its bucket's due scopes and pending expiries."""
+        tag = self.tag(scope)
+        return [
+            self.scope_key(scope, "s"),
+            self.groups_key(tag),
+            self.version_key(tag),
+            self.op_key(op_id or "", tag),
+            self.scope_key(scope, "k"),
+            self.scope_key(scope, "v"),
+            self.scope_key(scope, "x"),
+            self.due_scopes_key(tag),
+            self.expiring_key(tag),
+            self.expiring_at_key(tag),
+        ]
+
+    def read_keys(self, scope: str) -> list[str]:
+        """KEYS of a read of ``scope``: its hash, versions and due index."""
+        return [self.scope_key(scope, "s"), self.scope_key(scope, "v"), self.scope_key(scope, "x")]
 
 
 class BucketLayout(KeyLayout):

@@ -1,0 +1,60 @@
+"""The Lua scripts of the Redis adapter, read from the ``.lua`` files beside this module.
+
+Each file opens with a comment naming its KEYS, ARGV and what it returns, then names
+them as locals. A line ``--!include NAME`` is replaced by ``NAME.lua``: the libraries
+(``lib_*.lua``) hold what several scripts share (settling a record, the clock, the steps
+of a change), written once. Every script gets the reply codes first
+(:func:`state_tasks.adapters.redis.replies.lua_prelude`).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from importlib import resources
+
+from state_tasks.adapters.redis.replies import lua_prelude
+
+_INCLUDE = re.compile(r"^--!include (\w+)$", re.MULTILINE)
+
+
+def _read(name: str) -> str:
+    return (resources.files(__package__) / "lua" / f"{name}.lua").read_text(encoding="utf-8")
+
+
+def _expand(name: str, seen: tuple[str, ...] = ()) -> str:
+    if name in seen:
+        raise ValueError(f"Lua include cycle: {' -> '.join((*seen, name))}")
+    return _INCLUDE.sub(lambda m: _expand(m.group(1), (*seen, name)), _read(name))
+
+
+@functools.cache
+def source(name: str) -> str:
+    """The whole text of the script ``name`` (``set`` for ``lua/set.lua``), includes
+    expanded, reply codes first."""
+    return lua_prelude() + _expand(name)
+
+
+#: Every script the adapter runs (not the libraries).
+NAMES = (
+    "set",
+    "delete",
+    "check_and_set",
+    "batch",
+    "read_for_write",
+    "get",
+    "get_entry",
+    "get_many",
+    "list",
+    "page",
+    "live_counts",
+    "due_scopes",
+    "expire",
+    "settle",
+    "trigger_put",
+    "trigger_delete",
+    "raise_version",
+    "pending_claim",
+    "pending_release",
+    "expiries_sent",
+)
