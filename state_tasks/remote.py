@@ -5,18 +5,23 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar, Literal
 
+import pydantic
 from amqp.exceptions import PreconditionFailed
 from celery import Celery
 from celery.app import backends
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from kombu.exceptions import OperationalError
 
-from state_tasks.core.config import DEFAULT_BRIDGE_TIMEOUT_MS
+from state_tasks.adapters.base import StateAdapter
+from state_tasks.adapters.bridge import Bridge
+from state_tasks.adapters.settings import AdapterSettings
 from state_tasks.core.errors import AdapterError, StateError
 from state_tasks.core.urls import redact_url
-from state_tasks.high_availability import QUEUE_TYPE_VARIABLE, queue_type_settings
+from state_tasks.high_availability import QUEUE_TYPE_VARIABLE, is_amqp_url, queue_type_settings
+
+DEFAULT_BRIDGE_TIMEOUT_MS = 30000
 
 #: How often a waiting call polls a polling result backend.
 POLL_INTERVAL_S = 0.01
@@ -155,3 +160,46 @@ class RemoteDeployment:
     def close(self) -> None:
         if self._app is not None:
             self._app.close()
+
+
+class BridgeSettings(AdapterSettings):
+    """``modules::state::adapters::Bridge``: state kept by another deployment, reached
+    through its broker (:class:`RemoteDeployment`) by the :class:`Bridge` adapter."""
+
+    kind: ClassVar[str] = "Bridge"
+    process_local: ClassVar[bool] = True  # its local triggers live in the process
+
+    broker_url: str
+    result_backend: str
+    timeout_ms: int = pydantic.Field(DEFAULT_BRIDGE_TIMEOUT_MS, gt=0)
+    queue: str | None = None
+    # The type of the queues the remote deployment declares (its STATE_TASKS_QUEUE_TYPE):
+    # RabbitMQ refuses a client that declares the remote's queues with another type.
+    queue_type: Literal["classic", "quorum"] = "classic"
+
+    @pydantic.field_validator("queue_type")
+    @classmethod
+    def _quorum_needs_rabbitmq(cls, value: str, info: pydantic.ValidationInfo) -> str:
+        broker_url = info.data.get("broker_url")
+        if value == "quorum" and isinstance(broker_url, str) and not is_amqp_url(broker_url):
+            raise ValueError(
+                "quorum queues need a RabbitMQ broker_url (amqp://...), "
+                f"not {redact_url(broker_url)!r}"
+            )
+        return value
+
+    def build(self) -> StateAdapter:
+        remote = RemoteDeployment(
+            broker_url=self.broker_url,
+            result_backend=self.result_backend,
+            timeout_ms=self.timeout_ms,
+            queue=self.queue,
+            queue_type=self.queue_type,
+        )
+        return Bridge(
+            remote=remote.call,
+            remote_name=remote.name,
+            max_value_bytes=self.max_value_bytes,
+            op_window_s=self.op_window_s,
+            on_close=remote.close,
+        )

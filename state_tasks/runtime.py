@@ -12,7 +12,7 @@ import threading
 
 from celery import Celery
 
-from state_tasks.core.config import StateConfig, load_config
+from state_tasks.config import StateConfig, load_config
 from state_tasks.core.service import StateService
 from state_tasks.triggers import declarations
 from state_tasks.triggers.dispatch import Dispatcher

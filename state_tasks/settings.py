@@ -127,7 +127,7 @@ worker_redirect_stdouts = False
 def _default_pool() -> str:
     """``threads`` when the configured adapter keeps its data in one process."""
     try:
-        from state_tasks.core.config import load_config
+        from state_tasks.config import load_config
 
         return "prefork" if not load_config().process_local else "threads"
     except Exception:  # a bad state.yaml is reported by the worker at start-up

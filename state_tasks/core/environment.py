@@ -57,7 +57,8 @@ VARIABLES = (
     ),
     Variable(
         "CELERY_RESULT_EXPIRES",
-        "seconds a state task's result is kept when nobody reads it",
+        "seconds a state task's result is kept when nobody reads it (see "
+        "[What is kept](operations.md#what-is-kept-and-for-how-long))",
         "`3600`",
     ),
     Variable(
@@ -74,17 +75,55 @@ VARIABLES = (
     Variable(
         "STATE_TASKS_SENTINEL_PASSWORD", "the sentinels' own password, if they require one", "unset"
     ),
-    Variable("STATE_TASKS_QUEUE_TYPE", "`quorum`: RabbitMQ quorum queues", "`classic`"),
+    Variable(
+        "STATE_TASKS_QUEUE_TYPE",
+        "`quorum`: RabbitMQ quorum queues "
+        "([quorum queues](high-availability.md#the-broker-rabbitmq-quorum-queues))",
+        "`classic`",
+    ),
     Variable(
         "CELERY_CONFIG_MODULE",
-        "a module of Celery settings applied over the package's own",
+        "a module of Celery settings applied over the package's own "
+        "([your Celery overrides](#your-celery-overrides-celery_config_module))",
         "unset",
     ),
-    Variable("CELERY_SSL_CERT_REQS", "TLS with the broker and result backend", "`required`"),
     Variable(
-        "STATE_TASKS_CONSOLE_TOKEN", "the console's sign-in token", "unset (required to serve it)"
+        "CELERY_SSL_CA_CERTS",
+        "TLS with the broker and results: the CAs to trust, a PEM file ([TLS](security.md#tls))",
+        "the system's",
+    ),
+    Variable("CELERY_SSL_CERTFILE", "TLS: a client certificate (PEM)", "unset"),
+    Variable("CELERY_SSL_KEYFILE", "TLS: the client certificate's key (PEM)", "unset"),
+    Variable(
+        "CELERY_SSL_CERT_REQS",
+        "TLS: `required`, `optional` or `none` (no checks)",
+        "`required`",
+    ),
+    Variable(
+        "STATE_TASKS_SIGNING_KEY",
+        "sign every task message with this key ([signed task messages]"
+        "(security.md#signed-task-messages))",
+        "unset (no signing)",
+    ),
+    Variable("STATE_TASKS_SIGNING_CERT", "the certificate of the signing key", "unset"),
+    Variable(
+        "STATE_TASKS_SIGNING_CERT_STORE",
+        "accept only messages signed by a certificate in this folder",
+        "unset",
+    ),
+    Variable(
+        "STATE_TASKS_CONSOLE_TOKEN",
+        "the console's sign-in token ([console](console.md))",
+        "unset (a random one is printed)",
     ),
 )
+
+
+def table() -> str:
+    """:data:`VARIABLES` as the Markdown table of docs/configuration.md."""
+    rows = ["| variable | meaning | default |", "|---|---|---|"]
+    rows += [f"| `{v.name}` | {v.meaning} | {v.default} |" for v in VARIABLES]
+    return "\n".join(rows) + "\n"
 
 
 def positive_int_from_env(variable: str, default: int, unit: str = "seconds") -> int:

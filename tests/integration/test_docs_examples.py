@@ -32,7 +32,7 @@ import pytest
 import yaml
 from helpers import OUR_VARIABLES, REPO, Worker
 
-from state_tasks.core.config import STATE_MODULE_CLASS, parse_config
+from state_tasks.config import STATE_MODULE_CLASS, parse_config
 
 # The worker picks its own broker (the embedded default): no second run on RabbitMQ.
 pytestmark = pytest.mark.own_broker

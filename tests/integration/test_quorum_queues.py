@@ -12,7 +12,7 @@ import pytest
 import redis
 from helpers import Deployment, RedisServer, adapter_yaml, own_db, redis_state_yaml, wait_until
 
-from state_tasks.core.config import StateConfig, parse_config
+from state_tasks.config import StateConfig, parse_config
 from state_tasks.core.errors import AdapterError, ConfigError
 from state_tasks.high_availability import queue_type_settings
 from state_tasks.remote import RemoteDeployment

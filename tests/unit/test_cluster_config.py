@@ -22,8 +22,8 @@ from state_tasks.adapters.redis.layout import (
     bucket_tags,
     key_slot,
 )
+from state_tasks.config import parse_config
 from state_tasks.core.cluster import ClusterTarget, parse_cluster_url
-from state_tasks.core.config import parse_config
 from state_tasks.core.errors import AdapterError, AdapterUnavailable, ConfigError
 from state_tasks.core.urls import redact_url
 

@@ -14,7 +14,7 @@ from state_tasks.adapters.records import (
     OP_WINDOW_MARGIN_S,
     default_op_window_s,
 )
-from state_tasks.core.config import (
+from state_tasks.config import (
     load_config,
     parse_config,
 )

@@ -23,26 +23,16 @@ import builtins
 from collections.abc import Sequence
 from typing import Any
 
-import redis
-import redis.cluster
-
 from state_tasks.adapters.base import (
-    DEFAULT_MAX_VALUE_BYTES,
     BatchChange,
     Change,
     Expired,
     OperationSettled,
 )
 from state_tasks.adapters.records import settled_versions
-from state_tasks.adapters.redis.connection import (
-    DEFAULT_REDIS_URL,
-    DEFAULT_SOCKET_TIMEOUT_S,
-    DEFAULT_SSL_CERT_REQS,
-)
 from state_tasks.adapters.redis.expiring import Expiring
 from state_tasks.adapters.redis.listing import Listing
 from state_tasks.adapters.redis.replies import Reply
-from state_tasks.adapters.redis.runner import DEFAULT_KEY_PREFIX, DEFAULT_WAIT_TIMEOUT_MS
 from state_tasks.core.batch import (
     BatchOp,
     BatchResult,
@@ -117,44 +107,12 @@ class RedisAdapter(Listing, Expiring):
         node of a Redis Cluster, as if written ``redis+cluster://``.
     :param client: an existing ``redis.Redis`` (or ``redis.cluster.RedisCluster`` with
         ``cluster``) to use instead of ``redis_url`` (tests).
-    """
 
-    def __init__(
-        self,
-        *,
-        redis_url: str = DEFAULT_REDIS_URL,
-        key_prefix: str = DEFAULT_KEY_PREFIX,
-        max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
-        socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S,
-        op_window_s: float | None = None,
-        ssl_ca_certs: str | None = None,
-        ssl_certfile: str | None = None,
-        ssl_keyfile: str | None = None,
-        ssl_cert_reqs: str = DEFAULT_SSL_CERT_REQS,
-        master_name: str | None = None,
-        sentinel_password: str | None = None,
-        wait_replicas: int = 0,
-        wait_timeout_ms: int = DEFAULT_WAIT_TIMEOUT_MS,
-        cluster: bool = False,
-        client: redis.Redis | redis.cluster.RedisCluster | None = None,
-    ) -> None:
-        super().__init__(
-            redis_url=redis_url,
-            key_prefix=key_prefix,
-            max_value_bytes=max_value_bytes,
-            socket_timeout_s=socket_timeout_s,
-            op_window_s=op_window_s,
-            ssl_ca_certs=ssl_ca_certs,
-            ssl_certfile=ssl_certfile,
-            ssl_keyfile=ssl_keyfile,
-            ssl_cert_reqs=ssl_cert_reqs,
-            master_name=master_name,
-            sentinel_password=sentinel_password,
-            wait_replicas=wait_replicas,
-            wait_timeout_ms=wait_timeout_ms,
-            cluster=cluster,
-            client=client,
-        )
+    The options are checked by :class:`~state_tasks.adapters.redis.settings.RedisSettings`
+    (which ``state.yaml`` uses too): a wrong one is a
+    :class:`~state_tasks.core.errors.ConfigError` naming it. ``RedisAdapter(settings)``
+    takes them already checked.
+    """
 
     @staticmethod
     def _expired(scope: str, key: str, text: Any, version: Any) -> Expired | None:

@@ -21,13 +21,9 @@ import redis
 import redis.cluster
 from redis.commands.core import Script
 
-from state_tasks.adapters.base import DEFAULT_MAX_VALUE_BYTES, VersionedStateAdapter
-from state_tasks.adapters.records import default_op_window_s
+from state_tasks.adapters.base import VersionedStateAdapter
 from state_tasks.adapters.redis import scripts
 from state_tasks.adapters.redis.connection import (
-    DEFAULT_REDIS_URL,
-    DEFAULT_SOCKET_TIMEOUT_S,
-    DEFAULT_SSL_CERT_REQS,
     DRIVER_ERRORS,
     RedisTarget,
     is_unavailable,
@@ -35,6 +31,7 @@ from state_tasks.adapters.redis.connection import (
 )
 from state_tasks.adapters.redis.layout import KeyLayout
 from state_tasks.adapters.redis.recent import RecentValues
+from state_tasks.adapters.redis.settings import RedisSettings
 from state_tasks.adapters.redis.topology import (
     CLUSTER_FORGOTTEN_LOG_EVERY_S,
     CLUSTER_OP_KEYS_MAX,
@@ -46,9 +43,6 @@ from state_tasks.core.errors import AdapterError, ConfigError, StateError
 
 logger = logging.getLogger("state_tasks.adapters.redis")
 
-DEFAULT_KEY_PREFIX = "state"
-#: How long a write waits for its ``wait_replicas`` replicas before it fails (and is retried).
-DEFAULT_WAIT_TIMEOUT_MS = 1000
 #: Records to settle wait for the next write of this process to carry them (no round trip
 #: of their own) unless this many are waiting.
 SETTLE_BATCH_MAX = 64
@@ -62,41 +56,32 @@ class RedisRunner(VersionedStateAdapter):
 
     def __init__(
         self,
+        settings: RedisSettings | None = None,
         *,
-        redis_url: str = DEFAULT_REDIS_URL,
-        key_prefix: str = DEFAULT_KEY_PREFIX,
-        max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
-        socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S,
-        op_window_s: float | None = None,
-        ssl_ca_certs: str | None = None,
-        ssl_certfile: str | None = None,
-        ssl_keyfile: str | None = None,
-        ssl_cert_reqs: str = DEFAULT_SSL_CERT_REQS,
-        master_name: str | None = None,
-        sentinel_password: str | None = None,
-        wait_replicas: int = 0,
-        wait_timeout_ms: int = DEFAULT_WAIT_TIMEOUT_MS,
-        cluster: bool = False,
         client: redis.Redis | redis.cluster.RedisCluster | None = None,
+        **options: Any,
     ) -> None:
-        if "{" in key_prefix or "}" in key_prefix:
-            raise ConfigError(f"key_prefix {key_prefix!r} may not contain braces")
-        if wait_replicas < 0 or wait_timeout_ms <= 0:
+        if settings is None:
+            settings = RedisSettings.validated(options)
+        elif options:
             raise ConfigError(
-                f"wait_replicas ({wait_replicas}) must be 0 or more and wait_timeout_ms "
-                f"({wait_timeout_ms}) positive"
+                f"RedisAdapter: give settings or options, not both (got {sorted(options)})"
             )
+        self.settings = settings
         self.target = RedisTarget(
-            redis_url=redis_url,
-            ssl_ca_certs=ssl_ca_certs,
-            ssl_certfile=ssl_certfile,
-            ssl_keyfile=ssl_keyfile,
-            ssl_cert_reqs=ssl_cert_reqs,
-            master_name=master_name,
-            sentinel_password=sentinel_password,
-            cluster=cluster,
-            socket_timeout_s=socket_timeout_s,
+            redis_url=settings.redis_url,
+            ssl_ca_certs=settings.ssl_ca_certs,
+            ssl_certfile=settings.ssl_certfile,
+            ssl_keyfile=settings.ssl_keyfile,
+            ssl_cert_reqs=settings.ssl_cert_reqs,
+            master_name=settings.master_name,
+            sentinel_password=settings.sentinel_password,
+            cluster=settings.cluster,
+            socket_timeout_s=settings.socket_timeout_s,
         )
+        redis_url, key_prefix = settings.redis_url, settings.key_prefix
+        wait_replicas, wait_timeout_ms = settings.wait_replicas, settings.wait_timeout_ms
+        master_name, max_value_bytes = settings.master_name, settings.max_value_bytes
         self.redis_url = redis_url
         self.safe_url = self.target.safe_url
         self.master_name = master_name
@@ -104,7 +89,7 @@ class RedisRunner(VersionedStateAdapter):
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = wait_timeout_ms
         self.max_value_bytes = max_value_bytes
-        self.op_window_s = default_op_window_s() if op_window_s is None else op_window_s
+        self.op_window_s = settings.op_window_s
         topology = Cluster if self.target.cluster_target is not None else OneServer
         self._topology: OneServer = topology(
             lambda: self.client, self.safe_url, key_prefix, wait_replicas, wait_timeout_ms
