@@ -61,8 +61,8 @@ trigger work). A save writes ``ops.json`` first, when any record changed, as::
      "settled": {id: exp or [exp, versions], ...}, "whole": {id: [old text, new text, exp], ...},
      "expiring": [[scope, key, version, value], ...]}
 
-Settled operations cost about 50 bytes each there; only those not yet settled carry their
-values. ``expiring`` (optional) holds the expiries whose events are pending (see
+A settled operation is its id and a few numbers there; only those not yet settled carry
+their values. ``expiring`` (optional) holds the expiries whose events are pending (see
 :meth:`state_tasks.adapters.base.StateAdapter.pending_expiries`): a ``del`` record with ``"reason":
 "expired"`` makes one on replay, and the ids of expiries whose events were sent ride in
 front of the next record like settled ids, as ``{"op": "sent", "expiries": [[scope, key,

@@ -43,7 +43,7 @@ from state_tasks.core.ops import Op
 
 # A key's slot in its scope's dict is one string: its version in hex, ":", its JSON text.
 # One object a key instead of a text plus a version kept apart (a second dict entry and an
-# int object): about 50 bytes less a key, for a slice when the text is read.
+# int object): less memory a key, for a slice when the text is read.
 
 
 def make_slot(text: str, version: int) -> str:

@@ -64,8 +64,9 @@ class OpRecords:
 
     Whole records (with the result) wait in one dict until they are settled; a settled
     operation is a marker in another: its id, its expiry and the version it gave (an int;
-    a batch's versions as :func:`settled_marker` text), about 230 bytes in
-    all. Both dicts are ordered oldest first. Not thread-safe: the owner holds its lock.
+    a batch's versions as :func:`settled_marker` text), a few hundred bytes at most
+    (the soak measures it: bench/README.md). Both dicts are ordered oldest first. Not
+    thread-safe: the owner holds its lock.
     """
 
     def __init__(self, window_s: float, max_ops: int) -> None:

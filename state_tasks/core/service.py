@@ -1,6 +1,6 @@
 """The state service: validation, the adapter, and change events. No Celery here.
 
-The six state functions are methods of :class:`StateService`; the Celery tasks
+The state functions are methods of :class:`StateService`; the Celery tasks
 and the in-process facade both call :meth:`StateService.call`. After a change
 is stored (never before, never for a failed change) the service hands a
 :data:`StateEvent`-shaped dict to its ``on_change`` callback, which the Celery
@@ -150,7 +150,7 @@ def expiry_event(expired: Expired) -> dict[str, Any]:
 
 
 class StateService:
-    """The six state functions over one adapter.
+    """The state functions over one adapter.
 
     :param adapter: where values live; opened by the caller.
     :param on_change: called with the event dict after each stored change. A listener that
@@ -224,7 +224,7 @@ class StateService:
             logger.exception("%s failed inside the adapter", function_id)
             raise AdapterError(f"{function_id}: the storage failed: {type(e).__name__}: {e}") from e
 
-    # -- the six functions ----------------------------------------------------------
+    # -- the state functions -------------------------------------------------------
 
     def _set(self, payload: Mapping[str, Any], op_id: str | None) -> dict[str, Any]:
         request = parse(SetPayload, payload, "state::set")

@@ -129,19 +129,27 @@ class KeyLayout:
         """KEYS[1..10] of a script that changes ``scope``: its hash, its bucket's groups
         index and copy of the trigger version, the operation's record, its key index,
         versions and due index, its bucket's due scopes and pending expiries."""
+        keys = list(self._scope_keys(scope))
+        keys[3] = self.op_key(op_id or "", self.tag(scope))
+        return keys
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 - one layout per adapter, kept for its life
+    def _scope_keys(self, scope: str) -> tuple[str, ...]:
+        """The keys :meth:`mutation_keys` gives ``scope`` (the op record's left empty):
+        made once for the scopes in use, since every write of a scope names the same."""
         tag = self.tag(scope)
-        return [
+        return (
             self.scope_key(scope, "s"),
             self.groups_key(tag),
             self.version_key(tag),
-            self.op_key(op_id or "", tag),
+            "",
             self.scope_key(scope, "k"),
             self.scope_key(scope, "v"),
             self.scope_key(scope, "x"),
             self.due_scopes_key(tag),
             self.expiring_key(tag),
             self.expiring_at_key(tag),
-        ]
+        )
 
     def read_keys(self, scope: str) -> list[str]:
         """KEYS of a read of ``scope``: its hash, versions and due index."""

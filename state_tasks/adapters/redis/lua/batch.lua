@@ -19,10 +19,9 @@ if op_ttl ~= '' then
   if kind == 'hash' then return {APPLIED, redis.call('HGETALL', op_record)} end
   if kind == 'string' then return {SETTLED, redis.call('GET', op_record)} end
 end
-local now = now_ms()
 local at, moved, currents = 4, false, {}
 for i = 1, checks do
-  local current_text = current(ARGV[at], now)
+  local current_text = current(ARGV[at])
   currents[i] = current_text
   local absent = ARGV[at + 1] == '1'
   if (absent and current_text) or (not absent and current_text ~= ARGV[at + 2]) then
@@ -37,7 +36,7 @@ local simulated, expired, counter, index = {}, {}, counter_base(), 0
 while at <= #ARGV do
   local kind, key, if_version = ARGV[at], ARGV[at + 1], ARGV[at + 3]
   if simulated[key] == nil then
-    local _, version, is_expired = current(key, now)
+    local _, version, is_expired = current(key)
     simulated[key] = version
     if is_expired then expired[#expired + 1] = key end
   end
@@ -52,7 +51,7 @@ while at <= #ARGV do
   at = at + 5
 end
 local gone = {}
-for _, key in ipairs(expired) do gone[#gone + 1] = take_expired(key, scope, now) end
+for _, key in ipairs(expired) do gone[#gone + 1] = take_expired(key, scope) end
 local recording = op_ttl ~= ''
 local olds, new_versions, i = {}, {}, 0
 at = first_write
@@ -69,9 +68,9 @@ while at <= #ARGV do
     end
   else
     version = next_version()
-    put(key, text, scope)
+    put(key, text, scope, old ~= false)
     redis.call('HSET', versions, key, version)
-    set_due(key, ttl, now, kind == 'u' and old ~= false, scope)
+    set_due(key, ttl, kind == 'u' and old ~= false, scope)
     if recording then redis.call('HSET', op_record, 'n' .. i, text) end
   end
   if recording then

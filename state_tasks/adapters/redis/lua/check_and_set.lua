@@ -18,18 +18,17 @@ for i = 11, #KEYS do settle(KEYS[i]) end
 local done = applied()
 if done and done[1] == SETTLED then return done end
 if done then return {APPLIED, done[2], done[3], done[4]} end
-local now = now_ms()
-local current_text, version, expired = current(key, now)
+local current_text, version, expired, had_due = current(key)
 if if_version ~= '' and tonumber(if_version) ~= version then return {VERSION_CONFLICT, version} end
 if (was_absent and current_text) or (not was_absent and current_text ~= expected) then
   return {MOVED_ON, current_text}
 end
 local gone = false
-if expired then gone = take_expired(key, scope, now) end
+if expired then gone = take_expired(key, scope) end
 local new_version = next_version()
-put(key, text, scope)
+put(key, text, scope, current_text ~= false)
 redis.call('HSET', versions, key, new_version)
-set_due(key, ttl, now, current_text ~= false, scope)
+set_due(key, ttl, current_text ~= false, scope, had_due)
 record(current_text, text, new_version)
 local gone_text, gone_version = expired_reply(gone)
 return {WRITTEN, trigger_version_now(), new_version, gone_text, gone_version}

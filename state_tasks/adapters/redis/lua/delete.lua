@@ -15,11 +15,10 @@ for i = 11, #KEYS do settle(KEYS[i]) end
 local done = applied()
 if done and done[1] == SETTLED then return done end
 if done then return {APPLIED, done[2], trigger_version_now(), done[4]} end
-local now = now_ms()
-local old, version, expired = current(key, now)
+local old, version, expired = current(key)
 if if_version ~= '' and tonumber(if_version) ~= version then return {VERSION_CONFLICT, version} end
 local gone = false
-if expired then gone = take_expired(key, scope, now) end
+if expired then gone = take_expired(key, scope) end
 if old then
   drop(key, scope)
   record(old, false, version)

@@ -8,12 +8,11 @@ local scope, limit, op_ttl = ARGV[1], tonumber(ARGV[2]), ''
 --!include lib_clock
 --!include lib_mutation
 
-local now = now_ms()
-local due = redis.call('ZRANGEBYSCORE', due_index, '-inf', now, 'LIMIT', 0, limit)
+local due = redis.call('ZRANGEBYSCORE', due_index, '-inf', now(), 'LIMIT', 0, limit)
 local out = {}
 for _, key in ipairs(due) do
   if redis.call('HEXISTS', scope_hash, key) == 1 then
-    local gone = take_expired(key, scope, now)
+    local gone = take_expired(key, scope)
     out[#out + 1] = gone[1]
     out[#out + 1] = gone[2]
     out[#out + 1] = gone[3]

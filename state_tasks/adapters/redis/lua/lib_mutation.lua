@@ -36,14 +36,22 @@ local function trigger_version_now()
   return redis.call('GET', trigger_version) or '0'
 end
 
--- (live text or false, its version or 0, whether an expired value waits there)
-local function current(key, now)
+-- The server's time in ms, read once per script and only when an expiry is involved.
+local clock = false
+local function now()
+  if not clock then clock = now_ms() end
+  return clock
+end
+
+-- (live text or false, its version or 0, whether an expired value waits there, whether a
+-- live key has a due time: nil when the key is absent, so unknown)
+local function current(key)
   local text = redis.call('HGET', scope_hash, key)
-  if not text then return false, 0, false end
+  if not text then return false, 0, false, nil end
   local due = redis.call('ZSCORE', due_index, key)
-  if due and tonumber(due) <= now then return false, 0, true end
+  if due and tonumber(due) <= now() then return false, 0, true, true end
   -- a key written before versions existed has none: it is at 1
-  return text, tonumber(redis.call('HGET', versions, key) or '1'), false
+  return text, tonumber(redis.call('HGET', versions, key) or '1'), false, due ~= false
 end
 
 -- The scope's version counter as next_version starts from it (a scope from before
@@ -78,13 +86,13 @@ end
 
 -- Removes an expired key and leaves its expiry pending, in the same step; returns
 -- {key, text, version} for its event. A pending id is '<version>:<bytes of scope>:<scope><key>'.
-local function take_expired(key, scope, now)
+local function take_expired(key, scope)
   local text = redis.call('HGET', scope_hash, key)
   local version = tonumber(redis.call('HGET', versions, key) or '1')
   drop(key, scope)
   local pending_id = string.format('%d', version) .. ':' .. #scope .. ':' .. scope .. key
   redis.call('HSET', pending, pending_id, text)
-  redis.call('ZADD', pending_at, now, pending_id)
+  redis.call('ZADD', pending_at, now(), pending_id)
   return {key, text, version}
 end
 
@@ -93,8 +101,9 @@ local function expired_reply(gone)
   return false, 0
 end
 
-local function put(key, text, scope)
-  if redis.call('HEXISTS', scope_hash, key) == 0 then
+-- `present`: the key is in the scope's hash now (as the caller found it).
+local function put(key, text, scope, present)
+  if not present then
     -- the key index is kept only while it is whole: when it exists, or when the scope is
     -- empty (a scope from before the index is indexed by its first page)
     if redis.call('EXISTS', key_index) == 1 or redis.call('EXISTS', scope_hash) == 0 then
@@ -105,13 +114,14 @@ local function put(key, text, scope)
   redis.call('HSET', scope_hash, key, text)
 end
 
--- ttl '' keeps the key's due time when `keep`, else makes the key permanent.
-local function set_due(key, ttl, now, keep, scope)
+-- ttl '' keeps the key's due time when `keep`, else makes the key permanent; `had_due`:
+-- false when the key is known to have none (nothing to remove), nil when unknown.
+local function set_due(key, ttl, keep, scope, had_due)
   if ttl ~= '' then
-    local due = now + tonumber(ttl)
+    local due = now() + tonumber(ttl)
     redis.call('ZADD', due_index, due, key)
     redis.call('ZADD', due_scopes, 'LT', due, scope)
-  elseif not keep then
+  elseif not keep and had_due ~= false then
     redis.call('ZREM', due_index, key)
   end
 end

@@ -13,15 +13,14 @@ for i = 11, #KEYS do settle(KEYS[i]) end
 local done = applied()
 if done and done[1] == SETTLED then return done end
 if done then return {APPLIED, done[2], trigger_version_now(), done[4]} end
-local now = now_ms()
-local old, version, expired = current(key, now)
+local old, version, expired, had_due = current(key)
 if if_version ~= '' and tonumber(if_version) ~= version then return {VERSION_CONFLICT, version} end
 local gone = false
-if expired then gone = take_expired(key, scope, now) end
+if expired then gone = take_expired(key, scope) end
 local new_version = next_version()
-put(key, text, scope)
+put(key, text, scope, old ~= false)
 redis.call('HSET', versions, key, new_version)
-set_due(key, ttl, now, false, scope)
+set_due(key, ttl, false, scope, had_due)
 record(old, text, new_version)
 local gone_text, gone_version = expired_reply(gone)
 return {WRITTEN, old, trigger_version_now(), new_version, gone_text, gone_version}
