@@ -133,7 +133,7 @@ class RedisRunner(VersionedStateAdapter):
         (registering twice, by two threads at once, is harmless)."""
         found = self._scripts.get(name)
         if found is None:
-            found = self._scripts[name] = self.client.register_script(scripts.source(name))
+            found = self._scripts[name] = scripts.LuaScript(self.client, scripts.source(name))
         return found
 
     def close(self) -> None:

@@ -9,10 +9,20 @@
 -- index (from 0), expected, current version} (nothing written).
 --!include lib_mutation_keys
 local scope, op_ttl, checks = ARGV[1], ARGV[2], tonumber(ARGV[3])
---!include lib_settle
 --!include lib_clock
 --!include lib_mutation
-for i = 11, #KEYS do settle(KEYS[i]) end
+
+-- The scope's version counter as next_version starts from it (a scope from before
+-- versions has no counter: its keys are at 1).
+local function counter_base()
+  local c = tonumber(redis.call('HGET', versions, '') or '0')
+  if c == 0 and redis.call('EXISTS', scope_hash) == 1 then c = 1 end
+  return c
+end
+if #KEYS > 10 then  -- records to settle ride along (their functions made only then)
+--!include lib_settle
+  for i = 11, #KEYS do settle(KEYS[i]) end
+end
 
 if op_ttl ~= '' then
   local kind = redis.call('TYPE', op_record).ok

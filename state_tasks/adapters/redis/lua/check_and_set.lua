@@ -10,10 +10,12 @@
 --!include lib_mutation_keys
 local key, was_absent, expected, text, scope = ARGV[1], ARGV[2] == '1', ARGV[3], ARGV[4], ARGV[5]
 local if_version, ttl, op_ttl = ARGV[6], ARGV[7], ARGV[8]
---!include lib_settle
 --!include lib_clock
 --!include lib_mutation
-for i = 11, #KEYS do settle(KEYS[i]) end
+if #KEYS > 10 then  -- records to settle ride along (their functions made only then)
+--!include lib_settle
+  for i = 11, #KEYS do settle(KEYS[i]) end
+end
 
 local done = applied()
 if done and done[1] == SETTLED then return done end

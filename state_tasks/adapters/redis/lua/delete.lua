@@ -7,10 +7,12 @@
 -- once: it has no trigger work, and its repeat must not delete a value set since.
 --!include lib_mutation_keys
 local key, scope, if_version, op_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
---!include lib_settle
 --!include lib_clock
 --!include lib_mutation
-for i = 11, #KEYS do settle(KEYS[i]) end
+if #KEYS > 10 then  -- records to settle ride along (their functions made only then)
+--!include lib_settle
+  for i = 11, #KEYS do settle(KEYS[i]) end
+end
 
 local done = applied()
 if done and done[1] == SETTLED then return done end

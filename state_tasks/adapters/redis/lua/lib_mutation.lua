@@ -54,14 +54,6 @@ local function current(key)
   return text, tonumber(redis.call('HGET', versions, key) or '1'), false, due ~= false
 end
 
--- The scope's version counter as next_version starts from it (a scope from before
--- versions has no counter: its keys are at 1).
-local function counter_base()
-  local c = tonumber(redis.call('HGET', versions, '') or '0')
-  if c == 0 and redis.call('EXISTS', scope_hash) == 1 then c = 1 end
-  return c
-end
-
 local function next_version()
   local v = redis.call('HINCRBY', versions, '', 1)
   if v == 1 and redis.call('EXISTS', scope_hash) == 1 then

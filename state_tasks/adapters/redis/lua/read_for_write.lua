@@ -8,9 +8,11 @@
 -- the scope's version counter (as next_version starts from it)}. Changes nothing else.
 local scope_hash, versions, due_index, op_record = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local has_op_id = ARGV[1] ~= ''
---!include lib_settle
 --!include lib_clock
-for i = 5, #KEYS do settle(KEYS[i]) end
+if #KEYS > 4 then  -- records to settle ride along (their functions made only then)
+--!include lib_settle
+  for i = 5, #KEYS do settle(KEYS[i]) end
+end
 
 if has_op_id then
   local kind = redis.call('TYPE', op_record).ok

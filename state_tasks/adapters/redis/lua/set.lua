@@ -5,10 +5,12 @@
 -- version}; {SETTLED, marker}; or {VERSION_CONFLICT, current version} (nothing written).
 --!include lib_mutation_keys
 local key, text, scope, if_version, ttl, op_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
---!include lib_settle
 --!include lib_clock
 --!include lib_mutation
-for i = 11, #KEYS do settle(KEYS[i]) end
+if #KEYS > 10 then  -- records to settle ride along (their functions made only then)
+--!include lib_settle
+  for i = 11, #KEYS do settle(KEYS[i]) end
+end
 
 local done = applied()
 if done and done[1] == SETTLED then return done end
