@@ -153,7 +153,10 @@ def _describe(value: Any) -> str:
         float: "a number",
         type(None): "null",
     }
-    shown = repr(value)
+    try:
+        shown = repr(value)
+    except ValueError:  # an integer (or one inside) too long for Python to write out
+        shown = "<too long to show>"
     if len(shown) > 60:
         shown = shown[:57] + "..."
     return f"{shown} ({kinds.get(type(value), type(value).__name__)})"

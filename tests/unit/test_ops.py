@@ -886,3 +886,14 @@ def test_a_huge_integer_meeting_a_float_is_an_op_error_not_a_crash() -> None:
         0,
         "decrement.not_number",
     )
+
+
+def test_an_error_about_a_value_too_long_to_show_is_still_an_update_op_error() -> None:
+    # an increment made an integer Python will not write out; the next op fails on it
+    ops = parse_ops(
+        [{"increment": {"field": "n", "by": 10**4400}}, {"type": "increment", "path": ""}]
+    )
+    with pytest.raises(UpdateOpError) as info:
+        apply_ops({"n": 1}, ops)
+    assert info.value.details == {"op_index": 1, "reason": "increment.not_number"}
+    assert "too long to show" in info.value.message
