@@ -347,14 +347,29 @@ class KvStore(VersionedStateAdapter):
             if if_version is not None and if_version != current:
                 raise version_conflict(scope, key, if_version, current, "state::set")
             gone = self._take_expired(scope, key) if expired else None
-            version = self._next_version(scope)
             due = None if ttl_ms is None else now + ttl_ms
-            record = self._ops.new(old, value_json, version)
-            self._changed(scope, key, value_json, op_id, record[2], version=version, due_ms=due)
-            self._apply(scope, key, value_json, version, due)
-            if op_id is not None:
-                self._ops.add(op_id, record)
-            return Change(old, value_json, version, gone)
+            return self._store(scope, key, old, value_json, due, op_id, gone)
+
+    def _store(
+        self,
+        scope: str,
+        key: str,
+        old: str | None,
+        text: str,
+        due: int | None,
+        op_id: str | None,
+        gone: Expired | None,
+    ) -> Change:
+        """A set or an update that passed its checks: a new version, the change handed to
+        the hooks (a persistent store journals it; if that raises, nothing is changed),
+        stored, and its record kept."""
+        version = self._next_version(scope)
+        record = self._ops.new(old, text, version)
+        self._changed(scope, key, text, op_id, record[2], version=version, due_ms=due)
+        self._apply(scope, key, text, version, due)
+        if op_id is not None:
+            self._ops.add(op_id, record)
+        return Change(old, text, version, gone)
 
     def delete_versioned(
         self, scope: str, key: str, op_id: str | None = None, *, if_version: int | None = None
@@ -398,14 +413,8 @@ class KvStore(VersionedStateAdapter):
                 raise version_conflict(scope, key, if_version, current, "state::update")
             new = apply_ops_json(old, ops, self.max_value_bytes)
             gone = self._take_expired(scope, key) if expired else None
-            version = self._next_version(scope)
             due = self._due_after(scope, key, ttl_ms, old is not None, now)
-            record = self._ops.new(old, new, version)
-            self._changed(scope, key, new, op_id, record[2], version=version, due_ms=due)
-            self._apply(scope, key, new, version, due)
-            if op_id is not None:
-                self._ops.add(op_id, record)
-            return Change(old, new, version, gone)
+            return self._store(scope, key, old, new, due, op_id, gone)
 
     def batch_versioned(
         self, scope: str, operations: Sequence[BatchOp], op_id: str | None = None

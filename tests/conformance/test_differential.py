@@ -574,74 +574,35 @@ class Model:
             return "state:created"
         return "state:updated"
 
-    def set(
-        self,
-        scope: str,
-        key: str,
-        value: Json,
-        if_version: int | None,
-        ttl_ms: int | None,
-        op_id: str | None,
-    ) -> Prediction:
+    def _checked(
+        self, scope: str, key: str, if_version: int | None, op_id: str | None
+    ) -> tuple[Prediction | None, Stored | None]:
+        """The checks every write makes first, in order: its operation record (a repeat is
+        answered from it), then ``if_version``. ``(the answer, None)`` when one decides,
+        else ``(None, the key's live value)``."""
         replayed = self.replay(op_id)
         if replayed is not None:
-            return replayed
+            return replayed, None
         current = self.live(scope, key)
         version_now = 0 if current is None else current.version
         if if_version is not None and if_version != version_now:
             details = {"expected": if_version, "current": version_now}
-            return Prediction([(failed("VERSION_CONFLICT", details), [])])
-        version = self.counter + 1
-        old = None if current is None else current.value
-        answer = {"old_value": old, "new_value": value, "version": version}
-        event = change_event(
-            self._created(current is not None, old),
-            scope,
-            key,
-            old,
-            value,
-            version,
-            op_id or "<random>",
-        )
-        expired_stored = self.scopes.get(scope, {}).get(key) if current is None else None
-        expired = [] if expired_stored is None else [expiry_event(scope, key, expired_stored)]
+            return Prediction([(failed("VERSION_CONFLICT", details), [])]), None
+        return None, current
 
-        def commit() -> None:
-            self._take_expired(scope, key)
-            self.counter = version
-            if current is None:
-                self.scopes.get(scope, {}).pop(key, None)  # a re-created key goes last
-            due = None if ttl_ms is None else self.now_ms() + ttl_ms
-            self._put(scope, key, Stored(value, version, due))
-            settled = {"old_value": None, "new_value": value, "version": version, "replayed": True}
-            self._record(op_id, Record(answer, [event], settled))
-
-        return Prediction([(ok(answer), [*expired, event])], [(scope, version)], commit)
-
-    def update(
+    def _write(
         self,
         scope: str,
         key: str,
-        raw_ops: list[dict[str, Json]],
-        if_version: int | None,
-        ttl_ms: int | None,
+        current: Stored | None,
+        new: Json,
+        due_ms: Callable[[], int | None],
         op_id: str | None,
+        settled_value: Json,
     ) -> Prediction:
-        replayed = self.replay(op_id)
-        if replayed is not None:
-            return replayed
-        current = self.live(scope, key)
-        version_now = 0 if current is None else current.version
-        if if_version is not None and if_version != version_now:
-            details = {"expected": if_version, "current": version_now}
-            return Prediction([(failed("VERSION_CONFLICT", details), [])])
-        old = None if current is None else current.value
-        try:
-            new = model_update(old, current is not None, raw_ops)
-        except OpFailed as e:
-            details = {"op_index": e.index, "reason": e.reason}
-            return Prediction([(failed("UPDATE_OP_ERROR", details), [])])
+        """A set or an update that passed its checks: its answer, events and commit."""
         version = self.counter + 1
+        old = None if current is None else current.value
         answer = {"old_value": old, "new_value": new, "version": version}
         event = change_event(
             self._created(current is not None, old),
@@ -658,25 +619,71 @@ class Model:
         def commit() -> None:
             self._take_expired(scope, key)
             self.counter = version
-            if ttl_ms is not None:
-                due = self.now_ms() + ttl_ms
-            else:
-                due = None if current is None else current.due_ms
-            self._put(scope, key, Stored(new, version, due))
-            settled = {"old_value": None, "new_value": None, "version": version, "replayed": True}
+            if current is None:
+                self.scopes.get(scope, {}).pop(key, None)  # a re-created key goes last
+            self._put(scope, key, Stored(new, version, due_ms()))
+            settled = {
+                "old_value": None,
+                "new_value": settled_value,
+                "version": version,
+                "replayed": True,
+            }
             self._record(op_id, Record(answer, [event], settled))
 
         return Prediction([(ok(answer), [*expired, event])], [(scope, version)], commit)
 
+    def set(
+        self,
+        scope: str,
+        key: str,
+        value: Json,
+        if_version: int | None,
+        ttl_ms: int | None,
+        op_id: str | None,
+    ) -> Prediction:
+        decided, current = self._checked(scope, key, if_version, op_id)
+        if decided is not None:
+            return decided
+        return self._write(
+            scope,
+            key,
+            current,
+            value,
+            lambda: None if ttl_ms is None else self.now_ms() + ttl_ms,
+            op_id,
+            value,
+        )
+
+    def update(
+        self,
+        scope: str,
+        key: str,
+        raw_ops: list[dict[str, Json]],
+        if_version: int | None,
+        ttl_ms: int | None,
+        op_id: str | None,
+    ) -> Prediction:
+        decided, current = self._checked(scope, key, if_version, op_id)
+        if decided is not None:
+            return decided
+        old = None if current is None else current.value
+        try:
+            new = model_update(old, current is not None, raw_ops)
+        except OpFailed as e:
+            details = {"op_index": e.index, "reason": e.reason}
+            return Prediction([(failed("UPDATE_OP_ERROR", details), [])])
+
+        def due_ms() -> int | None:
+            if ttl_ms is not None:
+                return self.now_ms() + ttl_ms
+            return None if current is None else current.due_ms  # an update keeps the expiry
+
+        return self._write(scope, key, current, new, due_ms, op_id, None)
+
     def delete(self, scope: str, key: str, if_version: int | None, op_id: str | None) -> Prediction:
-        replayed = self.replay(op_id)
-        if replayed is not None:
-            return replayed
-        current = self.live(scope, key)
-        version_now = 0 if current is None else current.version
-        if if_version is not None and if_version != version_now:
-            details = {"expected": if_version, "current": version_now}
-            return Prediction([(failed("VERSION_CONFLICT", details), [])])
+        decided, current = self._checked(scope, key, if_version, op_id)
+        if decided is not None:
+            return decided
         expired_stored = self.scopes.get(scope, {}).get(key) if current is None else None
         if current is None:
             expired = [] if expired_stored is None else [expiry_event(scope, key, expired_stored)]
@@ -686,7 +693,7 @@ class Model:
                 self._record(op_id, Record(None, [], None, "settled", at_once=True))
 
             return Prediction([(ok(None), expired)], [], commit_absent)
-        deleted_version = version_now if not self.bridged else (if_version or 0)
+        deleted_version = current.version if not self.bridged else (if_version or 0)
         event = change_event(
             "state:deleted", scope, key, current.value, None, deleted_version, op_id or "<random>"
         )

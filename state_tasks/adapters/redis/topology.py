@@ -48,6 +48,8 @@ class OneServer:
     pool, so a script per bucket is a script (there is one bucket, tag ``""``)."""
 
     cluster = False
+    #: Where the keys are (see :mod:`state_tasks.adapters.redis.layout`).
+    layout_class: type[KeyLayout] = KeyLayout
 
     def __init__(
         self,
@@ -59,9 +61,10 @@ class OneServer:
     ) -> None:
         self._client = client
         self.safe_url = safe_url
-        self.layout: KeyLayout = KeyLayout(prefix)
+        self.layout = self.layout_class(prefix)
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = wait_timeout_ms
+        self._lock = threading.Lock()
 
     def eval_each(self, script: Script, calls: Sequence[Call]) -> list[Any]:
         """Run ``script`` once per call (one after the other); their replies."""
@@ -136,19 +139,13 @@ class Cluster(OneServer):
     for settling (a record's key holds its bucket's tag, which its id does not)."""
 
     cluster = True
+    layout_class = BucketLayout
 
-    def __init__(
-        self,
-        client: Callable[[], Any],
-        safe_url: str,
-        prefix: str,
-        wait_replicas: int,
-        wait_timeout_ms: int,
-    ) -> None:
-        super().__init__(client, safe_url, prefix, wait_replicas, wait_timeout_ms)
-        self.layout = BucketLayout(prefix)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: op id -> (tag, key) of this process's recent operation records, oldest first.
         self._op_keys: dict[str, tuple[str, str]] = {}
-        self._op_keys_lock = threading.Lock()
+        #: ids asked to settle that were not among them, since the last count.
         self._forgotten = 0
 
     def eval_each(self, script: Script, calls: Sequence[Call]) -> list[Any]:
@@ -347,24 +344,25 @@ class Cluster(OneServer):
         tag = self.layout.tag(scope)
         key = self.layout.op_key(op_id or "", tag)
         if op_id is not None:
-            with self._op_keys_lock:
-                self._op_keys.pop(op_id, None)
-                self._op_keys[op_id] = (tag, key)
-                if len(self._op_keys) > CLUSTER_OP_KEYS_MAX:
-                    del self._op_keys[next(iter(self._op_keys))]
+            with self._lock:
+                known = self._op_keys
+                known.pop(op_id, None)
+                known[op_id] = (tag, key)
+                if len(known) > CLUSTER_OP_KEYS_MAX:
+                    del known[next(iter(known))]
         return key
 
     def record_to_settle(self, op_id: str) -> tuple[str, str] | None:
         """The record of an operation this process made recently; ``None`` (counted, see
         :meth:`forgotten`) for one it did not or no longer remembers: it stays whole until
         it expires, which is correct."""
-        with self._op_keys_lock:
+        with self._lock:
             known = self._op_keys.pop(op_id, None)
             if known is None:
                 self._forgotten += 1
             return known
 
     def forgotten(self) -> int:
-        with self._op_keys_lock:
+        with self._lock:
             count, self._forgotten = self._forgotten, 0
             return count
