@@ -496,7 +496,7 @@ class Bench:
     def kv_journal_vs_memory(self) -> list[Figure]:
         n = self.sizes.adapter_ops
         stores = {
-            policy: FileKvStore(file_path=self.workdir / f"journal-{policy}", fsync=policy)  # type: ignore[arg-type]
+            policy: FileKvStore(file_path=self.workdir / f"journal-{policy}", fsync=policy)
             for policy in ("interval", "always")
         }
         for store in stores.values():

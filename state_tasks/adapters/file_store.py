@@ -105,22 +105,21 @@ from collections.abc import (
 from pathlib import Path
 from typing import (
     Any,
-    Literal,
 )
 
 from state_tasks.adapters.base import (
-    DEFAULT_MAX_VALUE_BYTES,
     Expired,
 )
 from state_tasks.adapters.kv_store import (
+    FsyncPolicy,
     KvStore,
+    KvStoreSettings,
     make_slot,
     slot_parts,
     wall_clock_ms,
 )
 from state_tasks.adapters.records import (
     BATCH_RECORD,
-    DEFAULT_MAX_OPS,
     OpRecord,
     Settled,
     SettledOp,
@@ -140,10 +139,7 @@ from state_tasks.core.ownership import (
 
 logger = logging.getLogger(__name__)
 
-FsyncPolicy = Literal["always", "interval", "never"]
 
-DEFAULT_FILE_PATH = "./data/state_store"
-DEFAULT_SAVE_INTERVAL_MS = 5000
 FORMAT_NAME = "state_tasks.kv_scope"
 FORMAT_VERSION = 2
 VERSIONS_FORMAT_NAME = "state_tasks.kv_versions"
@@ -173,33 +169,20 @@ class FileKvStore(KvStore):
 
     def __init__(
         self,
+        settings: KvStoreSettings | None = None,
         *,
-        file_path: str | os.PathLike[str] = DEFAULT_FILE_PATH,
-        save_interval_ms: int = DEFAULT_SAVE_INTERVAL_MS,
-        fsync: FsyncPolicy = "interval",
-        move_corrupt_aside: bool = False,
-        max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
-        op_window_s: float | None = None,
-        max_ops: int = DEFAULT_MAX_OPS,
         clock_ms: Callable[[], int] = wall_clock_ms,
+        **options: Any,
     ) -> None:
-        super().__init__(
-            max_value_bytes=max_value_bytes,
-            op_window_s=op_window_s,
-            max_ops=max_ops,
-            clock_ms=clock_ms,
-        )
-        if save_interval_ms <= 0:
-            raise AdapterError(
-                "save_interval_ms must be a positive number of milliseconds, "
-                f"got {save_interval_ms}"
-            )
-        if fsync not in ("always", "interval", "never"):
-            raise AdapterError(f"fsync must be always, interval or never, got {fsync!r}")
-        self.path = Path(file_path).absolute()
-        self.save_interval_ms = save_interval_ms
-        self.fsync = fsync
-        self.move_corrupt_aside = move_corrupt_aside
+        if settings is None:
+            if "file_path" in options:  # a Path is a path
+                options = {**options, "file_path": os.fspath(options["file_path"])}
+            settings = KvStoreSettings.validated({"store_method": "file_based", **options})
+        super().__init__(settings, clock_ms=clock_ms)
+        self.path = Path(settings.file_path).absolute()
+        self.save_interval_ms = settings.save_interval_ms
+        self.fsync: FsyncPolicy = settings.fsync
+        self.move_corrupt_aside = settings.move_corrupt_aside
         self._lock_fd: int | None = None
         self._journal_fd: int | None = None
         self._segment = 0

@@ -12,9 +12,11 @@ from collections.abc import (
     Iterable,
     Sequence,
 )
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
 
 from state_tasks.adapters.base import (
-    DEFAULT_MAX_VALUE_BYTES,
     BatchChange,
     Change,
     Entry,
@@ -27,9 +29,9 @@ from state_tasks.adapters.records import (
     OpRecords,
     SettledOp,
     batch_record,
-    default_op_window_s,
     parse_versioned_batch_record,
 )
+from state_tasks.adapters.settings import AdapterSettings
 from state_tasks.core.batch import (
     BatchOp,
     BatchResult,
@@ -97,6 +99,34 @@ class SortedNames:
         return found[:limit], len(found) > limit
 
 
+#: The file store's folder, and how often it saves (see :mod:`state_tasks.adapters.file_store`).
+DEFAULT_FILE_PATH = "./data/state_store"
+DEFAULT_SAVE_INTERVAL_MS = 5000
+FsyncPolicy = Literal["always", "interval", "never"]
+
+
+class KvStoreSettings(AdapterSettings):
+    """``modules::state::adapters::KvStore``: :class:`KvStore` (``in_memory``) or the file
+    store (``file_based``: :class:`state_tasks.adapters.file_store.FileKvStore`, whose
+    parameters the other fields are). Both constructors check their options here."""
+
+    kind: ClassVar[str] = "KvStore"
+    process_local: ClassVar[bool] = True
+
+    store_method: Literal["in_memory", "file_based"] = "in_memory"
+    file_path: str = DEFAULT_FILE_PATH
+    save_interval_ms: int = Field(DEFAULT_SAVE_INTERVAL_MS, gt=0)
+    fsync: FsyncPolicy = "interval"
+    move_corrupt_aside: bool = False
+    max_ops: int = Field(DEFAULT_MAX_OPS, gt=0)
+
+    @property
+    def adapter(self) -> str:  # type: ignore[override]
+        if self.store_method == "in_memory":
+            return "state_tasks.adapters.kv_store:KvStore"
+        return "state_tasks.adapters.file_store:FileKvStore"
+
+
 class KvStore(VersionedStateAdapter):
     """Scopes as dicts of JSON text, guarded by one lock.
 
@@ -109,10 +139,14 @@ class KvStore(VersionedStateAdapter):
     key's text (see :func:`make_slot`); expiries live in a dict per scope (only keys with a
     ``ttl_ms`` pay for one) and a heap of due times that :meth:`expire_due` pops.
 
+    :param max_value_bytes: the largest JSON text of one value, in bytes of UTF-8.
     :param op_window_s: how long an applied operation id is remembered (default: the
         broker's redelivery window, :func:`state_tasks.adapters.records.default_op_window_s`).
     :param max_ops: how many applied operation ids are remembered at most.
     :param clock_ms: the clock of expiries, in wall-clock milliseconds (tests pass their own).
+
+    The options are checked by :class:`KvStoreSettings` (``state.yaml`` uses it too);
+    ``KvStore(settings)`` takes them already checked.
     """
 
     ordered_list = True
@@ -121,17 +155,17 @@ class KvStore(VersionedStateAdapter):
 
     def __init__(
         self,
+        settings: KvStoreSettings | None = None,
         *,
-        max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
-        op_window_s: float | None = None,
-        max_ops: int = DEFAULT_MAX_OPS,
         clock_ms: Callable[[], int] = wall_clock_ms,
+        **options: Any,
     ) -> None:
-        self.max_value_bytes = max_value_bytes
-        self.op_window_s = default_op_window_s() if op_window_s is None else op_window_s
-        self.max_ops = max_ops
+        self.settings = settings = KvStoreSettings.given(settings, options)
+        self.max_value_bytes = settings.max_value_bytes
+        self.op_window_s = settings.op_window_s
+        self.max_ops = settings.max_ops
         self.clock_ms = clock_ms
-        self._ops = OpRecords(self.op_window_s, max_ops)
+        self._ops = OpRecords(self.op_window_s, self.max_ops)
         # scope -> key -> slot (version and JSON text, see make_slot).
         self._scopes: dict[str, dict[str, str]] = {}
         # The last version given, in any scope.

@@ -9,7 +9,7 @@ import importlib
 
 from state_tasks.adapters.settings import AdapterSettings
 
-_KV = "state_tasks.adapters.kv_settings:KvStoreSettings"
+_KV = "state_tasks.adapters.kv_store:KvStoreSettings"
 _REDIS = "state_tasks.adapters.redis.settings:RedisSettings"
 # The Bridge's settings build its Celery client: they live in the Celery layer.
 _BRIDGE = "state_tasks.remote:BridgeSettings"

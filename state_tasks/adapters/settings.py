@@ -41,6 +41,23 @@ class AdapterSettings(BaseModel):
     #: window, :func:`state_tasks.adapters.records.default_op_window_s`).
     op_window_s: float = Field(default_factory=default_op_window_s, gt=0)
 
+    @pydantic.field_validator("op_window_s", mode="before")
+    @classmethod
+    def _default_window(cls, value: Any) -> Any:
+        return default_op_window_s() if value is None else value  # None: the default
+
+    @classmethod
+    def given(cls, settings: Self | None, options: Mapping[str, Any]) -> Self:
+        """What an adapter's constructor was given: ``settings`` already checked, or its
+        keyword ``options`` checked now (not both)."""
+        if settings is None:
+            return cls.validated(options)
+        if options:
+            raise ConfigError(
+                f"{cls.kind}: give settings or options, not both (got {sorted(options)})"
+            )
+        return settings
+
     @classmethod
     def validated(cls, options: Mapping[str, Any], where: str | None = None) -> Self:
         """The settings of ``options``; :class:`ConfigError` naming the first field that is

@@ -9,7 +9,7 @@ import pytest
 from helpers import Events
 
 from state_tasks.adapters.file_store import FileKvStore, scope_file_name
-from state_tasks.core.errors import AdapterError, AdapterUnavailable
+from state_tasks.core.errors import AdapterError, AdapterUnavailable, ConfigError
 from state_tasks.core.ops import parse_ops
 from state_tasks.core.service import StateService
 from state_tasks.triggers.registry import TriggerRegistry
@@ -218,7 +218,7 @@ def test_the_saver_runs_on_its_interval(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("interval", [0, -5])
 def test_non_positive_save_interval_is_refused(tmp_path: Path, interval: int) -> None:
-    with pytest.raises(AdapterError, match="save_interval_ms must be a positive number"):
+    with pytest.raises(ConfigError, match="save_interval_ms: Input should be greater than 0"):
         FileKvStore(file_path=tmp_path, save_interval_ms=interval)
 
 

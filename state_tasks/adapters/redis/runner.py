@@ -39,7 +39,7 @@ from state_tasks.adapters.redis.topology import (
     Cluster,
     OneServer,
 )
-from state_tasks.core.errors import AdapterError, ConfigError, StateError
+from state_tasks.core.errors import AdapterError, StateError
 
 logger = logging.getLogger("state_tasks.adapters.redis")
 
@@ -61,13 +61,7 @@ class RedisRunner(VersionedStateAdapter):
         client: redis.Redis | redis.cluster.RedisCluster | None = None,
         **options: Any,
     ) -> None:
-        if settings is None:
-            settings = RedisSettings.validated(options)
-        elif options:
-            raise ConfigError(
-                f"RedisAdapter: give settings or options, not both (got {sorted(options)})"
-            )
-        self.settings = settings
+        self.settings = settings = RedisSettings.given(settings, options)
         self.target = RedisTarget(
             redis_url=settings.redis_url,
             ssl_ca_certs=settings.ssl_ca_certs,
