@@ -33,6 +33,7 @@ with the versions the remote answered.
 from __future__ import annotations
 
 import builtins
+import itertools
 import threading
 from collections.abc import (
     Callable,
@@ -63,10 +64,13 @@ from state_tasks.core.batch import (
     BatchOp,
     BatchResult,
     VersionedBatchResult,
+    apply_batch_versioned,
+    batch_keys,
     batch_operation_error,
     encode_cursor,
 )
 from state_tasks.core.codec import (
+    apply_ops_json,
     decode,
     dumps,
     unstorable,
@@ -75,6 +79,7 @@ from state_tasks.core.codec import (
 from state_tasks.core.errors import (
     StateError,
     ValidationError,
+    version_conflict,
 )
 from state_tasks.core.ops import Op
 
@@ -244,8 +249,13 @@ class Bridge(VersionedStateAdapter):
         done = self._recorded(op_id)
         if done is not None and done[1] is not None:
             return Change(done[0], done[1], done[3])
+        try:
+            wire = _wire_ops(ops)
+        except StateError as unsendable:
+            update = BatchOp("update", key, ops=tuple(ops), if_version=if_version)
+            raise self._judged_here(scope, [update], unsendable, batch=False) from None
         payload: dict[str, Any] = {"scope": scope, "key": key}
-        payload |= {"ops": _wire_ops(ops)} | _options(if_version, ttl_ms)
+        payload |= {"ops": wire} | _options(if_version, ttl_ms)
         result = self._applied(op_id, self.remote("state::update", payload, op_id))
         old, new = _text(result["old_value"]), dumps(result["new_value"])
         version = int(result.get("version") or 0)
@@ -262,6 +272,45 @@ class Bridge(VersionedStateAdapter):
         results = self.batch_versioned(scope, operations, op_id).results
         return [(old, new) for old, new, _ in results]
 
+    def _judged_here(
+        self,
+        scope: str,
+        operations: Sequence[BatchOp],
+        unsendable: StateError,
+        *,
+        batch: bool = True,
+    ) -> StateError:
+        """The answer to operations whose last cannot be sent (its ops hold what JSON cannot
+        carry: only from Python), in the order every adapter checks: each operation's
+        ``if_version``, then its ops, on the versions and values the remote holds now (read
+        here; nothing is written, so the answer is that of this moment). ``unsendable`` when
+        every check passes. ``batch``: the operations are a batch's (else one update)."""
+        before: dict[str, tuple[str, int] | None] = {}
+        for key in batch_keys(operations):
+            found = self.remote(
+                "state::get", {"scope": scope, "key": key, "with_version": True}, None
+            )
+            version = int(found["version"])
+            before[key] = None if version == 0 else (dumps(found["value"]), version)
+        try:
+            if batch:
+                highest = max((entry[1] for entry in before.values() if entry), default=0)
+                given = itertools.count(highest + 1)
+                apply_batch_versioned(
+                    scope, before, operations, self.max_value_bytes, given.__next__
+                )
+            else:
+                (op,) = operations
+                current = before[op.key]
+                version = 0 if current is None else current[1]
+                if op.if_version is not None and op.if_version != version:
+                    return version_conflict(scope, op.key, op.if_version, version, "state::update")
+                text = None if current is None else current[0]
+                apply_ops_json(text, op.ops, self.max_value_bytes)
+        except StateError as e:
+            return e
+        return unsendable
+
     def batch_versioned(
         self, scope: str, operations: Sequence[BatchOp], op_id: str | None = None
     ) -> BatchChange:
@@ -269,7 +318,12 @@ class Bridge(VersionedStateAdapter):
         done = self._recorded(op_id)
         if done is not None and done[1] == BATCH_RECORD and done[0] is not None:
             return BatchChange(parse_versioned_batch_record(done[0]), [])
-        forwarded = [_forwarded(index, op) for index, op in enumerate(operations)]
+        forwarded = []
+        for index, op in enumerate(operations):
+            try:
+                forwarded.append(_forwarded(index, op))
+            except StateError as unsendable:
+                raise self._judged_here(scope, operations[: index + 1], unsendable) from None
         payload = {"scope": scope, "operations": forwarded}
         answer = self._applied(op_id, self.remote("state::batch", payload, op_id), operations)
         results: builtins.list[VersionedBatchResult] = []
