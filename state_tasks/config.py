@@ -8,6 +8,7 @@
           adapter:
             class: modules::state::adapters::KvStore
             config: {store_method: in_memory}
+          change_log: {max_entries: 100000, max_age_s: 86400}   # optional; false: off
 
 A bare top-level list of modules is accepted too, ``${NAME}`` and
 ``${NAME:default}`` are expanded from the environment in every string, and
@@ -16,6 +17,7 @@ every mistake is reported once, at start-up, naming the file and the field.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import re
@@ -32,11 +34,13 @@ from typing import (
     Any,
 )
 
+import pydantic
 import yaml
 
 from state_tasks.adapters.base import StateAdapter
 from state_tasks.adapters.registry import ADAPTER_ALIASES, DEFAULT_ADAPTER, settings_class
 from state_tasks.adapters.settings import AdapterSettings
+from state_tasks.core.changes import ChangeLogSettings
 from state_tasks.core.errors import ConfigError
 
 STATE_MODULE_CLASS = "modules::state::StateModule"
@@ -54,12 +58,14 @@ class StateConfig:
     #: True when the data lives inside the one process that opens the adapter (KvStore).
     process_local: bool = True
     _factory: Callable[[], StateAdapter] | None = None
+    #: What the change log keeps (``None``: ``change_log: false``, no log).
+    change_log: ChangeLogSettings | None = field(default_factory=ChangeLogSettings)
 
     def build_adapter(self) -> StateAdapter:
-        """Create the configured adapter (not yet opened)."""
-        if self._factory is not None:
-            return self._factory()
-        return _default_settings().build()
+        """Create the configured adapter (not yet opened), with its change log."""
+        adapter = self._factory() if self._factory is not None else _default_settings().build()
+        adapter.use_change_log(self.change_log)
+        return adapter
 
 
 def _default_settings() -> AdapterSettings:
@@ -165,6 +171,27 @@ def _build_custom(
         ) from e
 
 
+def _change_log(node: Any, where: str, source: str) -> ChangeLogSettings | None:
+    """``change_log``: omitted or ``true`` for the defaults, ``false`` for none, or a
+    mapping of :class:`~state_tasks.core.changes.ChangeLogSettings`."""
+    if node is True or node is None:
+        return ChangeLogSettings()
+    if node is False:
+        return None
+    if not isinstance(node, dict):
+        raise ConfigError(
+            f"{source}: {where}.change_log: expected false, true or a mapping such as "
+            f"{{max_entries: 100000, max_age_s: 86400}}, got {node!r}"
+        )
+    try:
+        return ChangeLogSettings.model_validate(node)
+    except pydantic.ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(map(str, error['loc'])) or 'value'}: {error['msg']}" for error in e.errors()
+        )
+        raise ConfigError(f"{source}: {where}.change_log: {problems}") from None
+
+
 def parse_config(document: Any, source: str) -> StateConfig:
     """Resolve a parsed ``state.yaml`` document (already a Python object)."""
     document = _expand_env(document, "", source)
@@ -189,13 +216,16 @@ def parse_config(document: Any, source: str) -> StateConfig:
         if module.get("class") != STATE_MODULE_CLASS:
             continue  # another module of the engine: not ours to judge
         config = _mapping(module.get("config"), f"{where}.config", source)
-        unknown = set(config) - {"adapter"}
+        unknown = set(config) - {"adapter", "change_log"}
         if unknown:
             raise ConfigError(
-                f"{source}: {where}.config: unknown keys {sorted(unknown)} (allowed: adapter)"
+                f"{source}: {where}.config: unknown keys {sorted(unknown)} "
+                "(allowed: adapter, change_log)"
             )
         adapter = _mapping(config.get("adapter"), f"{where}.config.adapter", source)
-        return _build_spec(adapter, f"{where}.config.adapter", source)
+        spec = _build_spec(adapter, f"{where}.config.adapter", source)
+        change_log = _change_log(config.get("change_log", True), f"{where}.config", source)
+        return dataclasses.replace(spec, change_log=change_log)
     raise ConfigError(
         f"{source}: no module with class {STATE_MODULE_CLASS}; add one (see docs/configuration.md)"
     )

@@ -150,3 +150,11 @@ def state_batch(
 def state_get_many(scope: str = MISSING, keys: list[str] = MISSING, **extra: Any) -> list[Any]:
     """Return the values of ``keys`` in their order (``None`` where missing)."""
     return _call("state::get_many", {"scope": scope, "keys": keys, **extra})  # type: ignore[no-any-return]
+
+
+@app.task(**RETRY_OPTIONS, name="state::changes")
+def state_changes(**extra: Any) -> dict[str, Any]:
+    """Return ``{"changes": [...], "cursor": c}``: up to ``limit`` entries of the change log
+    after the cursor ``after`` (omitted: from the oldest kept), of ``scope`` or of the scopes
+    starting with ``prefix``; ``c`` reads on from there."""
+    return _call("state::changes", extra)  # type: ignore[no-any-return]

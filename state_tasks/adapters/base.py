@@ -46,6 +46,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from state_tasks.core.changes import ChangeLogSettings, ChangesPage
 from state_tasks.core.errors import AdapterError
 
 if TYPE_CHECKING:
@@ -338,6 +339,34 @@ class StateAdapter(ABC):
         """Like :meth:`list_page` for the scopes holding at least one key: ``(scope, number
         of keys or None unless with_counts)``, and whether more follow."""
         raise AdapterError(f"{type(self).__name__} does not implement paging of state::list_groups")
+
+    # -- the change log (optional) -----------------------------------------------------
+
+    #: True when the adapter can keep a change log (see :mod:`state_tasks.core.changes`).
+    supports_change_log: bool = False
+    #: What the log keeps; ``None``: no log (set by :meth:`use_change_log`).
+    change_log: ChangeLogSettings | None = None
+
+    def use_change_log(self, settings: ChangeLogSettings | None) -> None:
+        """Keep a change log with ``settings`` (``None``: keep none). Called before
+        :meth:`open`. The built-in adapters keep one with the default settings unless told
+        otherwise; an adapter that cannot keeps none whatever it is told."""
+        if self.supports_change_log:
+            self.change_log = settings
+
+    def changes(
+        self, scope: str | None, prefix: str | None, after: str | None, limit: int
+    ) -> ChangesPage:
+        """Up to ``limit`` entries of the change log after the position ``after``
+        (``None``: from the oldest kept), of ``scope`` or of the scopes starting with
+        ``prefix`` (``None``: all), in the order the changes were applied, each as its
+        event with the position right after it. A position whose next entries were
+        trimmed raises :class:`~state_tasks.core.changes.ChangesCompacted`. Positions are
+        the adapter's own strings (the service signs them into cursors)."""
+        raise AdapterError(
+            f"{type(self).__name__} keeps no change log (state::changes needs an adapter "
+            "that implements StateAdapter.changes; the built-in ones do)"
+        )
 
     # -- the reserved trigger space -------------------------------------------------
 

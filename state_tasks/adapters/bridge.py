@@ -67,7 +67,14 @@ from state_tasks.core.batch import (
     apply_batch_versioned,
     batch_keys,
     batch_operation_error,
+    decode_cursor,
     encode_cursor,
+)
+from state_tasks.core.changes import (
+    ChangeLogSettings,
+    ChangesCompacted,
+    ChangesPage,
+    change_log_off,
 )
 from state_tasks.core.codec import (
     apply_ops_json,
@@ -163,6 +170,8 @@ class Bridge(VersionedStateAdapter):
     process_local = True  # the local trigger space lives in this process
     knows_null_from_missing = False
     supports_versions = True
+    supports_change_log = True  # the remote's, read through it
+    change_log = ChangeLogSettings()
 
     def __init__(
         self,
@@ -366,6 +375,36 @@ class Bridge(VersionedStateAdapter):
         else:
             rows = [(scope, None) for scope in page["items"]]
         return rows, page["cursor"] is not None
+
+    def changes(
+        self, scope: str | None, prefix: str | None, after: str | None, limit: int
+    ) -> ChangesPage:
+        # The remote's log, read through it: cursors are signed with the key every
+        # deployment shares, so a position here is the remote's and the cursors the same.
+        if self.change_log is None:
+            raise change_log_off(type(self).__name__)
+        binding = (scope or "", prefix or "")
+        payload: dict[str, Any] = {"limit": limit}
+        if scope is not None:
+            payload["scope"] = scope
+        if prefix is not None:
+            payload["prefix"] = prefix
+        if after is not None:
+            payload["after"] = encode_cursor("changes", *binding, after)
+        try:
+            page = self.remote("state::changes", payload, None)
+        except StateError as e:
+            oldest = (e.details or {}).get("oldest")
+            if e.code == "COMPACTED" and isinstance(oldest, str):
+                oldest = decode_cursor("changes", *binding, oldest, "after")
+                raise ChangesCompacted(oldest) from None
+            raise
+        entries = []
+        for change in page["changes"]:
+            event = dict(change)
+            position = decode_cursor("changes", *binding, event.pop("cursor"), "after")
+            entries.append((event, position))
+        return ChangesPage(entries, decode_cursor("changes", *binding, page["cursor"], "after"))
 
     def settle(self, op_ids: Sequence[str]) -> None:
         with self._ops_lock:

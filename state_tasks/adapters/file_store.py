@@ -110,6 +110,7 @@ from typing import (
 from state_tasks.adapters.base import (
     Expired,
 )
+from state_tasks.adapters.changelog import MemoryChangeLog
 from state_tasks.adapters.kv_store import (
     FsyncPolicy,
     KvStore,
@@ -130,6 +131,7 @@ from state_tasks.core.batch import (
     BatchOp,
     VersionedBatchResult,
 )
+from state_tasks.core.changes import ChangeLogSettings, EntryKind, LogEntry
 from state_tasks.core.codec import dumps
 from state_tasks.core.errors import AdapterError
 from state_tasks.core.ownership import (
@@ -152,6 +154,8 @@ MAX_ENCODED_NAME = 180
 
 _SAFE = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789-_")
 _SEGMENT = re.compile(r"^journal-(\d{12})\.log$")
+#: A journal segment kept, after a save covered it, for the change log entries it holds.
+_LOG_SEGMENT = re.compile(r"^changes-(\d{12})\.log$")
 
 
 def scope_file_name(scope: str) -> str:
@@ -198,6 +202,10 @@ class FileKvStore(KvStore):
         # Expiries whose events were sent since the last journal record: (scope, key, version).
         self._sent_unjournaled: builtins.list[tuple[str, str, int]] = []
         self._save_lock = threading.Lock()  # one save at a time
+        # The change log's epoch and last number as versions.json had them, and the last
+        # entry number of each segment kept for the log (see the module docs).
+        self._log_saved: tuple[str | None, int] = (None, 0)
+        self._log_segments: dict[int, int] = {}
         self._stop = threading.Event()
         self._saver: threading.Thread | None = None
         self._opened = False
@@ -226,7 +234,9 @@ class FileKvStore(KvStore):
                 self._replay(
                     segment, is_last=number == segments[-1][0], ops=number > self._ops_covered
                 )
-            self._segment = segments[-1][0] + 1 if segments else 1
+            self._load_log()
+            kept = [number for number, _ in self._log_files()]
+            self._segment = max([n for n, _ in segments] + kept + [0]) + 1
             self._journal_fd = self._open_segment(self._segment)
         except BaseException:
             self._release_ownership()
@@ -328,9 +338,55 @@ class FileKvStore(KvStore):
             if document.get("format") != VERSIONS_FORMAT_NAME:
                 raise ValueError(f"format is {document.get('format')!r}")
             self._counter = max(self._counter, int(document["counter"]))
+            epoch = document.get("log_epoch")
+            self._log_saved = (str(epoch) if epoch else None, int(document.get("log_last", 0)))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             self._corrupt(path, str(e))
         self._counter_saved = self._counter
+
+    # -- the change log ---------------------------------------------------------------
+
+    def use_change_log(self, settings: ChangeLogSettings | None) -> None:
+        if getattr(self, "_opened", False):
+            raise AdapterError("use_change_log: call it before the store is opened")
+        super().use_change_log(settings)
+
+    def _log_files(self) -> builtins.list[tuple[int, Path]]:
+        found = []
+        for path in self.path.iterdir():
+            match = _LOG_SEGMENT.match(path.name)
+            if match:
+                found.append((int(match.group(1)), path))
+        return sorted(found)
+
+    def _load_log(self) -> None:
+        """The change log from the segments kept for it and the journal, in order."""
+        if self.change_log is None:
+            for _, path in self._log_files():  # the log was turned off: its files go
+                path.unlink()
+            return
+        epoch, last = self._log_saved
+        log = MemoryChangeLog(self.change_log, self.clock_ms, epoch, last)
+        numbered = sorted(
+            [(n, p, True) for n, p in self._log_files()]
+            + [(n, p, False) for n, p in self._segments()]
+        )
+        entries: builtins.list[tuple[int, LogEntry]] = []
+        for number, path, kept in numbered:
+            highest = 0
+            for line in path.read_bytes().split(b"\n"):
+                record = _parse_record(line) if line else None
+                if record is None or "lsn" not in record:
+                    continue
+                for entry in _log_entries(record):
+                    entries.append(entry)
+                    highest = entry[0]
+            if kept:
+                self._log_segments[number] = highest
+        log.load(entries)
+        self._log = log
+        self._log_saved = (log.epoch, log.last)
+        self._counter_saved = -1  # versions.json gets the epoch at the next save
 
     def _load_ops(self) -> None:
         path = self.path / "ops.json"
@@ -528,6 +584,8 @@ class FileKvStore(KvStore):
         version: int = 0,
         due_ms: int | None = None,
         reason: str = "deleted",
+        old: str | None = None,
+        at_ms: int = 0,
     ) -> None:
         scope_json, key_json = dumps(scope), dumps(key)
         applied = ""
@@ -535,11 +593,18 @@ class FileKvStore(KvStore):
             # The operation's id travels with the change, so a task redelivered after a
             # crash and a restart is still recognised (its old value is derived on replay).
             applied = f',"id":{dumps(op_id)},"exp":{_wall(op_expires)}'
+        if self._log is not None:
+            # the change log's entry: its number, time and the old value
+            was = "" if old is None else f',"was":{old}'
+            applied += f',"lsn":{self._log.last + 1},"ts":{at_ms}{was}'
         if value_json is None:
             why = ',"reason":"expired"' if reason == "expired" else ""
             if why:  # its event is pending: ops.json keeps it
                 self._ops_dirty = True
-            self._append(f'{{"op":"del","scope":{scope_json},"key":{key_json}{applied}{why}}}')
+            self._append(
+                f'{{"op":"del","scope":{scope_json},"key":{key_json},"ver":{version}'
+                f"{applied}{why}}}"
+            )
         else:
             due = "" if due_ms is None else f',"due":{due_ms}'
             self._append(
@@ -558,6 +623,7 @@ class FileKvStore(KvStore):
         op_id: str | None,
         op_expires: float,
         dues: dict[str, int | None],
+        at_ms: int = 0,
     ) -> None:
         # One record, one line, one CRC: after a crash the batch is all there or not at all.
         entries = ",".join(
@@ -567,6 +633,18 @@ class FileKvStore(KvStore):
             for op, (_, new, version) in zip(operations, results, strict=True)
         )
         applied = "" if op_id is None else f',"id":{dumps(op_id)},"exp":{_wall(op_expires)}'
+        if self._log is not None:
+            # per operation: [] (it changed nothing), [version] (it created the key) or
+            # [version, old value]
+            was = ",".join(
+                "[]"
+                if old is None and new is None
+                else f"[{version}]"
+                if old is None
+                else f"[{version},{old}]"
+                for old, new, version in results
+            )
+            applied += f',"lsn":{self._log.last + 1},"ts":{at_ms},"was":[{was}]'
         self._append(f'{{"op":"batch","scope":{dumps(scope)},"ops":[{entries}]{applied}}}')
         self._dirty_scopes.add(scope)
         if applied:
@@ -660,6 +738,13 @@ class FileKvStore(KvStore):
                 self._dirty_scopes = set()
                 self._triggers_dirty = False
                 covered = self._segment
+                if self._log is not None:
+                    self._log.trim()
+                    self._log_segments[covered] = self._log.last
+                    log_state = (self._log.epoch, self._log.last)
+                    if log_state != self._log_saved and counter is None:
+                        counter = self._counter
+                    first_kept = self._log.first
                 if self._journal_fd is not None:
                     old_fd = self._journal_fd
                     self._segment += 1
@@ -677,7 +762,15 @@ class FileKvStore(KvStore):
                 raise
             for number, segment in self._segments():
                 if number <= covered:
-                    segment.unlink()
+                    if self._log is None:
+                        segment.unlink()
+                    else:  # kept for the change log until its entries are trimmed
+                        segment.rename(self.path / f"changes-{number:012d}.log")
+            if self._log is not None:
+                for number, path in self._log_files():
+                    if self._log_segments.get(number, 0) < first_kept:
+                        path.unlink()
+                        self._log_segments.pop(number, None)
             return written
 
     def _write_files(
@@ -694,8 +787,16 @@ class FileKvStore(KvStore):
             _write_atomically(self.path / "ops.json", ops)
             written += 1
         if counter is not None:
-            text = dumps({"format": VERSIONS_FORMAT_NAME, "version": 1, "counter": counter})
-            _write_atomically(self.path / "versions.json", text)  # not counted: bookkeeping
+            document: dict[str, Any] = {
+                "format": VERSIONS_FORMAT_NAME,
+                "version": 1,
+                "counter": counter,
+            }
+            if self._log is not None:
+                log_state = (self._log.epoch, self._log.last)
+                document |= {"log_epoch": log_state[0], "log_last": log_state[1]}
+                self._log_saved = log_state
+            _write_atomically(self.path / "versions.json", dumps(document))  # bookkeeping
             self._counter_saved = counter
         for scope, (entries, dues) in snapshot.items():
             path = self.path / scope_file_name(scope)
@@ -710,6 +811,52 @@ class FileKvStore(KvStore):
             written += 1
         _fsync_dir(self.path)
         return written
+
+
+def _log_entries(record: dict[str, Any]) -> builtins.list[tuple[int, LogEntry]]:
+    """The change log entries of a journal record that carries them, numbered."""
+    kind, scope, sequence, at_ms = record["op"], record["scope"], record["lsn"], record["ts"]
+    op_id = record.get("id")
+    if kind == "set":
+        was = dumps(record["was"]) if "was" in record else None
+        entry = LogEntry(
+            "c" if was is None else "u",
+            scope,
+            record["key"],
+            was,
+            dumps(record["value"]),
+            record.get("ver", 1),
+            op_id,
+            at_ms,
+        )
+        return [(sequence, entry)]
+    if kind == "del":
+        expired = record.get("reason") == "expired"
+        was = dumps(record["was"]) if "was" in record else None
+        entry = LogEntry(
+            "x" if expired else "d",
+            scope,
+            record["key"],
+            was,
+            None,
+            record.get("ver", 1),
+            None if expired else op_id,
+            at_ms,
+        )
+        return [(sequence, entry)]
+    entries = []
+    for index, (op, was) in enumerate(zip(record["ops"], record["was"], strict=True)):
+        if not was:
+            continue
+        old = dumps(was[1]) if len(was) > 1 else None
+        new = dumps(op[1]) if len(op) > 1 else None
+        kind_of: EntryKind = "d" if new is None else "c" if old is None else "u"
+        event_id = None if op_id is None else f"{op_id}:{index}"
+        entries.append(
+            (sequence, LogEntry(kind_of, scope, op[0], old, new, was[0], event_id, at_ms))
+        )
+        sequence += 1
+    return entries
 
 
 def _scope_document(scope: str, slots: dict[str, str], dues: dict[str, int]) -> str:

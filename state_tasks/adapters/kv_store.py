@@ -23,6 +23,7 @@ from state_tasks.adapters.base import (
     Expired,
     VersionedStateAdapter,
 )
+from state_tasks.adapters.changelog import MemoryChangeLog
 from state_tasks.adapters.records import (
     BATCH_RECORD,
     DEFAULT_MAX_OPS,
@@ -39,6 +40,7 @@ from state_tasks.core.batch import (
     apply_batch_versioned,
     batch_keys,
 )
+from state_tasks.core.changes import ChangeLogSettings, ChangesPage, EntryKind, change_log_off
 from state_tasks.core.codec import apply_ops_json
 from state_tasks.core.errors import version_conflict
 from state_tasks.core.ops import Op
@@ -152,6 +154,7 @@ class KvStore(VersionedStateAdapter):
     ordered_list = True
     process_local = True
     supports_versions = True
+    supports_change_log = True
 
     def __init__(
         self,
@@ -185,6 +188,39 @@ class KvStore(VersionedStateAdapter):
         self._triggers_version = 0
         # Re-entrant so that subclasses may call back into these methods under it.
         self._lock = threading.RLock()
+        self._log: MemoryChangeLog | None = None
+        self.use_change_log(ChangeLogSettings())
+
+    # -- the change log -----------------------------------------------------------------
+
+    def use_change_log(self, settings: ChangeLogSettings | None) -> None:
+        """Keep a change log in memory (the file store keeps it on disk too)."""
+        with self._lock:
+            self.change_log = settings
+            self._log = None if settings is None else MemoryChangeLog(settings, self.clock_ms)
+
+    def changes(
+        self, scope: str | None, prefix: str | None, after: str | None, limit: int
+    ) -> ChangesPage:
+        log = self._log
+        if log is None:
+            raise change_log_off(type(self).__name__)
+        return log.read(scope, prefix, after, limit)
+
+    def _logged(
+        self,
+        kind: EntryKind,
+        scope: str,
+        key: str,
+        old: str | None,
+        new: str | None,
+        version: int,
+        event_id: str | None,
+        at_ms: int,
+    ) -> None:
+        """Append a change that was just journaled (under the lock)."""
+        if self._log is not None:
+            self._log.append(kind, scope, key, old, new, version, event_id, at_ms)
 
     # -- reading ----------------------------------------------------------------------
 
@@ -327,7 +363,11 @@ class KvStore(VersionedStateAdapter):
         which is pending until :meth:`expiries_sent`."""
         text, version = slot_parts(self._scopes[scope][key])
         gone = Expired(scope, key, text, version)
-        self._changed(scope, key, None, reason="expired")
+        at_ms = self.clock_ms()
+        self._changed(
+            scope, key, None, version=version, reason="expired", old=text, at_ms=at_ms
+        )
+        self._logged("x", scope, key, text, None, version, None, at_ms)
         self._remove(scope, key)
         self._expiring[(scope, key, version)] = (gone, time.monotonic())
         return gone
@@ -399,7 +439,11 @@ class KvStore(VersionedStateAdapter):
         stored, and its record kept."""
         version = self._next_version(scope)
         record = self._ops.new(old, text, version)
-        self._changed(scope, key, text, op_id, record[2], version=version, due_ms=due)
+        at_ms = self.clock_ms()
+        self._changed(
+            scope, key, text, op_id, record[2], version=version, due_ms=due, old=old, at_ms=at_ms
+        )
+        self._logged("c" if old is None else "u", scope, key, old, text, version, op_id, at_ms)
         self._apply(scope, key, text, version, due)
         if op_id is not None:
             self._ops.add(op_id, record)
@@ -421,7 +465,9 @@ class KvStore(VersionedStateAdapter):
                     self._settled_at_once(op_id, self._ops.expiry())
                 return Change(None, None, 0, gone)
             record = self._ops.new(old, None, current)
-            self._changed(scope, key, None, op_id, record[2], version=current)
+            at_ms = self.clock_ms()
+            self._changed(scope, key, None, op_id, record[2], version=current, old=old, at_ms=at_ms)
+            self._logged("d", scope, key, old, None, current, op_id, at_ms)
             self._remove(scope, key)
             if op_id is not None:
                 self._ops.add(op_id, record)
@@ -481,7 +527,16 @@ class KvStore(VersionedStateAdapter):
                     keep = dues[op.key] if op.key in dues else self._dues.get(scope, {}).get(op.key)
                     dues[op.key] = keep if old is not None else None
             record = self._ops.new(batch_record(results), BATCH_RECORD)
-            self._batch_changed(scope, operations, results, op_id, record[2], dues)
+            at_ms = self.clock_ms()
+            self._batch_changed(scope, operations, results, op_id, record[2], dues, at_ms)
+            for index, (op, (old, new, version)) in enumerate(
+                zip(operations, results, strict=True)
+            ):
+                if old is None and new is None:
+                    continue  # a delete of an absent key changed nothing
+                kind: EntryKind = "d" if new is None else "c" if old is None else "u"
+                event_id = None if op_id is None else f"{op_id}:{index}"
+                self._logged(kind, scope, op.key, old, new, version, event_id, at_ms)
             for op, (_, new, version) in zip(operations, results, strict=True):
                 self._apply(scope, op.key, new, version, dues[op.key] if new is not None else None)
             if op_id is not None:
@@ -611,10 +666,13 @@ class KvStore(VersionedStateAdapter):
         version: int = 0,
         due_ms: int | None = None,
         reason: str = "deleted",
+        old: str | None = None,
+        at_ms: int = 0,
     ) -> None:
         """A key is about to be set (``value_json``, at ``version``, expiring at ``due_ms``)
         or deleted (``None``; ``reason`` ``"expired"`` when its ttl ran out), by ``op_id``
-        (remembered until the monotonic time ``op_expires``)."""
+        (remembered until the monotonic time ``op_expires``); it held ``old``, and the change
+        log (if kept) gets it as its next entry, at ``at_ms``."""
 
     def _batch_changed(
         self,
@@ -624,10 +682,12 @@ class KvStore(VersionedStateAdapter):
         op_id: str | None,
         op_expires: float,
         dues: dict[str, int | None],
+        at_ms: int = 0,
     ) -> None:
         """A batch is about to be applied: its ``results``, one ``(old, new, version)`` per
         operation, the keys' due times after it, by ``op_id`` (remembered until the
-        monotonic time ``op_expires``)."""
+        monotonic time ``op_expires``); the change log gets an entry for each operation that
+        changed something, at ``at_ms``."""
 
     def _settled_at_once(self, op_id: str, expires: float) -> None:
         """``op_id`` changed nothing (a delete of an absent key): remember it settled."""

@@ -156,7 +156,7 @@ def batch_operation_error(index: int, key: str, error: StateError) -> StateError
 _CURSOR_KEY = b"state_tasks.page-cursor.v1"
 _CURSOR_MAC_BYTES = 16
 
-PageKind = Literal["list", "list_groups"]
+PageKind = Literal["list", "list_groups", "changes"]
 
 
 def _binding(kind: PageKind, scope: str, prefix: str) -> str:
@@ -173,10 +173,13 @@ def encode_cursor(kind: PageKind, scope: str, prefix: str, after: str) -> str:
     return base64.urlsafe_b64encode(_mac(body) + body).decode().rstrip("=")
 
 
-def decode_cursor(kind: PageKind, scope: str, prefix: str, cursor: str) -> str:
+def decode_cursor(
+    kind: PageKind, scope: str, prefix: str, cursor: str, field: str = "cursor"
+) -> str:
     """The name a cursor continues after; :class:`ValidationError` unless it was made by
-    :func:`encode_cursor` for this ``kind``, ``scope`` and ``prefix``."""
-    what = f"state::{kind}: 'cursor'"
+    :func:`encode_cursor` for this ``kind``, ``scope`` and ``prefix`` (``field``: the
+    argument that carried it, for the messages)."""
+    what = f"state::{kind}: '{field}'"
     try:
         raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError):
@@ -205,6 +208,11 @@ def decode_cursor(kind: PageKind, scope: str, prefix: str, cursor: str) -> str:
             "it for the first page"
         )
     where = f"scope {scope!r}" if kind == "list" else "list_groups"
+    if document["b"] != _binding(kind, scope, prefix) and kind == "changes":
+        raise ValidationError(
+            f"{what} was given by a read of other scopes (another 'scope' or 'prefix'); "
+            "read on with the same scope and prefix as the read that gave it"
+        )
     if document["b"] != _binding(kind, scope, prefix):
         raise ValidationError(
             f"{what} belongs to another {'scope' if kind == 'list' else 'call'} or another "

@@ -16,6 +16,7 @@ from state_tasks.core.batch import (
     DEFAULT_MAX_GET_MANY_KEYS,
     DEFAULT_MAX_PAGE_LIMIT,
 )
+from state_tasks.core.changes import DEFAULT_CHANGES_LIMIT, MAX_CHANGES_LIMIT
 from state_tasks.core.errors import ValidationError
 
 MAX_NAME_BYTES = 1024
@@ -156,6 +157,26 @@ class ListGroupsPayload(_Payload):
     @property
     def paged(self) -> bool:
         return self.model_fields_set & {"limit", "cursor", "prefix", "with_counts"} != set()
+
+
+class ChangesPayload(_Payload):
+    """``state::changes``: entries of the change log after ``after`` (a cursor), of one
+    ``scope`` or of the scopes starting with ``prefix`` (neither: all)."""
+
+    scope: Name | None = None
+    prefix: Prefix | None = None
+    after: Annotated[str, Field(strict=True, min_length=1, max_length=65536)] | None = None
+    limit: Annotated[int, Field(strict=True, ge=1, le=MAX_CHANGES_LIMIT)] = DEFAULT_CHANGES_LIMIT
+
+
+class ChangesAnswer(BaseModel):
+    """What ``state::changes`` returns: ``changes`` (each a :class:`StateEvent` with its
+    ``cursor``) and the ``cursor`` to read on from."""
+
+    model_config = ConfigDict(frozen=True)
+
+    changes: list[ChangeEntry]
+    cursor: str
 
 
 class GetManyPayload(ScopePayload):
@@ -378,6 +399,16 @@ class StateEvent(BaseModel):
     version: int | None = None
     #: ``state:deleted`` only: ``"deleted"`` (a call) or ``"expired"`` (its ``ttl_ms`` ran out).
     reason: Literal["deleted", "expired"] | None = None
+
+
+class ChangeEntry(StateEvent):
+    """One entry of the change log (``state::changes``, :func:`state_tasks.watch`): the
+    change's trigger event plus ``cursor``, which resumes right after it."""
+
+    cursor: str
+
+
+ChangesAnswer.model_rebuild()
 
 
 class TriggerConfig(BaseModel):

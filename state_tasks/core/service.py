@@ -30,8 +30,6 @@ sending its event does not lose the event.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import threading
 import time
@@ -49,6 +47,12 @@ from state_tasks.core.batch import (
     decode_cursor,
     encode_cursor,
 )
+from state_tasks.core.changes import (
+    ChangesCompacted,
+    Compacted,
+    change_event_id,
+    expiry_event_id,
+)
 from state_tasks.core.errors import AdapterError, AdapterUnavailable, StateError, ValidationError
 from state_tasks.core.models import (
     BATCH_OPERATIONS,
@@ -56,6 +60,7 @@ from state_tasks.core.models import (
     BatchPayload,
     BatchSetOperation,
     BatchUpdateOperation,
+    ChangesPayload,
     DeletePayload,
     GetManyPayload,
     GetPayload,
@@ -79,6 +84,7 @@ STATE_FUNCTIONS = (
     "state::list_groups",
     "state::batch",
     "state::get_many",
+    "state::changes",
 )
 
 #: A change's record is settled by the next call of the thread that made it, or by the next
@@ -128,13 +134,6 @@ def make_event(
     return event
 
 
-def expiry_event_id(scope: str, key: str, version: int) -> str:
-    """The ``event_id`` of the expiry of ``version`` of ``(scope, key)``: the same whoever
-    fires it, so a handler deduplicating on ``event_id`` sees one expiry once."""
-    digest = hashlib.sha256(json.dumps([scope, key, version]).encode()).hexdigest()[:32]
-    return f"expired-{digest}"
-
-
 def expiry_event(expired: Expired) -> dict[str, Any]:
     """The ``state:deleted`` event (``reason: "expired"``) of a key whose ttl ran out."""
     return make_event(
@@ -181,6 +180,7 @@ class StateService:
             "state::list_groups": self._list_groups,
             "state::batch": self._batch,
             "state::get_many": self._get_many,
+            "state::changes": self._changes,
         }
         # (thread id, monotonic time, op id) of operations whose trigger work was sent.
         self._sent: list[tuple[int, float, str]] = []
@@ -336,6 +336,32 @@ class StateService:
             return []
         return [codec.decode(text) for text in self.adapter.get_many(request.scope, request.keys)]
 
+    def _changes(self, payload: Mapping[str, Any], op_id: str | None) -> dict[str, Any]:
+        request = parse(ChangesPayload, payload, "state::changes")
+        scope, prefix = request.scope or "", request.prefix or ""
+        after = None
+        if request.after is not None:
+            after = decode_cursor("changes", scope, prefix, request.after, "after")
+        try:
+            page = self.adapter.changes(request.scope, request.prefix, after, request.limit)
+        except ChangesCompacted as compacted:
+            oldest = encode_cursor("changes", scope, prefix, compacted.oldest)
+            raise Compacted(
+                "state::changes: the change log no longer holds the changes right after "
+                "'after' (they were trimmed: the log keeps change_log.max_entries entries "
+                "for change_log.max_age_s seconds); read from details.oldest to go on "
+                "with what is kept, knowing that changes in between were missed",
+                details={"oldest": oldest},
+            ) from None
+        changes = [
+            event | {"cursor": encode_cursor("changes", scope, prefix, position)}
+            for event, position in page.entries
+        ]
+        return {
+            "changes": changes,
+            "cursor": encode_cursor("changes", scope, prefix, page.position),
+        }
+
     def _batch(self, payload: Mapping[str, Any], op_id: str | None) -> dict[str, Any]:
         request = parse(BatchPayload, payload, "state::batch")
         check_batch_size(request.operations)
@@ -356,6 +382,8 @@ class StateService:
             old = codec.decode(old_text)
             event_id = None if op_id is None else f"{op_id}:{index}"
             if op.kind == "delete":
+                if event_id is None and old_text is not None:
+                    event_id = self._derived_id("state:deleted", request.scope, op.key, version)
                 answers.append(old)
                 if old_text is not None:
                     events.append(
@@ -367,6 +395,8 @@ class StateService:
             new = codec.decode(new_text)
             answers.append({"old_value": old, "new_value": new, "version": version})
             event_type = "state:created" if old_text is None else "state:updated"
+            if event_id is None:
+                event_id = self._derived_id(event_type, request.scope, op.key, version)
             events.append(
                 make_event(event_type, request.scope, op.key, old, new, event_id, version)
             )
@@ -487,10 +517,18 @@ class StateService:
         """Send the change's trigger work (after the expiry it found, if any); then its
         record may be settled."""
         events = [] if change.expired is None else [expiry_event(change.expired)]
-        events.append(make_event(event_type, scope, key, old, new, op_id, change.version))
+        event_id = op_id or self._derived_id(event_type, scope, key, change.version)
+        events.append(make_event(event_type, scope, key, old, new, event_id, change.version))
         self._dispatch(events, op_id, change.trigger_version)
         if change.expired is not None:
             self._expiries_sent([change.expired])
+
+    def _derived_id(self, event_type: str, scope: str, key: str, version: int) -> str | None:
+        """The event id of a change made without an operation id: derived from its key and
+        version where versions are kept (the change log derives the same), else random."""
+        if not self.adapter.supports_versions:
+            return None
+        return change_event_id(event_type, scope, key, version)
 
     def _expiries_sent(self, expired: list[Expired]) -> None:
         """Tell the adapter the events of ``expired`` were sent (a failure is logged: their

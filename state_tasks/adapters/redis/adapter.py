@@ -30,6 +30,7 @@ from state_tasks.adapters.base import (
     OperationSettled,
 )
 from state_tasks.adapters.records import settled_versions
+from state_tasks.adapters.redis.changes import ChangeReads
 from state_tasks.adapters.redis.expiring import Expiring
 from state_tasks.adapters.redis.listing import Listing
 from state_tasks.adapters.redis.replies import Reply
@@ -68,7 +69,7 @@ def _record_fields(flat: Any) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
-class RedisAdapter(Listing, Expiring):
+class RedisAdapter(Listing, Expiring, ChangeReads):
     """State in Redis, shared by every worker process on every machine.
 
     Versions and expiry use Redis's own clock (``TIME`` inside the scripts), so workers on
@@ -130,7 +131,7 @@ class RedisAdapter(Listing, Expiring):
     ) -> Change:
         keys = self.mutation_keys(scope, op_id)
         args = [key, value_json, scope, _arg(if_version), _arg(ttl_ms), self._op_ttl(op_id)]
-        reply: builtins.list[Any] = self.mutate("set", "set", scope, keys, args)
+        reply: builtins.list[Any] = self.mutate("set", "set", scope, keys, args, op_id)
         if reply[0] == Reply.SETTLED:
             raise OperationSettled(op_id or "", settled_versions(reply[1]))
         if reply[0] == Reply.VERSION_CONFLICT:
@@ -146,7 +147,7 @@ class RedisAdapter(Listing, Expiring):
     ) -> Change:
         keys = self.mutation_keys(scope, op_id)
         args = [key, scope, _arg(if_version), self._op_ttl(op_id)]
-        reply: builtins.list[Any] = self.mutate("delete", "delete", scope, keys, args)
+        reply: builtins.list[Any] = self.mutate("delete", "delete", scope, keys, args, op_id)
         if reply[0] == Reply.SETTLED:
             raise OperationSettled(op_id or "", settled_versions(reply[1]))
         if reply[0] == Reply.VERSION_CONFLICT:
@@ -200,7 +201,7 @@ class RedisAdapter(Listing, Expiring):
                 continue
             args = [key, "1" if old is None else "0", old or "", new, scope]
             args += [_arg(if_version), _arg(ttl_ms), self._op_ttl(op_id)]
-            reply: list[Any] = self.mutate("update", "check_and_set", scope, keys, args)
+            reply: list[Any] = self.mutate("update", "check_and_set", scope, keys, args, op_id)
             if reply[0] == Reply.WRITTEN:
                 self._recent.remember(slot, new)
                 gone = self._expired(scope, key, *reply[3:5])
@@ -346,7 +347,7 @@ class RedisAdapter(Listing, Expiring):
         for op, (_, new) in zip(operations, results, strict=True):
             kind = "d" if new is None else "s" if op.kind == "set" else "u"
             args += [kind, op.key, new or "", _arg(op.if_version), _arg(op.ttl_ms)]
-        return self.mutate("batch", "batch", scope, keys, args)  # type: ignore[no-any-return]
+        return self.mutate("batch", "batch", scope, keys, args, op_id)  # type: ignore[no-any-return]
 
     def _op_ttl(self, op_id: str | None) -> str:
         return "" if op_id is None else str(max(1, round(self.op_window_s)))

@@ -52,7 +52,7 @@ class Expiring(RedisRunner):
             if len(gone) >= limit:
                 return gone, 0.0
             keys = self.layout.mutation_keys(scope, None)
-            args = [scope, limit - len(gone)]
+            args = [scope, limit - len(gone), *self.log_args(None)]
             flat = self.run("expire", scope, partial(expire, keys=keys, args=args))
             for at in range(0, len(flat), 3):
                 gone.append(Expired(scope, flat[at], flat[at + 1], int(flat[at + 2])))

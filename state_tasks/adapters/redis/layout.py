@@ -7,6 +7,7 @@ One server (and Sentinel)::
     {prefix}:groups        {prefix}:due           {prefix}:triggers:version
     {prefix}:op:<op id>    {prefix}:triggers
     {prefix}:expiring      {prefix}:expiring:at   (pending expiries: id -> text, claim time)
+    {prefix}:log           (the change log: a stream)
 
 A mutation script touches a scope's four keys *and* the groups index, the due index, the
 trigger version, an operation record and the pending expiries (a write that meets an
@@ -20,6 +21,7 @@ and every key a mutation touches carries its bucket's hash tag::
     {prefix}:groups:{<bucket>}      {prefix}:due:{<bucket>}
     {prefix}:triggers:version:{<bucket>}   {prefix}:op:{<bucket>}:<op id>
     {prefix}:expiring:{<bucket>}    {prefix}:expiring:at:{<bucket>}
+    {prefix}:log:{<bucket>}         (the bucket's change log)
     {prefix}:triggers:{t}           {prefix}:triggers:version:{t}   (the triggers' own slot)
 
 so one script is one slot, and the indexes are spread over every master. The bucket tags
@@ -123,12 +125,18 @@ class KeyLayout:
         server's clock when the expiry was handed over (or last claimed again)."""
         return f"{self.prefix}:expiring:at"
 
+    def log_key(self, tag: str) -> str:
+        """The change log: a stream of the changes of every scope (on a cluster, of the
+        bucket's scopes), in the order they were applied."""
+        return f"{self.prefix}:log"
+
     # -- the KEYS of the scripts (named in lua/lib_mutation_keys.lua, lua/lib_read_keys.lua)
 
     def mutation_keys(self, scope: str, op_id: str | None) -> list[str]:
-        """KEYS[1..10] of a script that changes ``scope``: its hash, its bucket's groups
+        """KEYS[1..11] of a script that changes ``scope``: its hash, its bucket's groups
         index and copy of the trigger version, the operation's record, its key index,
-        versions and due index, its bucket's due scopes and pending expiries."""
+        versions and due index, its bucket's due scopes, pending expiries and change
+        log."""
         keys = list(self._scope_keys(scope))
         keys[3] = self.op_key(op_id or "", self.tag(scope))
         return keys
@@ -149,6 +157,7 @@ class KeyLayout:
             self.due_scopes_key(tag),
             self.expiring_key(tag),
             self.expiring_at_key(tag),
+            self.log_key(tag),
         )
 
     def read_keys(self, scope: str) -> list[str]:
@@ -194,3 +203,6 @@ class BucketLayout(KeyLayout):
 
     def expiring_at_key(self, tag: str) -> str:
         return f"{self.prefix}:expiring:at:{{{tag}}}"
+
+    def log_key(self, tag: str) -> str:
+        return f"{self.prefix}:log:{{{tag}}}"

@@ -27,6 +27,9 @@ class Reply(IntEnum):
     MOVED_ON = 5
     #: A read: the texts and versions asked for.
     FOUND = 6
+    #: A read of the change log from a position whose next entries were trimmed (the reply
+    #: holds the position before the oldest entry kept).
+    COMPACTED = 7
 
 
 def lua_prelude() -> str:

@@ -39,6 +39,7 @@ from state_tasks.adapters.redis.topology import (
     Cluster,
     OneServer,
 )
+from state_tasks.core.changes import ChangeLogSettings
 from state_tasks.core.errors import AdapterError, StateError
 
 logger = logging.getLogger("state_tasks.adapters.redis")
@@ -53,6 +54,7 @@ class RedisRunner(VersionedStateAdapter):
     :class:`state_tasks.adapters.redis.RedisAdapter` for the parameters)."""
 
     supports_versions = True
+    supports_change_log = True
 
     def __init__(
         self,
@@ -92,6 +94,7 @@ class RedisRunner(VersionedStateAdapter):
         self._client: Any = client
         self._client_lock = threading.Lock()
         self._scripts: dict[str, Script] = {}
+        self.change_log: ChangeLogSettings | None = ChangeLogSettings()
         self._recent = RecentValues()
         # Op record keys to settle, by tag, carried by the next mutation script of the same
         # tag (see settle).
@@ -163,23 +166,41 @@ class RedisRunner(VersionedStateAdapter):
         script = self.script(name)
         return self.run(what, None, lambda: self._topology.eval_each(script, calls))  # type: ignore[no-any-return]
 
-    def mutate(self, what: str, name: str, scope: str, keys: list[str], args: list[Any]) -> Any:
+    def mutate(
+        self,
+        what: str,
+        name: str,
+        scope: str,
+        keys: list[str],
+        args: list[Any],
+        op_id: str | None,
+    ) -> Any:
         """Run a script that changes ``scope`` (KEYS as
         :meth:`~state_tasks.adapters.redis.layout.KeyLayout.mutation_keys` gives them),
-        carrying the records waiting to be settled of the scope's tag (KEYS[11..]; on a
-        cluster its bucket: one script is one slot); with ``wait_replicas``, ``WAIT``."""
+        carrying the records waiting to be settled of the scope's tag (KEYS[12..]; on a
+        cluster its bucket: one script is one slot), and the change log's arguments after
+        ``args``; with ``wait_replicas``, ``WAIT``."""
         script = self.script(name)
         tag = self.layout.tag(scope)
         settles = self._take_settles(tag)
         keys = keys + settles
+        args = args + self.log_args(op_id)
         try:
             return self.run(what, scope, lambda: self._topology.write(script, keys, args))
         except BaseException:
             self._requeue_settles(tag, settles)
             raise
 
+    def log_args(self, event_id: str | None) -> list[str]:
+        """The last three ARGV of a script that changes a scope: the change's event id ('':
+        derived), what the change log keeps ('' and '': no log)."""
+        log = self.change_log
+        if log is None:
+            return ["", "", ""]
+        return [event_id or "", str(log.max_entries), str(log.max_age_s * 1000)]
+
     def mutation_keys(self, scope: str, op_id: str | None) -> list[str]:
-        """KEYS[1..10] of a script that changes ``scope``, its op record remembered for
+        """KEYS[1..11] of a script that changes ``scope``, its op record remembered for
         settling on a cluster."""
         keys = self.layout.mutation_keys(scope, op_id)
         keys[3] = self._topology.op_key(op_id, scope)

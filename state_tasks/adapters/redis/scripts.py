@@ -62,6 +62,7 @@ NAMES = (
     "pending_claim",
     "pending_release",
     "expiries_sent",
+    "changes",
 )
 
 

@@ -19,9 +19,9 @@ local function counter_base()
   if c == 0 and redis.call('EXISTS', scope_hash) == 1 then c = 1 end
   return c
 end
-if #KEYS > 10 then  -- records to settle ride along (their functions made only then)
+if #KEYS > 11 then  -- records to settle ride along (their functions made only then)
 --!include lib_settle
-  for i = 11, #KEYS do settle(KEYS[i]) end
+  for i = 12, #KEYS do settle(KEYS[i]) end
 end
 
 if op_ttl ~= '' then
@@ -43,7 +43,7 @@ if moved then return {MOVED_ON, currents} end
 -- versions first, on a simulation: a conflict must leave everything untouched
 local first_write = at
 local simulated, expired, counter, index = {}, {}, counter_base(), 0
-while at <= #ARGV do
+while at <= last_arg do
   local kind, key, if_version = ARGV[at], ARGV[at + 1], ARGV[at + 3]
   if simulated[key] == nil then
     local _, version, is_expired = current(key)
@@ -63,9 +63,14 @@ end
 local gone = {}
 for _, key in ipairs(expired) do gone[#gone + 1] = take_expired(key, scope) end
 local recording = op_ttl ~= ''
+-- the event id of operation i (from 1) of the batch: '<op id>:<index from 0>'
+local function batch_event(i)
+  if log_event == '' then return '' end
+  return log_event .. ':' .. (i - 1)
+end
 local olds, new_versions, i = {}, {}, 0
 at = first_write
-while at <= #ARGV do
+while at <= last_arg do
   i = i + 1
   local kind, key, text, ttl = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 4]
   local old = redis.call('HGET', scope_hash, key)
@@ -75,12 +80,14 @@ while at <= #ARGV do
     if old then
       version = tonumber(redis.call('HGET', versions, key) or '1')
       drop(key, scope)
+      log_change('d', scope, key, old, false, version, batch_event(i))
     end
   else
     version = next_version()
     put(key, text, scope, old ~= false)
     redis.call('HSET', versions, key, version)
     set_due(key, ttl, kind == 'u' and old ~= false, scope)
+    log_change(old and 'u' or 'c', scope, key, old, text, version, batch_event(i))
     if recording then redis.call('HSET', op_record, 'n' .. i, text) end
   end
   if recording then

@@ -12,9 +12,9 @@ local key, was_absent, expected, text, scope = ARGV[1], ARGV[2] == '1', ARGV[3],
 local if_version, ttl, op_ttl = ARGV[6], ARGV[7], ARGV[8]
 --!include lib_clock
 --!include lib_mutation
-if #KEYS > 10 then  -- records to settle ride along (their functions made only then)
+if #KEYS > 11 then  -- records to settle ride along (their functions made only then)
 --!include lib_settle
-  for i = 11, #KEYS do settle(KEYS[i]) end
+  for i = 12, #KEYS do settle(KEYS[i]) end
 end
 
 local done = applied()
@@ -32,5 +32,6 @@ put(key, text, scope, current_text ~= false)
 redis.call('HSET', versions, key, new_version)
 set_due(key, ttl, current_text ~= false, scope, had_due)
 record(current_text, text, new_version)
+log_change(current_text and 'u' or 'c', scope, key, current_text, text, new_version, log_event)
 local gone_text, gone_version = expired_reply(gone)
 return {WRITTEN, trigger_version_now(), new_version, gone_text, gone_version}

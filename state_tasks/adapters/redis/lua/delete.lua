@@ -9,9 +9,9 @@
 local key, scope, if_version, op_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 --!include lib_clock
 --!include lib_mutation
-if #KEYS > 10 then  -- records to settle ride along (their functions made only then)
+if #KEYS > 11 then  -- records to settle ride along (their functions made only then)
 --!include lib_settle
-  for i = 11, #KEYS do settle(KEYS[i]) end
+  for i = 12, #KEYS do settle(KEYS[i]) end
 end
 
 local done = applied()
@@ -24,6 +24,7 @@ if expired then gone = take_expired(key, scope) end
 if old then
   drop(key, scope)
   record(old, false, version)
+  log_change('d', scope, key, old, false, version, log_event)
 elseif op_ttl ~= '' then
   redis.call('SET', op_record, '1', 'EX', op_ttl)
 end

@@ -1,8 +1,8 @@
 -- The expiry sweep of one scope. KEYS: the mutation keys (trigger_version and op_record
--- unused). ARGV: scope, how many keys at most. Removes the keys whose due time has come,
--- atomically (two sweepers never both get one), records each as a pending expiry, and
--- returns them as {key, text, version, ...}; then files the scope under its next due time
--- (or takes it out).
+-- unused). ARGV: scope, how many keys at most, then the change log's three. Removes the
+-- keys whose due time has come, atomically (two sweepers never both get one), records each
+-- as a pending expiry and in the change log, and returns them as {key, text, version, ...};
+-- then files the scope under its next due time (or takes it out).
 --!include lib_mutation_keys
 local scope, limit, op_ttl = ARGV[1], tonumber(ARGV[2]), ''
 --!include lib_clock

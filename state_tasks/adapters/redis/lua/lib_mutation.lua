@@ -76,12 +76,25 @@ local function drop(key, scope)
   if redis.call('EXISTS', scope_hash) == 0 then redis.call('ZREM', groups, scope) end
 end
 
+-- Appends a change to the change log, a stream: kind 'c'reated, 'u'pdated, 'd'eleted or
+-- e'x'pired, the old and the new text ('' for none: a JSON text is never empty), the
+-- version, the event id ('' when derived). Trimmed as it grows, by count and by age, in
+-- whole blocks ('~'): the cost of a trim does not grow with the log.
+local function log_change(kind, scope, key, old, new, version, event_id)
+  if log_max == '' then return end
+  local id = redis.call('XADD', change_log, 'MAXLEN', '~', log_max, '*', 't', kind, 's', scope,
+    'k', key, 'o', old or '', 'n', new or '', 'v', version, 'i', event_id)
+  local ms = tonumber(string.match(id, '^(%d+)'))
+  redis.call('XTRIM', change_log, 'MINID', '~', string.format('%d', ms - tonumber(log_age)))
+end
+
 -- Removes an expired key and leaves its expiry pending, in the same step; returns
 -- {key, text, version} for its event. A pending id is '<version>:<bytes of scope>:<scope><key>'.
 local function take_expired(key, scope)
   local text = redis.call('HGET', scope_hash, key)
   local version = tonumber(redis.call('HGET', versions, key) or '1')
   drop(key, scope)
+  log_change('x', scope, key, text, false, version, '')
   local pending_id = string.format('%d', version) .. ':' .. #scope .. ':' .. scope .. key
   redis.call('HSET', pending, pending_id, text)
   redis.call('ZADD', pending_at, now(), pending_id)

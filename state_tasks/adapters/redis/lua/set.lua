@@ -7,9 +7,9 @@
 local key, text, scope, if_version, ttl, op_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 --!include lib_clock
 --!include lib_mutation
-if #KEYS > 10 then  -- records to settle ride along (their functions made only then)
+if #KEYS > 11 then  -- records to settle ride along (their functions made only then)
 --!include lib_settle
-  for i = 11, #KEYS do settle(KEYS[i]) end
+  for i = 12, #KEYS do settle(KEYS[i]) end
 end
 
 local done = applied()
@@ -24,5 +24,6 @@ put(key, text, scope, old ~= false)
 redis.call('HSET', versions, key, new_version)
 set_due(key, ttl, false, scope, had_due)
 record(old, text, new_version)
+log_change(old and 'u' or 'c', scope, key, old, text, new_version, log_event)
 local gone_text, gone_version = expired_reply(gone)
 return {WRITTEN, old, trigger_version_now(), new_version, gone_text, gone_version}
