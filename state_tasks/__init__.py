@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from state_tasks.core.changes import ChangeLogSettings, Compacted
 from state_tasks.core.errors import (
     AdapterError,
     AdapterUnavailable,
@@ -41,6 +42,8 @@ from state_tasks.core.models import (
     BatchDeleteOperation,
     BatchSetOperation,
     BatchUpdateOperation,
+    ChangeEntry,
+    ChangesAnswer,
     DecrementOp,
     IncrementOp,
     ListPage,
@@ -60,6 +63,7 @@ if TYPE_CHECKING:
     from state_tasks.celery_app import create_app
     from state_tasks.facade import III
     from state_tasks.triggers.declarations import state_trigger
+    from state_tasks.watch import Watcher, watch
 
     app: Celery
     iii: III
@@ -72,6 +76,8 @@ _LAZY = {
     "III": "state_tasks.facade",
     "iii": "state_tasks.facade",
     "state_trigger": "state_tasks.triggers.declarations",
+    "watch": "state_tasks.watch",
+    "Watcher": "state_tasks.watch",
 }
 
 
@@ -93,6 +99,10 @@ __all__ = [
     "BatchSetOperation",
     "BatchUpdateOperation",
     "CallTimeout",
+    "ChangeEntry",
+    "ChangeLogSettings",
+    "ChangesAnswer",
+    "Compacted",
     "ConfigError",
     "DecrementOp",
     "IncrementOp",
@@ -108,10 +118,12 @@ __all__ = [
     "ValueTooLarge",
     "VersionConflict",
     "VersionedValue",
+    "Watcher",
     "app",
     "batch_json",
     "create_app",
     "iii",
     "ops_json",
     "state_trigger",
+    "watch",
 ]

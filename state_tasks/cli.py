@@ -14,6 +14,8 @@
     state-tasks batch users '[{"op": "set", "key": "u1", "value": 1}]'
     state-tasks get-many users u1 u2
     state-tasks groups
+    state-tasks changes --scope users --limit 10               # one page of the change log
+    state-tasks watch --prefix user                            # every change, live, as JSON lines
     state-tasks triggers list
     state-tasks triggers remove trg_...
     state-tasks console --allow-writes                         # the state in the browser
@@ -84,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("groups", (), "print the scopes that hold at least one key (or one page)"),
         ("batch", ("scope", "operations_json"), "apply a JSON array of operations, all or none"),
         ("get-many", ("scope",), "print the values of KEY... in their order (null if none)"),
+        ("changes", (), "print one page of the change log: {changes, cursor}"),
+        ("watch", (), "print every change as one JSON line, live (Ctrl-C stops)"),
     ):
         command = commands.add_parser(name, help=help_text)
         for argument in arguments:
@@ -118,6 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "groups":
             command.add_argument(
                 "--counts", action="store_true", help="items as {scope, count} (a page)"
+            )
+        if name in ("changes", "watch"):
+            command.add_argument("--scope", help="only the changes of SCOPE")
+            command.add_argument("--prefix", help="only the changes of scopes starting with PREFIX")
+            command.add_argument(
+                "--after",
+                metavar="CURSOR",
+                help="start right after this cursor (a change's or a page's); "
+                "default: the oldest change kept",
+            )
+            command.add_argument(
+                "--limit", type=int, help="changes per call (1 to 1000, default 100)"
             )
     console = commands.add_parser(
         "console",
@@ -180,6 +196,10 @@ def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         }
     if args.command == "get-many":
         return "state::get_many", {"scope": args.scope, "keys": args.keys}
+    if args.command == "changes":
+        return "state::changes", _log_filter(args) | (
+            {"limit": args.limit} if args.limit is not None else {}
+        )
     paging = {
         name: value
         for name, value in (("limit", args.limit), ("cursor", args.cursor), ("prefix", args.prefix))
@@ -190,6 +210,42 @@ def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
             {"with_keys": True} if args.keys else {}
         )
     return "state::list_groups", paging | ({"with_counts": True} if args.counts else {})
+
+
+def _log_filter(args: argparse.Namespace) -> dict[str, Any]:
+    given = (("scope", args.scope), ("prefix", args.prefix), ("after", args.after))
+    return {name: value for name, value in given if value is not None}
+
+
+def _watch(args: argparse.Namespace, facade: III) -> int:
+    """One JSON line per change until interrupted (exit 0), or an error."""
+    from state_tasks.watch import watch
+
+    limit = 100 if args.limit is None else args.limit
+    if not 1 <= limit <= 1000:
+        return _fail(EXIT_USAGE, f"--limit must be 1 to 1000, got {limit}")
+    watcher = watch(
+        args.scope,
+        args.prefix,
+        args.after,
+        limit=limit,
+        app=facade.app,
+        call_timeout_s=facade.timeout_ms / 1000,
+    )
+    try:
+        for change in watcher:
+            sys.stdout.write(json.dumps(change, ensure_ascii=False) + "\n")
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        return 0
+    except StateError as e:
+        where = ""
+        if e.code == "COMPACTED":
+            where = f" (go on with what is kept: --after {(e.details or {}).get('oldest')})"
+        return _fail(EXIT_STATE_ERROR, f"{e.code}: {e.message}{where}")
+    except BrokenPipeError:  # | head
+        return 0
+    return 0
 
 
 def run(argv: Sequence[str] | None = None, facade: III | None = None) -> int:
@@ -203,6 +259,8 @@ def run(argv: Sequence[str] | None = None, facade: III | None = None) -> int:
     facade.timeout_ms = timeout_ms
     if args.command == "console":
         return _console(args, facade)
+    if args.command == "watch":
+        return _watch(args, facade)
     try:
         if args.command == "triggers":
             if args.action == "list":

@@ -364,9 +364,7 @@ class KvStore(VersionedStateAdapter):
         text, version = slot_parts(self._scopes[scope][key])
         gone = Expired(scope, key, text, version)
         at_ms = self.clock_ms()
-        self._changed(
-            scope, key, None, version=version, reason="expired", old=text, at_ms=at_ms
-        )
+        self._changed(scope, key, None, version=version, reason="expired", old=text, at_ms=at_ms)
         self._logged("x", scope, key, text, None, version, None, at_ms)
         self._remove(scope, key)
         self._expiring[(scope, key, version)] = (gone, time.monotonic())
