@@ -612,7 +612,7 @@ class FileKvStore(KvStore):
                 f',"ver":{version}{due}{applied}}}'
             )
         self._dirty_scopes.add(scope)
-        if applied:
+        if op_id is not None:
             self._ops_dirty = True
 
     def _batch_changed(
@@ -647,7 +647,7 @@ class FileKvStore(KvStore):
             applied += f',"lsn":{self._log.last + 1},"ts":{at_ms},"was":[{was}]'
         self._append(f'{{"op":"batch","scope":{dumps(scope)},"ops":[{entries}]{applied}}}')
         self._dirty_scopes.add(scope)
-        if applied:
+        if op_id is not None:
             self._ops_dirty = True
 
     def _settled_at_once(self, op_id: str, expires: float) -> None:
