@@ -367,12 +367,9 @@ class FileKvStore(KvStore):
             return
         epoch, last = self._log_saved
         log = MemoryChangeLog(self.change_log, self.clock_ms, epoch, last)
-        numbered = sorted(
-            [(n, p, True) for n, p in self._log_files()]
-            + [(n, p, False) for n, p in self._segments()]
-        )
+        numbered = sorted([*self._log_files(), *self._segments()])
         entries: builtins.list[tuple[int, LogEntry]] = []
-        for number, path, kept in numbered:
+        for number, path in numbered:
             highest = 0
             for line in path.read_bytes().split(b"\n"):
                 record = _parse_record(line) if line else None
@@ -381,8 +378,8 @@ class FileKvStore(KvStore):
                 for entry in _log_entries(record):
                     entries.append(entry)
                     highest = entry[0]
-            if kept:
-                self._log_segments[number] = highest
+            # (a journal segment becomes a kept one at the next save)
+            self._log_segments[number] = max(highest, self._log_segments.get(number, 0))
         log.load(entries)
         self._log = log
         self._log_saved = (log.epoch, log.last)

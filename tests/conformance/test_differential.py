@@ -61,6 +61,7 @@ from state_tasks.adapters.base import StateAdapter
 from state_tasks.adapters.file_store import FileKvStore
 from state_tasks.adapters.kv_store import KvStore
 from state_tasks.adapters.redis import RedisAdapter
+from state_tasks.core.changes import ChangeLogSettings, change_event_id
 from state_tasks.core.errors import StateError
 from state_tasks.core.service import StateService, expiry_event_id
 
@@ -876,7 +877,11 @@ class Subject:
             ok_id = isinstance(given, int) and event_id == expiry_event_id(scope, key, given)
             event_id = f"expired:{version}" if ok_id else f"<bad expiry id {event_id}>"
         elif not event_id.startswith("op-"):
-            event_id = "<random>"
+            # no operation id: the id derived from the change, as the change log has it
+            derived = isinstance(given, int) and event_id == change_event_id(
+                event["event_type"], scope, key, given
+            )
+            event_id = "<random>" if derived else f"<bad derived id {event_id}>"
         return change_event(
             event["event_type"],
             scope,
@@ -1457,8 +1462,41 @@ class Differential(RuleBasedStateMachine):
                         self.check_versioned(scope, key)
             for scope in SCOPES:
                 self.list(scope)
+            self.check_change_log()
         finally:
             self.subject.close()
+
+    def check_change_log(self) -> None:
+        """The change log holds every change the example made, once, in the order their
+        events were fired: the trigger events, each first one of its event id (a repeat of
+        a whole operation or a pending expiry fires again with the same id). The Bridge
+        reads the remote's log, whose event ids are the remote tasks' (not compared)."""
+        if self.kind == "bridge":
+            return
+        fired: dict[str, Event] = {}
+        for event in self.subject.recorder.events:
+            fired.setdefault(str(event["event_id"]), event)
+        logged: list[Event] = []
+        cursor = None
+        while True:
+            payload: dict[str, Json] = {"limit": 1000}
+            if cursor is not None:
+                payload["after"] = cursor
+            page = self.subject.service.call("state::changes", payload)
+            logged += page["changes"]
+            cursor = page["cursor"]
+            if not page["changes"]:
+                break
+
+        def comparable(event: Event) -> Event:
+            return self.subject.translate_event(event) | {"id": event["event_id"]}
+
+        got = [comparable(entry) for entry in logged]
+        want = [comparable(event) for event in fired.values()]
+        assert got == want, (
+            f"{self.kind}: the change log\n  {canonical(got)}\n"
+            f"  the events fired (first of each id):\n  {canonical(want)}"
+        )
 
 
 def arrange(events: list[Event], how: str) -> list[Event]:
@@ -1476,6 +1514,10 @@ def arrange(events: list[Event], how: str) -> list[Event]:
 # -- one test per adapter --------------------------------------------------------------------------
 
 
+#: The fuzzer's logs keep everything (the test clock may run ahead by hours).
+LOG_FOR_EVER = ChangeLogSettings(max_age_s=10 * 365 * 86_400)
+
+
 def adapter_factory(
     kind: str, request: pytest.FixtureRequest, folder: Path
 ) -> Callable[[Callable[[], int]], Callable[[], StateAdapter]]:
@@ -1485,12 +1527,14 @@ def adapter_factory(
     def for_example(clock_ms: Callable[[], int]) -> Callable[[], StateAdapter]:
         if kind == "kv_memory":
             store = KvStore(clock_ms=clock_ms)
+            store.use_change_log(LOG_FOR_EVER)
             return lambda: store
         if kind == "kv_file":
             path = folder / uuid.uuid4().hex[:8]
 
             def open_file_store() -> StateAdapter:
                 store = FileKvStore(file_path=path, save_interval_ms=60_000, clock_ms=clock_ms)
+                store.use_change_log(LOG_FOR_EVER)
                 store.open()
                 return store
 
