@@ -22,6 +22,7 @@ from state_tasks.adapters.redis import RedisAdapter
 from state_tasks.contrib.servers import RedisSentinelGroup
 from state_tasks.core.errors import AdapterError, AdapterUnavailable
 from state_tasks.core.ops import parse_ops
+from state_tasks.core.service import StateService
 
 pytestmark = pytest.mark.own_broker
 
@@ -241,8 +242,22 @@ def test_with_wait_replicas_no_acknowledged_write_is_lost_in_a_failover(
         assert demoted(group, old_master)
         assert adapter.get("c", "n") == json.dumps({"n": acknowledged}, separators=(",", ":"))
         assert adapter.client.connection_pool.get_master_address()[1] == new_master  # type: ignore[attr-defined]
+        # ... and so is its change log entry, in order, once
+        assert logged_counts(StateService(adapter), "c") == list(range(1, acknowledged + 1))
     finally:
         adapter.close()
+
+
+def logged_counts(service: StateService, scope: str) -> list[int]:
+    """The counts ``{"n": ...}`` of the scope's change log, oldest first."""
+    counts: list[int] = []
+    payload: dict[str, Any] = {"scope": scope, "limit": 1000}
+    while True:
+        page = service.call("state::changes", payload)
+        counts += [change["new_value"]["n"] for change in page["changes"]]
+        if not page["changes"]:
+            return counts
+        payload["after"] = page["cursor"]
 
 
 def test_wait_replicas_not_reached_is_a_clear_retryable_error(redis_server: RedisServer) -> None:
@@ -360,6 +375,16 @@ def test_sentinel_failover_mid_load_loses_and_doubles_nothing(
             60,
             "a handler run for each of the 1,200 changes",
         )
+        # and the change log holds each of them once, in the order applied
+        counts: list[int] = []
+        payload: dict[str, Any] = {"scope": "load", "limit": 1000}
+        while True:
+            page = sentinel_deployment.call("state::changes", **payload)
+            counts += [change["new_value"]["n"] for change in page["changes"]]
+            if not page["changes"]:
+                break
+            payload["after"] = page["cursor"]
+        assert counts == list(range(1, 1201))
     finally:
         handle.unregister()
 
