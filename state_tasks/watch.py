@@ -13,9 +13,11 @@ How it waits: it *polls* ``state::changes``. Through the workers by default (a C
 per poll, as any client makes; in a worker process the call runs in-process), or, with
 ``direct=True``, by reading the configured store itself (``state.yaml``, as a worker reads
 it), which needs a store shared between processes (Redis, Sentinel, Cluster) and saves the
-round trip through the broker. A poll that returns a full page polls again at once; an
-empty one waits ``poll_interval_s`` (so a change reaches the consumer within about that
-long, plus a call).
+round trip through the broker. A poll that returns changes, or that moved past other
+scopes' changes (a filtered read looks at a bounded number of entries), polls again at
+once; only one that found nothing new waits ``poll_interval_s`` (so a change reaches the
+consumer within about that long, plus a call). ``after="now"`` starts at the end of the log:
+only changes made from then on.
 
 Each change is yielded once, in the log's order (within a scope, the order the changes
 were applied); ``watcher.cursor`` is the position right after the last change yielded, the
@@ -89,8 +91,8 @@ class Watcher:
         while not self._page:
             if self._stopped.is_set():
                 raise StopIteration
-            full = self._poll()
-            if not self._page and not full:
+            moved = self._poll()
+            if not self._page and not moved:
                 self._stopped.wait(self.poll_interval_s)
         change = self._page.pop(0)
         self.cursor = change["cursor"]
@@ -120,7 +122,8 @@ class Watcher:
         self.close()
 
     def _poll(self) -> bool:
-        """One read after the cursor (retried while unreachable); whether it was full."""
+        """One read after the cursor (retried while unreachable); whether it moved on (found
+        changes, or passed over other scopes' changes)."""
         payload: dict[str, Any] = dict(self._filter, limit=self.limit)
         backoff = self.poll_interval_s or 0.05
         while True:
@@ -139,10 +142,12 @@ class Watcher:
                 return False
             backoff = min(MAX_BACKOFF_S, backoff * 2)
         self._page = list(answer["changes"])
-        if not self._page:
-            # a filtered read may move past changes of other scopes
-            self.cursor = answer["cursor"]
-        return len(self._page) == self.limit
+        if self._page:
+            return True
+        # a filtered read may move past changes of other scopes
+        moved: bool = answer["cursor"] != self.cursor
+        self.cursor = answer["cursor"]
+        return moved
 
     def _unreachable(self, error: BaseException, backoff: float) -> None:
         logger.warning(
@@ -167,8 +172,9 @@ def watch(
     service: StateService | None = None,
 ) -> Watcher:
     """Iterate over the changes of ``scope`` (or of the scopes starting with ``prefix``, or
-    of all) after the cursor ``after`` (``None``: from the oldest change kept), waiting for
-    new ones. See the module docs for how it waits and resumes.
+    of all) after the cursor ``after`` (``None``: from the oldest change kept; ``"now"``:
+    from the changes made after this call), waiting for new ones. See the module docs for
+    how it waits and resumes.
 
     :param limit: changes read per poll (1 to 1,000).
     :param poll_interval_s: how long an idle watcher waits between polls.

@@ -71,6 +71,7 @@ from state_tasks.core.batch import (
     encode_cursor,
 )
 from state_tasks.core.changes import (
+    AT_END,
     ChangeLogSettings,
     ChangesCompacted,
     ChangesPage,
@@ -389,7 +390,9 @@ class Bridge(VersionedStateAdapter):
             payload["scope"] = scope
         if prefix is not None:
             payload["prefix"] = prefix
-        if after is not None:
+        if after == AT_END:
+            payload["after"] = AT_END
+        elif after is not None:
             payload["after"] = encode_cursor("changes", *binding, after)
         try:
             page = self.remote("state::changes", payload, None)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from state_tasks.core.changes import (
+    AT_END,
     ChangeLogSettings,
     ChangesCompacted,
     ChangesPage,
@@ -153,6 +154,8 @@ class MemoryChangeLog:
         with self._lock:
             self._trim(self.clock_ms())
             first = self.first
+            if after == AT_END:
+                return ChangesPage([], self.position(self.last))
             if after is None:
                 start = first - 1
             else:

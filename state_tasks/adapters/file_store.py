@@ -4,6 +4,7 @@ Folder layout (``file_path``)::
 
     LOCK                      held (flock) by the one process that owns the store; holds its pid
     journal-<n>.log           write-ahead journal segments, replayed in order at start-up
+    changes-<n>.log           journal segments a save covered, kept for the change log
     triggers.json             the stored triggers
     ops.json                  applied operation ids still remembered (see below)
     versions.json             the store's version counter (the last version given)
@@ -22,7 +23,8 @@ Every ``save_interval_ms`` a save starts a new journal segment, snapshots only t
 scopes changed since the last save (under the lock: a shallow copy of their dicts),
 then, outside the lock, writes each to a temporary file, fsyncs it, renames it over
 the old one, removes the files of scopes left empty, fsyncs the folder, and deletes
-the journal segments the save covered. A crash at any point leaves files from which
+the journal segments the save covered (with the change log on, renames them
+``changes-<n>.log``: see below). A crash at any point leaves files from which
 start-up rebuilds the same state: journal records hold absolute values, so replaying a
 segment over a file that already includes it changes nothing.
 
@@ -83,6 +85,17 @@ A torn last line (a crash mid-append) is cut off at start-up with a warning; a b
 record before the end, or a scope file that cannot be parsed, stops start-up with a
 message naming the file, unless ``move_corrupt_aside`` is set, which renames the file
 to ``<name>.corrupt-<time>`` (and says so in the log) and goes on without it.
+
+The change log (:mod:`state_tasks.adapters.changelog`) rides in the same records: with it
+on, a ``set``, ``del`` or ``batch`` record also carries ``"lsn"`` (the entry's number; a
+batch's first), ``"ts"`` (when it was applied, ms) and ``"was"`` (the old value; for a batch
+one ``[]``, ``[version]`` or ``[version, old value]`` per operation), so a change is in the
+log exactly when its record is in the journal. A save keeps the segments it covered as
+``changes-<n>.log`` until every entry in them is trimmed; start-up reads them and the
+journal back into the log, whose epoch and last number ``versions.json`` keeps
+(``log_epoch``, ``log_last``). A store opened with the log off removes both, so a log turned
+on again is a new one: cursors of the old one are ``COMPACTED``, never read on past the
+changes made meanwhile.
 """
 
 from __future__ import annotations
@@ -364,6 +377,11 @@ class FileKvStore(KvStore):
         if self.change_log is None:
             for _, path in self._log_files():  # the log was turned off: its files go
                 path.unlink()
+            if self._log_saved[0] is not None:
+                # and its epoch, now: a log turned on again is a new one, whose readers
+                # are told that changes were not logged (COMPACTED), never read on past them
+                self._write_versions(self._counter)
+                _fsync_dir(self.path)
             return
         epoch, last = self._log_saved
         log = MemoryChangeLog(self.change_log, self.clock_ms, epoch, last)
@@ -770,6 +788,21 @@ class FileKvStore(KvStore):
                         self._log_segments.pop(number, None)
             return written
 
+    def _write_versions(self, counter: int) -> None:
+        """versions.json: the version counter, and the change log's epoch and last number."""
+        document: dict[str, Any] = {
+            "format": VERSIONS_FORMAT_NAME,
+            "version": 1,
+            "counter": counter,
+        }
+        log_state: tuple[str | None, int] = (None, 0)
+        if self._log is not None:
+            log_state = (self._log.epoch, self._log.last)
+            document |= {"log_epoch": log_state[0], "log_last": log_state[1]}
+        _write_atomically(self.path / "versions.json", dumps(document))
+        self._log_saved = log_state
+        self._counter_saved = counter
+
     def _write_files(
         self,
         snapshot: dict[str, tuple[dict[str, str], dict[str, int]]],
@@ -784,17 +817,7 @@ class FileKvStore(KvStore):
             _write_atomically(self.path / "ops.json", ops)
             written += 1
         if counter is not None:
-            document: dict[str, Any] = {
-                "format": VERSIONS_FORMAT_NAME,
-                "version": 1,
-                "counter": counter,
-            }
-            if self._log is not None:
-                log_state = (self._log.epoch, self._log.last)
-                document |= {"log_epoch": log_state[0], "log_last": log_state[1]}
-                self._log_saved = log_state
-            _write_atomically(self.path / "versions.json", dumps(document))  # bookkeeping
-            self._counter_saved = counter
+            self._write_versions(counter)  # bookkeeping: not counted
         for scope, (entries, dues) in snapshot.items():
             path = self.path / scope_file_name(scope)
             if entries:

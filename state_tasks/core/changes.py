@@ -35,6 +35,10 @@ DEFAULT_MAX_AGE_S = 86_400
 DEFAULT_CHANGES_LIMIT = 100
 MAX_CHANGES_LIMIT = 1000
 
+#: ``after`` meaning "from the end": a read returns nothing and the position of the newest
+#: entry (so the next read gives only the changes made from now on).
+AT_END = "now"
+
 #: What an entry records: created, updated, deleted, or expired (deleted by its ttl).
 EntryKind = Literal["c", "u", "d", "x"]
 
@@ -78,7 +82,7 @@ class Compacted(StateError):
     default_code = "COMPACTED"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LogEntry:
     """One change as an adapter's log keeps it: JSON texts, not values."""
 

@@ -48,6 +48,7 @@ from state_tasks.core.batch import (
     encode_cursor,
 )
 from state_tasks.core.changes import (
+    AT_END,
     ChangesCompacted,
     Compacted,
     change_event_id,
@@ -339,9 +340,9 @@ class StateService:
     def _changes(self, payload: Mapping[str, Any], op_id: str | None) -> dict[str, Any]:
         request = parse(ChangesPayload, payload, "state::changes")
         scope, prefix = request.scope or "", request.prefix or ""
-        after = None
-        if request.after is not None:
-            after = decode_cursor("changes", scope, prefix, request.after, "after")
+        after = request.after
+        if after is not None and after != AT_END:
+            after = decode_cursor("changes", scope, prefix, after, "after")
         try:
             page = self.adapter.changes(request.scope, request.prefix, after, request.limit)
         except ChangesCompacted as compacted:

@@ -2,12 +2,15 @@
 
 The log is a stream (``{prefix}:log``; on a cluster one per bucket, ``{prefix}:log:{tag}``)
 that every script changing a scope appends to in the same step (see ``lib_mutation.lua``),
-trimmed as it grows. A stream's entry ids grow with every append, so a position is an id:
-on one server (and behind Sentinel, where ``wait_replicas`` makes an acknowledged entry
-survive a failover with its change) the id of the last entry read; on a cluster one id per
-bucket, written for the buckets that have moved (see :func:`encode_positions`). A read
-compares the position with the stream's ``max-deleted-entry-id`` (``XINFO STREAM``): a
-position before it was trimmed past, and the reader is told (``COMPACTED``).
+trimmed as it grows from its front. A position is the id of the last entry read and that
+entry's number (the stream counts every entry it was ever given, ``entries-added``): on one
+server (and behind Sentinel, where ``wait_replicas`` makes an acknowledged entry survive a
+failover with its change) one such pair; on a cluster one per bucket, written for the
+buckets that have moved (see :func:`encode_positions`). The oldest entry kept is number
+``entries-added - length + 1``: a position whose next entry is older was trimmed past, and
+the reader is told (``COMPACTED``). Every position also carries the count of processes that
+wrote with the log off (:meth:`~state_tasks.adapters.redis.runner.RedisRunner.log_args`):
+one from before such a gap is compacted too.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ import zlib
 from typing import Any
 
 from state_tasks.adapters.changelog import scan_budget
+from state_tasks.adapters.redis.layout import CLUSTER_BUCKETS, bucket_of
 from state_tasks.adapters.redis.replies import Reply
 from state_tasks.adapters.redis.runner import RedisRunner
 from state_tasks.core.changes import (
+    AT_END,
     ChangesCompacted,
     ChangesPage,
     LogEntry,
@@ -77,10 +82,30 @@ class ChangeReads(RedisRunner):
     def changes(
         self, scope: str | None, prefix: str | None, after: str | None, limit: int
     ) -> ChangesPage:
+        """A position is ``<gap>/<where>``: ``gap`` counts the processes that wrote with
+        the log off (see :meth:`RedisRunner.log_args`), so a position from before changes
+        that were not logged is compacted, never read on past them."""
         if self.change_log is None:
             raise change_log_off(type(self).__name__)
+        gaps = self.run("changes", scope, self.log_gaps)
+        if after not in (None, AT_END):
+            seen, _, after = str(after).partition("/")
+            if not seen.isdigit() or not after:
+                raise _bad_position()
+            if int(seen) != gaps:  # changes after it were not logged: go on from it
+                raise ChangesCompacted(f"{gaps}/{after}")
+        try:
+            page = self._page(scope, prefix, after, limit)
+        except ChangesCompacted as compacted:
+            raise ChangesCompacted(f"{gaps}/{compacted.oldest}") from None
+        entries = [(event, f"{gaps}/{position}") for event, position in page.entries]
+        return ChangesPage(entries, f"{gaps}/{page.position}")
+
+    def _page(
+        self, scope: str | None, prefix: str | None, after: str | None, limit: int
+    ) -> ChangesPage:
         if not self.is_cluster:
-            if after is not None and not _POSITION.match(after):
+            if after is not None and after != AT_END and not _POSITION.match(after):
                 raise _bad_position()
             reply = self._read([(0, after or "")], scope, prefix, limit)[0]
             if reply[0] == Reply.COMPACTED:
@@ -131,11 +156,12 @@ class ChangeReads(RedisRunner):
     ) -> ChangesPage:
         """A cluster: the buckets read at once, their entries merged in id order (roughly
         the order of the masters' clocks; within a bucket, exactly the order applied)."""
-        from state_tasks.adapters.redis.layout import CLUSTER_BUCKETS, bucket_of
-
-        given = None if after is None else decode_positions(after, CLUSTER_BUCKETS)
+        given = None if after in (None, AT_END) else decode_positions(after, CLUSTER_BUCKETS)
         buckets = [bucket_of(scope)] if scope is not None else list(range(CLUSTER_BUCKETS))
-        starts = [(bucket, "" if given is None else given.get(bucket, ZERO)) for bucket in buckets]
+        first = AT_END if after == AT_END else ""
+        starts = [
+            (bucket, first if given is None else given.get(bucket, ZERO)) for bucket in buckets
+        ]
         replies = self._read(starts, scope, prefix, limit)
         compacted = {
             bucket: reply[1]

@@ -91,6 +91,8 @@ class KeyLayout:
         self.triggers_key = f"{prefix}:triggers"
         #: The counter every trigger change bumps (on a cluster, copied to every bucket).
         self.triggers_version_key = f"{prefix}:triggers:version"
+        #: How many processes wrote with the change log off (their changes are a gap).
+        self.log_gaps_key = f"{prefix}:log:gaps"
 
     @property
     def tags(self) -> tuple[str, ...]:
@@ -174,6 +176,7 @@ class BucketLayout(KeyLayout):
         super().__init__(prefix)
         self.triggers_key = f"{prefix}:triggers:{{{TRIGGERS_TAG}}}"
         self.triggers_version_key = f"{prefix}:triggers:version:{{{TRIGGERS_TAG}}}"
+        self.log_gaps_key = f"{prefix}:log:gaps:{{{TRIGGERS_TAG}}}"
         self._tags = bucket_tags()
 
     @property

@@ -1,5 +1,6 @@
 -- state::changes: entries of one change log stream (on a cluster, one bucket's). KEYS: the
--- stream. ARGV: the position to read after, '<id> <n>' ('' from the oldest kept), how many
+-- stream. ARGV: the position to read after, '<id> <n>' ('' from the oldest kept, 'now' from
+-- the end: nothing, and the position of the newest entry), how many
 -- entries at most, how many to look at at most, a scope ('' any), a prefix of scopes ('' any).
 -- A position is an entry id and that entry's number: the stream counts every entry ever
 -- added (entries-added), the log is only ever trimmed from its front, so the oldest entry
@@ -43,6 +44,10 @@ local function oldest()
   return id .. ' ' .. string.format('%d', added - length)
 end
 
+if after == 'now' then
+  local at_end = newest .. ' ' .. string.format('%d', added)
+  return {FOUND, at_end, {}, at_end}
+end
 if after == '' then after = oldest() end
 local at_id, at_n = string.match(after, '^(%d+%-%d+) (%d+)$')
 at_n = tonumber(at_n)
