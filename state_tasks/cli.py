@@ -129,8 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument(
                 "--after",
                 metavar="CURSOR",
-                help="start right after this cursor (a change's or a page's); "
-                "default: the oldest change kept",
+                help="start right after this cursor (a change's or a page's), or 'now' for "
+                "only the changes made from now on; default: the oldest change kept",
             )
             command.add_argument(
                 "--limit", type=int, help="changes per call (1 to 1000, default 100)"
