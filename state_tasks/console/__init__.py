@@ -4,12 +4,14 @@ Scopes with their key counts, a scope's keys and values (paged, never the whole 
 editing (only with ``--allow-writes``), triggers, and the changes as they happen. The
 console is a client of the deployment like the CLI: every read and write is a state
 function sent through the broker (:mod:`state_tasks.console.gateway`), so it works with
-every adapter, a KvStore living inside a worker included. The live feed reads Celery's
-own task events (:mod:`state_tasks.console.changes`).
+every adapter, a KvStore living inside a worker included. The live feed reads the
+deployment's change log (``state::changes``) the same way, and resumes from its cursor
+(:mod:`state_tasks.console.changes`).
 
 Optional: ``pip install "state_tasks[console]"`` (Starlette and uvicorn). The modules
 that need them are :mod:`state_tasks.console.app` and :mod:`state_tasks.console.server`;
-:mod:`state_tasks.console.guard` and :mod:`state_tasks.console.changes` are pure.
+:mod:`state_tasks.console.guard`, :mod:`state_tasks.console.changes` and
+:mod:`state_tasks.console.values` need neither.
 """
 
 from __future__ import annotations

@@ -3,7 +3,14 @@
 Every read is one state function through the broker (:class:`StateGateway`), one page at a
 time: a scope of a million keys costs what a page of it costs. Values reach the page as JSON
 *text* (integers beyond 2**53 stay exact; the page parses them keeping their digits), and a
-value over :data:`PREVIEW_MAX_CHARS` comes as a cut preview until it is opened.
+value over :data:`~state_tasks.console.values.PREVIEW_MAX_CHARS` comes as a cut preview
+until it is opened.
+
+The live feed (``/api/changes``) is a stream of server-sent events: ``change`` (a row of
+:mod:`state_tasks.console.changes`, its id the change's cursor), ``notice`` (changes that
+cannot be shown: trimmed from the log, or more than a page can be sent) and ``status``
+(whether the change log is read, or off). ``/api/change`` reads one change back from the
+log, its values whole.
 """
 
 from __future__ import annotations
@@ -30,20 +37,20 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from state_tasks.console.changes import Change, ChangeFeed
+from state_tasks.console.changes import CatchUp, ChangeFeed, Row
 from state_tasks.console.gateway import ConsoleError, StateGateway
 from state_tasks.console.guard import COOKIE_NAME, ConsoleGuard
+from state_tasks.console.values import dump, size_of, view
 
 STATIC = Path(__file__).with_name("static")
 #: Keys a page holds by default, and at most.
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
-#: A value longer than this (as compact JSON) is listed as a preview and loaded when opened.
-PREVIEW_MAX_CHARS = 4096
-#: Rows the live feed holds for one page while it cannot keep up; past that they are counted.
-FEED_QUEUE_MAX = 2000
 #: Seconds between two status messages on an idle live feed (they keep proxies from closing it).
 FEED_HEARTBEAT_S = 10.0
+#: ``/api/change``: entries read after the change's ``from`` to find it, at most (the first
+#: one read is it, unless a Redis Cluster's buckets interleave otherwise).
+CHANGE_LOOKUP_LIMIT = 50
 #: A request body larger than this is refused (a value is at most 1 MiB as JSON by default).
 MAX_BODY_BYTES = 8 * 1024 * 1024
 
@@ -151,24 +158,9 @@ def _json_text(text: Any, what: str) -> Any:
         raise ConsoleError("VALIDATION_ERROR", f"{what} is nested too deeply") from None
 
 
-def _dump(value: Any, indent: int | None = None) -> str:
-    try:
-        return json.dumps(value, ensure_ascii=False, indent=indent)
-    except RecursionError:
-        return json.dumps("<nested too deeply to show>")
-
-
-def _item(key: str, value: Any) -> dict[str, Any]:
-    """One key of a page: its value as JSON text, or a preview when long."""
-    text = _dump(value)
-    size = len(text.encode("utf-8", "surrogatepass"))
-    if len(text) <= PREVIEW_MAX_CHARS:
-        return {"key": key, "json": text, "size": size}
-    return {"key": key, "preview": text[:PREVIEW_MAX_CHARS], "size": size, "truncated": True}
-
-
-def _matches(change: Change, scope_prefix: str) -> bool:
-    return not scope_prefix or str(change.get("scope", "")).startswith(scope_prefix)
+def _whole(value: Any) -> dict[str, Any]:
+    text = dump(value)
+    return {"json": text, "size": size_of(text)}
 
 
 def _sse(event: str, data: Any, event_id: str | None = None) -> str:
@@ -238,7 +230,7 @@ def create_console(gateway: StateGateway, feed: ChangeFeed, guard: ConsoleGuard)
             if request.query_params.get(name):
                 payload[name] = request.query_params[name]
         page = await gateway.call("state::list", payload)
-        items = [_item(item["key"], item["value"]) for item in page["items"]]
+        items = [{"key": item["key"], **view(item["value"])} for item in page["items"]]
         return {"items": items, "cursor": page["cursor"]}
 
     async def value(request: Request) -> Any:
@@ -248,13 +240,13 @@ def create_console(gateway: StateGateway, feed: ChangeFeed, guard: ConsoleGuard)
         got = await gateway.call("state::get", {"scope": scope, "key": key, "with_version": True})
         if not got.get("version"):
             raise ConsoleError("NOT_FOUND", f"scope {scope!r} has no key {key!r}")
-        text = _dump(got["value"])
+        text = dump(got["value"])
         return {
             "scope": scope,
             "key": key,
             "json": text,
-            "pretty": _dump(got["value"], indent=2),
-            "size": len(text.encode("utf-8", "surrogatepass")),
+            "pretty": dump(got["value"], indent=2),
+            "size": size_of(text),
             "version": got["version"],
             "expires_in_ms": got.get("expires_in_ms"),
         }
@@ -265,8 +257,8 @@ def create_console(gateway: StateGateway, feed: ChangeFeed, guard: ConsoleGuard)
         new = _json_text(data.get("value_json"), "the value")
         result = await gateway.call("state::set", {"scope": scope, "key": key, "value": new})
         return {
-            "old_json": _dump(result.get("old_value")),
-            "new_json": _dump(new),
+            "old_json": dump(result.get("old_value")),
+            "new_json": dump(new),
             "version": result.get("version"),
         }
 
@@ -276,8 +268,8 @@ def create_console(gateway: StateGateway, feed: ChangeFeed, guard: ConsoleGuard)
         ops = _json_text(data.get("ops_json"), "the update ops")
         result = await gateway.call("state::update", {"scope": scope, "key": key, "ops": ops})
         return {
-            "old_json": _dump(result.get("old_value")),
-            "new_json": _dump(result.get("new_value")),
+            "old_json": dump(result.get("old_value")),
+            "new_json": dump(result.get("new_value")),
             "version": result.get("version"),
         }
 
@@ -285,7 +277,7 @@ def create_console(gateway: StateGateway, feed: ChangeFeed, guard: ConsoleGuard)
         data = await body(request)
         scope, key = _required(data, "scope"), _required(data, "key")
         old = await gateway.call("state::delete", {"scope": scope, "key": key})
-        return {"old_json": _dump(old)}
+        return {"old_json": dump(old)}
 
     async def triggers(request: Request) -> Any:
         return {"items": await gateway.list_triggers()}
@@ -306,55 +298,113 @@ def create_console(gateway: StateGateway, feed: ChangeFeed, guard: ConsoleGuard)
             raise ConsoleError("NOT_FOUND", f"no trigger with id {trigger_id!r}")
         return {"removed": trigger_id}
 
+    async def change(request: Request) -> Any:
+        """One change read back from the log, its values whole: the entry with ``event_id``
+        right after the cursor ``from`` (a feed row's)."""
+        params = dict(request.query_params)
+        event_id = _required(params, "event_id")
+        payload: dict[str, Any] = {"limit": 1}
+        if params.get("from"):
+            payload["after"] = params["from"]
+        entry = None
+        try:
+            for limit in (1, CHANGE_LOOKUP_LIMIT):
+                answer = await gateway.call("state::changes", payload | {"limit": limit})
+                entry = next((e for e in answer["changes"] if e["event_id"] == event_id), None)
+                if entry is not None or not answer["changes"]:
+                    break
+        except ConsoleError as e:
+            if e.code != "COMPACTED":
+                raise
+        if entry is None:
+            raise ConsoleError(
+                "NOT_FOUND",
+                "this change is no longer in the change log (it was trimmed); the key's "
+                "page shows its current value",
+            )
+        return {
+            "event_type": entry["event_type"],
+            "scope": entry["scope"],
+            "key": entry["key"],
+            "version": entry.get("version"),
+            "time": entry["timestamp"],
+            "old": None if entry["event_type"] == "state:created" else _whole(entry["old_value"]),
+            "new": None if entry["event_type"] == "state:deleted" else _whole(entry["new_value"]),
+        }
+
     async def changes(request: Request) -> Response:
         scope_prefix = request.query_params.get("scope", "")
-        # A page that reconnects names the last change it got; one from before a restart of
-        # the console (another boot: its numbers start again at 1) is ignored.
-        after = feed.seq_after(
-            request.headers.get("last-event-id") or request.query_params.get("after")
-        )
-        queue: asyncio.Queue[Change] = asyncio.Queue(maxsize=FEED_QUEUE_MAX)
+        # Where the page is: the cursor of the last change it got (its own reconnection
+        # sends it as Last-Event-ID); none for a page that opens.
+        after = request.headers.get("last-event-id") or request.query_params.get("after") or None
+        wake = asyncio.Event()
         loop = asyncio.get_running_loop()
-        dropped = 0
 
-        def offer(change: Change) -> None:
-            nonlocal dropped
-            if queue.full():
-                dropped += 1
-            else:
-                queue.put_nowait(change)
+        def woken() -> None:  # called from the feed's thread
+            loop.call_soon_threadsafe(wake.set)
 
-        # Subscribe before reading the backlog: a change made in between is in one of them.
-        def listener(change: Change) -> None:
-            loop.call_soon_threadsafe(offer, change)
+        def event(row: Row) -> str | None:
+            if "notice" in row:
+                return _sse("notice", row)
+            if scope_prefix and not str(row["scope"]).startswith(scope_prefix):
+                return None
+            return _sse("change", row, row["cursor"])
 
-        unsubscribe = feed.subscribe(listener)
-        backlog = feed.recent(after)
+        async def read(payload: dict[str, Any]) -> Any:
+            return await gateway.call("state::changes", payload)
 
         async def stream() -> AsyncIterator[str]:
-            nonlocal dropped
-            last = after
+            unsubscribe = feed.subscribe(woken)
             try:
                 yield "retry: 2000\n\n"
-                yield _sse("status", feed.status())
-                for change in backlog:
-                    last = change["seq"]
-                    if _matches(change, scope_prefix):
-                        yield _sse("change", change, feed.event_id(change))
+                status = feed.status()
+                yield _sse("status", status)
+                next_seq = feed.first_seq()
+                sent: set[str] = set()  # the changes a catch-up sent from the log
+                # The last position this page passed (its changes sent or filtered out).
+                position = after
+                if after is not None:
+                    known = feed.seq_after(after)
+                    if known is not None:
+                        next_seq = known
+                    else:
+                        catch_up = CatchUp(feed, read, after)
+                        async for row in catch_up.rows():
+                            position = row.get("cursor", position)
+                            if (text := event(row)) is not None:
+                                yield text
+                        next_seq, sent = catch_up.start_seq, catch_up.sent
                 while True:
+                    wake.clear()
+                    rows = feed.rows_from(next_seq)
+                    if rows and rows[0]["seq"] > next_seq:
+                        missed = rows[0]["seq"] - next_seq
+                        yield _sse(
+                            "notice",
+                            {
+                                "notice": "skipped",
+                                "message": f"{missed:,} changes came faster than this page "
+                                "took them and are not shown here (they are in the change log)",
+                            },
+                        )
+                    passed = position
+                    for row in rows:
+                        next_seq = row["seq"] + 1
+                        if row.get("event_id") in sent:
+                            continue
+                        position = row.get("cursor", position)
+                        if (text := event(row)) is not None:
+                            yield text
+                            passed = position
+                    current = feed.status()
+                    if current != status or position != passed:
+                        # a status event carries the position past filtered-out changes
+                        status = current
+                        yield _sse("status", status, position if position != passed else None)
                     try:
-                        change = await asyncio.wait_for(queue.get(), FEED_HEARTBEAT_S)
+                        await asyncio.wait_for(wake.wait(), FEED_HEARTBEAT_S)
                     except TimeoutError:
-                        yield _sse("status", feed.status() | {"dropped": dropped})
-                        continue
-                    if change["seq"] <= last:
-                        continue
-                    last = change["seq"]
-                    if dropped:
-                        yield _sse("status", feed.status() | {"dropped": dropped})
-                        dropped = 0
-                    if _matches(change, scope_prefix):
-                        yield _sse("change", change, feed.event_id(change))
+                        yield _sse("status", status)
             finally:
                 unsubscribe()
 
@@ -407,6 +457,7 @@ def create_console(gateway: StateGateway, feed: ChangeFeed, guard: ConsoleGuard)
         Route("/api/triggers/register", api(register_trigger, write=True), methods=["POST"]),
         Route("/api/triggers/unregister", api(unregister_trigger, write=True), methods=["POST"]),
         Route("/api/changes", changes),
+        Route("/api/change", api(change)),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
 

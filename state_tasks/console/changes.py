@@ -1,435 +1,249 @@
-"""The console's live feed: state changes read from Celery's own task events.
+"""The console's live feed: the deployment's change log, read by one poller thread.
 
-Workers already send task events (``worker_send_task_events``, on by default for Flower),
-so watching them costs the workers nothing: the console opens one more event receiver,
-as Flower does. A ``task-received`` event carries the task's keyword arguments (scope and
-key), the ``task-succeeded`` event of the same task its result (old and new value), and
-the two together are one change, in the shape of the trigger events:
-``state:created``, ``state:updated``, ``state:deleted``, with the key's ``version`` where
-the task's result gives it (set and update; a delete's answer is the old value only) and a
-delete's ``reason``.
+What it shows is what ``state::changes`` gives (see :mod:`state_tasks.core.changes`): every
+change the adapter applied, with its exact old and new value, its version and its event
+id: each set, update and delete, each operation of a batch (each with its key), each
+expiry (``reason: "expired"``), and the changes handlers make inside a worker. A value too
+long to send whole is a preview with its size (:mod:`state_tasks.console.values`); the
+page loads it whole on demand (``/api/change``, which reads that one entry back from the
+log with the cursor right before it, the row's ``from``).
 
-An expiry has no state task: a worker's sweeper removes the key and fires its
-``state:deleted`` event (``reason: "expired"``) straight to the triggers. The feed sees it
-in the arguments of the trigger tasks that event starts (each handler or condition task
-carries the event), so an expiry shows when a trigger watches its key, once per expiry
-(its ``event_id``), unless its value was so long that Celery cut the event before its
-``reason``.
+How it reads: one thread per console (:class:`ChangeFeed`) calls ``state::changes`` through
+the console's gateway, as every other console read: a worker answers, whatever the
+adapter. A read that returns a full page (:data:`DEFAULT_READ_LIMIT`) reads on at once;
+otherwise the next one is :data:`DEFAULT_POLL_INTERVAL_S` later, so a change shows within
+about half a second. The last :data:`DEFAULT_BACKLOG` rows are kept for the pages, and
+whether the reads succeed is the page's live dot (green while a worker answers them).
 
-What Celery puts in an event is a ``repr``, cut at 1024 characters and three levels of
-nesting (``argsrepr_maxsize``, ``resultrepr_maxsize``). Within that, the values are parsed
-back exactly (:func:`ast.literal_eval`, never ``eval``); beyond it a change keeps its
-scope, key and type and shows the values as Celery wrote them (``exact: false``), and the
-page reads the current value on demand.
+Where it resumes:
 
-Not seen: a change made *inside* a worker without a task of its own (a handler calling
-``iii.trigger`` or a state task in-process), and changes made while the console's receiver
-is not connected (it reconnects by itself). Pure except :class:`ChangeFeed`'s thread.
+- The console: its position (the cursor after the last change it read) is saved, at most
+  once a second and when it stops, in a small file of the user's state folder
+  (``$XDG_STATE_HOME/state-tasks``, by default ``~/.local/state/state-tasks``), one file per
+  deployment (named after a hash of its broker's address; the file holds the address with
+  no password, the cursor and the time of that change). A console that restarts reads on
+  from there: the changes made while it was down show, none twice. With no file yet (or a
+  folder it cannot write: it then warns and keeps the position in memory) it starts from
+  the oldest change the log keeps.
+- A page: the id of each change event is that change's cursor, so the browser's own
+  reconnection (``Last-Event-ID``) resumes right after the last change the page got, also
+  across a console restart: when the console does not hold that position, it reads the log
+  from it until it meets what it holds (:class:`CatchUp`). A page opened anew gets the
+  changes the console holds, then the new ones.
+- A position the log no longer holds (trimmed past it: ``COMPACTED``): the feed goes on from
+  the oldest change kept (``details.oldest``) and says so with a notice row: "changes between
+  ... and ... were trimmed from the log; continuing from the oldest kept". A page that fell
+  more than the backlog behind gets a notice too: no gap is silent.
+- The log is off (``change_log: false``; ``state::changes`` answers ``CONFIG_ERROR``): the
+  feed's status says so and the page shows it in place of changes; the feed asks again every
+  :data:`LOG_OFF_RETRY_S`.
+
+Pure except :class:`ChangeFeed`'s thread and :class:`CursorFile`'s file.
 """
 
 from __future__ import annotations
 
-import ast
-import io
+import hashlib
 import itertools
+import json
 import logging
-import secrets
+import os
 import threading
 import time
-import tokenize
-from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any
+
+from state_tasks.console.gateway import ConsoleError
+from state_tasks.console.values import view
 
 logger = logging.getLogger(__name__)
 
-#: The state functions that change something, and so make feed rows.
-MUTATIONS = frozenset({"state::set", "state::update", "state::delete", "state::batch"})
-#: Changes kept for a page that opens (or reconnects) after they happened.
+#: Seconds between two reads of the log when the last one was not full.
+DEFAULT_POLL_INTERVAL_S = 0.5
+#: Changes one read asks for (``state::changes``'s ``limit``).
+DEFAULT_READ_LIMIT = 200
+#: Rows (changes and notices) the console holds for the pages that open or reconnect.
 DEFAULT_BACKLOG = 500
-#: Tasks seen received but not yet finished, at most (the oldest are forgotten first).
-DEFAULT_PENDING_MAX = 10_000
-#: Celery's limit on a task event's argument and result reprs (``argsrepr_maxsize``,
-#: ``kwargsrepr_maxsize``, ``resultrepr_maxsize``), and how close to it a repr may have
-#: been cut.
-REPR_LIMIT = 1024
-REPR_MARGIN = 48
-#: The task events that end a task: its pending arguments are dropped (only a success makes
-#: rows). A task rejected by its worker (``task_reject_on_worker_lost``: requeued, or given up
-#: without a result) ends too; a requeued one is received again.
-FINISHED_EVENTS = ("task-succeeded", "task-failed", "task-revoked", "task-rejected")
-#: Seconds between two attempts to reconnect the event receiver.
-RECONNECT_DELAY_S = 2.0
+#: Seconds before the next read after one failed (no worker, no broker).
+RETRY_S = 2.0
+#: Seconds between two reads while the change log is off.
+LOG_OFF_RETRY_S = 10.0
+#: Seconds between two saves of the position, at most.
+SAVE_INTERVAL_S = 1.0
+#: Changes a page that reconnects is sent from the log, at most, before it is told that it
+#: missed more and is given the changes the console holds.
+CATCH_UP_MAX = 1000
+#: Failed reads after a ``COMPACTED`` in a row before a reader gives up (the log is trimmed
+#: faster than it can be read).
+MAX_COMPACTED_RETRIES = 3
 
-Change = dict[str, Any]
-Listener = Callable[[Change], None]
-
-
-def _json_pure(value: Any) -> bool:
-    """True if ``value`` is made only of what JSON holds (no sets, tuples or ``...``)."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if item is None or isinstance(item, bool | int | float | str):
-            continue
-        if isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, dict):
-            if not all(isinstance(k, str) for k in item):
-                return False
-            stack.extend(item.values())
-        else:
-            return False
-    return True
+Row = dict[str, Any]
+Read = Callable[[dict[str, Any]], Any]
+AsyncRead = Callable[[dict[str, Any]], Awaitable[Any]]
+Listener = Callable[[], None]
 
 
-def parse_repr(text: str | None) -> tuple[bool, Any]:
-    """``(True, value)`` if ``text`` is a whole ``repr`` of a JSON value, else ``(False, None)``."""
-    if text is None:
-        return False, None
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return False, None
-    return (True, value) if _json_pure(value) else (False, None)
-
-
-def _tokens(text: str) -> list[tokenize.TokenInfo]:
-    tokens: list[tokenize.TokenInfo] = []
-    try:
-        for token in tokenize.generate_tokens(io.StringIO(text).readline):
-            tokens.append(token)
-    except (tokenize.TokenError, SyntaxError, IndentationError):
-        pass  # a repr cut short: keep what came before
-    return tokens
-
-
-def _elements(text: str, opening: str) -> list[str]:
-    """The source text of each top-level element of a container ``repr`` (``{`` or ``[``),
-    even a truncated one; Celery's ``...`` marks are left out."""
-    line_starts = [0]
-    for line in text.splitlines(keepends=True):
-        line_starts.append(line_starts[-1] + len(line))
-
-    def offset(position: tuple[int, int]) -> int:
-        return line_starts[position[0] - 1] + position[1]
-
-    tokens = [
-        t
-        for t in _tokens(text)
-        if t.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.ENDMARKER, tokenize.INDENT)
-    ]
-    if not tokens or tokens[0].string != opening:
-        return []
-    elements: list[str] = []
-    depth, first = 0, 1
-    for index, token in enumerate(tokens):
-        is_op = token.type == tokenize.OP
-        if is_op and token.string in "([{":
-            depth += 1
-            continue
-        closing = is_op and token.string in ")]}"
-        if (closing and depth == 1) or (depth == 1 and is_op and token.string == ","):
-            if index > first:
-                piece = text[offset(tokens[first].start) : offset(tokens[index - 1].end)]
-                if piece != "...":
-                    elements.append(piece)
-            first = index + 1
-        if closing:
-            depth -= 1
-            if depth == 0:
-                break
-    return elements
-
-
-def top_level_fields(text: str) -> dict[str, str]:
-    """The source text of each string-keyed entry of a dict ``repr``, even a truncated one.
-
-    ``"{'scope': 'users', 'key': 'u1', 'value': {'a': {...}}, ...}"`` gives
-    ``{"scope": "'users'", "key": "'u1'", "value": "{'a': {...}}"}``.
-    """
-    fields: dict[str, str] = {}
-    for element in _elements(text, "{"):
-        tokens = _tokens(element)
-        if len(tokens) < 3 or tokens[0].type != tokenize.STRING or tokens[1].string != ":":
-            continue
-        name_ok, name = parse_repr(tokens[0].string)
-        if name_ok and isinstance(name, str):
-            fields[name] = element[tokens[2].start[1] :].strip()
-    return fields
-
-
-def list_items(text: str) -> list[str]:
-    """The source text of each element of a list ``repr``, even a truncated one."""
-    return _elements(text, "[")
-
-
-def _name(text: str | None, whole: bool) -> tuple[bool, str]:
-    """A scope or key from the arguments' repr; not one that Celery cut short (it then ends
-    in ``...`` inside a repr that does not parse whole)."""
-    ok, name = parse_repr(text)
-    if not ok or not isinstance(name, str):
-        return False, ""
-    if not whole and text is not None and text[:-1].endswith("...") and len(text) > 64:
-        return False, ""
-    return True, name
-
-
-def may_be_cut(text: str | None) -> bool:
-    """Whether Celery may have cut this repr short: a cut string still parses (``'xx...'``),
-    so a repr that reached the limit is shown, never trusted as the value."""
-    return text is not None and len(text) >= REPR_LIMIT - REPR_MARGIN
-
-
-def _value(fields: dict[str, str], name: str, trusted: bool = True) -> tuple[bool, Any, str | None]:
-    """``(exact, value, text)`` of one entry: the value when it parses and is trusted, else
-    its text."""
-    text = fields.get(name)
-    exact, value = parse_repr(text)
-    if exact and trusted:
-        return True, value, None
-    return False, None, text
-
-
-def _version(fields: dict[str, str]) -> int | None:
-    """The ``version`` entry of a result or an event, if it has one."""
-    ok, version = parse_repr(fields.get("version"))
-    return version if ok and isinstance(version, int) and not isinstance(version, bool) else None
-
-
-def _row(
-    event_type: str,
-    scope: str,
-    key: str,
-    old: tuple[bool, Any, str | None],
-    new: tuple[bool, Any, str | None],
-    base: dict[str, Any],
-    version: int | None = None,
-) -> Change:
-    row = {
-        **base,
+def change_row(entry: Mapping[str, Any], previous: str | None) -> Row:
+    """A feed row from one entry of ``state::changes``: its facts, its values as
+    :func:`~state_tasks.console.values.view` shows them (``old`` is ``None`` for a created
+    key, ``new`` for a deleted one), its ``cursor`` and ``from``, the cursor before it."""
+    event_type = str(entry["event_type"])
+    row: Row = {
         "event_type": event_type,
-        "scope": scope,
-        "key": key,
-        "old_value": old[1],
-        "new_value": new[1],
-        # Where Celery cut a value short: what it showed (a Python repr), else null.
-        "old_text": old[2],
-        "new_text": new[2],
-        "exact": old[0] and new[0],
-        # The key's version after the change (null where the task's answer does not say).
-        "version": version,
+        "scope": entry["scope"],
+        "key": entry["key"],
+        "version": entry.get("version"),
+        "event_id": entry["event_id"],
+        "time": entry["timestamp"],
+        "cursor": entry["cursor"],
+        "from": previous,
+        "old": None if event_type == "state:created" else view(entry.get("old_value")),
+        "new": None if event_type == "state:deleted" else view(entry.get("new_value")),
     }
-    if event_type == "state:deleted":
-        row["reason"] = "deleted"
+    if "reason" in entry:
+        row["reason"] = entry["reason"]
     return row
 
 
-_NONE = (True, None, None)
+def notice(kind: str, message: str, **facts: Any) -> Row:
+    """A notice row: something the page must say in the feed (``kind``: ``compacted``,
+    ``skipped``, ``reset``, ``unread``)."""
+    return {"notice": kind, "message": message, **facts}
 
 
-def changes_from_task(
-    name: str,
-    kwargs_repr: str,
-    result_repr: str | None,
-    *,
-    task_id: str = "",
-    worker: str = "",
-    timestamp: float | None = None,
-) -> list[Change]:
-    """The changes one succeeded state task made, from its task events' reprs.
-
-    A repeat (``replayed``), a delete of an absent key and a task whose scope or key cannot be
-    read make none. Rows have no ``seq`` yet (the feed numbers them).
-    """
-    if name not in MUTATIONS:
-        return []
-    arguments = top_level_fields(kwargs_repr)
-    whole = parse_repr(kwargs_repr)[0]
-    scope_ok, scope = _name(arguments.get("scope"), whole)
-    if not scope_ok:
-        return []
-    moment = datetime.fromtimestamp(timestamp or time.time(), UTC)
-    base: dict[str, Any] = {
-        "time": moment.isoformat(timespec="milliseconds"),
-        "task_id": task_id,
-        "worker": worker,
-    }
-    result_ok, result = parse_repr(result_repr)
-    if name == "state::batch":
-        return _batch_changes(scope, kwargs_repr, result_ok, result, result_repr, base)
-    key_ok, key = _name(arguments.get("key"), whole)
-    if not key_ok or result_repr is None:
-        return []
-    if name == "state::delete":
-        if result_repr == "None":
-            return []
-        trusted = result_ok and not may_be_cut(result_repr)
-        old: tuple[bool, Any, str | None] = (
-            (True, result, None) if trusted else (False, None, result_repr)
-        )
-        return [_row("state:deleted", scope, key, old, _NONE, base)]
-    outcome = top_level_fields(result_repr)
-    if "replayed" in outcome:
-        return []
-    trusted = not may_be_cut(result_repr)
-    old, new = _value(outcome, "old_value", trusted), _value(outcome, "new_value", trusted)
-    created = outcome.get("old_value") == "None"
-    kind = "state:created" if created else "state:updated"
-    return [_row(kind, scope, key, old, new, base, _version(outcome))]
-
-
-def _batch_changes(
-    scope: str,
-    kwargs_repr: str,
-    result_ok: bool,
-    result: Any,
-    result_repr: str | None,
-    base: dict[str, Any],
-) -> list[Change]:
-    """One row per change of a batch: each operation's kind and key from the arguments, its
-    old and new value from the result (as far as Celery's reprs reach)."""
-    outcome = top_level_fields(result_repr or "")
-    if "replayed" in outcome:
-        return []
-    operations_text = top_level_fields(kwargs_repr).get("operations", "")
-    results_text = outcome.get("results", "")
-    operations, results = list_items(operations_text), list_items(results_text)
-    trusted = not may_be_cut(result_repr)
-    cut = not operations or any(
-        text.rstrip().endswith("...]") for text in (operations_text, results_text)
+def compacted_notice(since: str | None, until: str | None) -> Row:
+    """The notice for changes trimmed from the log before they were read: those after
+    ``since`` (the last change read, if known) up to ``until`` (the oldest kept, if any)."""
+    first = since or "the last change shown"
+    last = until or "the oldest change kept"
+    return notice(
+        "compacted",
+        f"changes between {first} and {last} were trimmed from the log; "
+        "continuing from the oldest kept",
+        since=since,
+        until=until,
     )
-    rows: list[Change] = []
-    for operation, answer in zip(operations, results, strict=False):
-        fields = top_level_fields(operation)
-        kind_ok, kind = parse_repr(fields.get("op"))
-        key_ok, key = _name(fields.get("key"), False)
-        if not (kind_ok and key_ok):
-            cut = True
-            continue
-        if kind == "delete":
-            if answer != "None":
-                old_ok, old = parse_repr(answer)
-                old_ok = old_ok and trusted
-                rows.append(
-                    _row(
-                        "state:deleted",
-                        scope,
-                        key,
-                        (old_ok, old, None if old_ok else answer),
-                        _NONE,
-                        base,
-                    )
-                )
-            continue
-        values = top_level_fields(answer)
-        created = values.get("old_value") == "None"
-        rows.append(
-            _row(
-                "state:created" if created else "state:updated",
-                scope,
-                key,
-                _value(values, "old_value", trusted),
-                _value(values, "new_value", trusted),
-                base,
-                _version(values),
-            )
-        )
-    if cut or len(operations) != len(results):
-        # Some operations are beyond what Celery showed: one row says the batch did more.
-        rows.append(
-            {
-                **base,
-                "event_type": "state:batch",
-                "scope": scope,
-                "key": "",
-                "old_value": None,
-                "new_value": None,
-                "old_text": None,
-                "new_text": result_repr,
-                "exact": False,
-                "version": None,
-            }
-        )
-    return rows
 
 
-def expiry_from_task(
-    args_repr: str,
-    *,
-    task_id: str = "",
-    worker: str = "",
-    timestamp: float | None = None,
-) -> Change | None:
-    """The expiry a trigger task carries, from its arguments' repr: a ``state:deleted`` event
-    with ``reason: "expired"`` as its first argument; ``None`` for any other task."""
-    if "'expired'" not in args_repr:  # most tasks: no parsing
-        return None
-    elements = _elements(args_repr, "(") or _elements(args_repr, "[")
-    if not elements:
-        return None
-    fields = top_level_fields(elements[0])
-    expected = {"type": "state", "event_type": "state:deleted", "reason": "expired"}
-    for name, wanted in expected.items():
-        if parse_repr(fields.get(name)) != (True, wanted):
+def state_folder() -> Path:
+    """The user's folder for state kept between runs (XDG): ``$XDG_STATE_HOME/state-tasks``,
+    by default ``~/.local/state/state-tasks``."""
+    base = os.environ.get("XDG_STATE_HOME", "")
+    if not os.path.isabs(base):  # unset, or relative (the XDG spec says: ignore it)
+        base = os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "state-tasks"
+
+
+class CursorFile:
+    """Where a console keeps its feed's position between runs: one small JSON file per
+    deployment, ``{"broker", "cursor", "time"}``, replaced whole at each save."""
+
+    def __init__(self, path: Path, broker: str = "") -> None:
+        self.path = path
+        self.broker = broker
+        self._lock = threading.Lock()
+        self._warned = False
+
+    @classmethod
+    def for_deployment(cls, broker: str, folder: Path | None = None) -> CursorFile:
+        """The file of the deployment whose broker is ``broker`` (as shown: no password)."""
+        digest = hashlib.sha256(broker.encode()).hexdigest()[:16]
+        return cls((folder or state_folder()) / f"console-feed-{digest}.json", broker)
+
+    def load(self) -> tuple[str, str | None] | None:
+        """``(cursor, time of that change)`` as last saved, or ``None``."""
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
             return None
-    scope_ok, scope = _name(fields.get("scope"), False)
-    key_ok, key = _name(fields.get("key"), False)
-    id_ok, event_id = parse_repr(fields.get("event_id"))
-    if not (scope_ok and key_ok and id_ok and isinstance(event_id, str)):
-        return None
-    moment = datetime.fromtimestamp(timestamp or time.time(), UTC)
-    base: dict[str, Any] = {
-        "time": moment.isoformat(timespec="milliseconds"),
-        "task_id": task_id,
-        "worker": worker,
-        "event_id": event_id,
-    }
-    old = _value(fields, "old_value", not may_be_cut(args_repr))
-    row = _row("state:deleted", scope, key, old, _NONE, base, _version(fields))
-    row["reason"] = "expired"
-    return row
+        except (OSError, ValueError) as e:
+            logger.warning("live feed: cannot read %s (%s); starting from the oldest", self.path, e)
+            return None
+        if not isinstance(data, dict):
+            data = {}
+        cursor, moment = data.get("cursor"), data.get("time")
+        if not isinstance(cursor, str) or not cursor or not isinstance(moment, str | None):
+            logger.warning("live feed: %s holds no cursor; starting from the oldest", self.path)
+            return None
+        return cursor, moment
+
+    def save(self, cursor: str, moment: str | None) -> None:
+        """Write the position (a failure is warned about once, never raised)."""
+        text = json.dumps({"broker": self.broker, "cursor": cursor, "time": moment})
+        with self._lock:
+            try:
+                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                partial = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+                partial.write_text(text)
+                os.replace(partial, self.path)
+            except OSError as e:
+                if not self._warned:
+                    self._warned = True
+                    logger.warning(
+                        "live feed: cannot save its position in %s (%s); a restarted console "
+                        "will start again from the oldest change kept",
+                        self.path,
+                        e,
+                    )
 
 
 class ChangeFeed:
-    """Celery task events in, changes out: to every listener, and into a backlog.
+    """The change log read by one thread, its last rows kept, and every page told of new
+    ones (see the module docs).
 
-    :param app: the Celery app whose broker the workers send their events to.
-    :param backlog: how many recent changes a page that opens late still gets.
+    :param read: one ``state::changes`` call (the gateway's, blocking), raising
+        :class:`~state_tasks.console.gateway.ConsoleError`.
+    :param cursor_file: where the position is kept between runs (``None``: in memory only).
     """
 
     def __init__(
         self,
-        app: Any,
+        read: Read,
+        *,
+        cursor_file: CursorFile | None = None,
         backlog: int = DEFAULT_BACKLOG,
-        pending_max: int = DEFAULT_PENDING_MAX,
-        redact: Callable[[str], str] = str,
+        poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
+        read_limit: int = DEFAULT_READ_LIMIT,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.app = app
-        self._redact = redact
-        self._recent: deque[Change] = deque(maxlen=backlog)
-        self._pending: OrderedDict[str, tuple[str, str]] = OrderedDict()
-        self._pending_max = pending_max
-        # The event ids of the expiries shown (several trigger tasks carry the same one).
-        self._expiries: OrderedDict[str, None] = OrderedDict()
-        self._listeners: list[Listener] = []
+        self._read = read
+        self._file = cursor_file
+        self._backlog = backlog
+        self.poll_interval_s = poll_interval_s
+        self.read_limit = read_limit
+        self._clock = clock
         self._lock = threading.Lock()
-        self._seq = itertools.count(1)
-        #: This run's mark: a change's event id is ``<boot>-<seq>``, so the id a page kept from
-        #: before a restart of the console (numbers start again at 1) is never taken for one
-        #: of this run's.
-        self.boot = secrets.token_hex(4)
+        self._rows: deque[Row] = deque()
+        self._next_seq = 1
+        # A position -> the seq of the row right after it (and back, to forget them with
+        # the row); an event id -> its row's seq.
+        self._seq_after: dict[str, int] = {}
+        self._positions_of: dict[int, list[str]] = {}
+        self._seq_of_event: dict[str, int] = {}
+        self._listeners: list[Listener] = []
+        self._status: dict[str, Any] = {"connected": False, "error": None, "log": None}
+        #: The position after the last change read (``None``: from the oldest kept).
+        self.cursor: str | None = None
+        self._last_time: str | None = None  # the timestamp of the last change read
+        loaded = cursor_file.load() if cursor_file is not None else None
+        if loaded is not None:
+            self.cursor, self._last_time = loaded
+        self._saved = self.cursor
+        self._saved_at = clock()
+        # After a COMPACTED: the notice is published with the next read (which tells the
+        # oldest change kept); since: the time of the last change read before the gap.
+        self._in_gap = False
+        self._gap_since: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._receiver: Any = None
-        self.connected = False
-        self.error: str | None = None
 
-    # -- listeners --------------------------------------------------------------------
+    # -- what the pages read ---------------------------------------------------------
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
-        """Call ``listener(change)`` (from the receiver's thread) for each new change."""
+        """Call ``listener()`` (from the poller's thread) when rows come or the status
+        changes; returns the function that unsubscribes."""
         with self._lock:
             self._listeners.append(listener)
 
@@ -440,115 +254,244 @@ class ChangeFeed:
 
         return unsubscribe
 
-    def recent(self, after_seq: int = 0) -> list[Change]:
-        """The kept changes numbered above ``after_seq``, oldest first."""
-        with self._lock:
-            return [change for change in self._recent if change["seq"] > after_seq]
-
-    def event_id(self, change: Change) -> str:
-        """The server-sent event id of a change: ``<boot>-<seq>``."""
-        return f"{self.boot}-{change['seq']}"
-
-    def seq_after(self, last_event_id: str | None) -> int:
-        """The ``seq`` a reconnecting page got last, from its ``Last-Event-ID``: 0 (send the
-        whole backlog) for an id of another run of the console, or none."""
-        boot, _, seq = (last_event_id or "").partition("-")
-        if boot != self.boot or not seq.isascii() or not seq.isdigit() or len(seq) > 18:
-            return 0
-        return int(seq)
-
     def status(self) -> dict[str, Any]:
-        """Whether the receiver is connected, and its last error (passwords redacted)."""
-        return {"connected": self.connected, "error": self.error}
-
-    # -- events -----------------------------------------------------------------------
-
-    def handle(self, event: dict[str, Any]) -> None:
-        """Take one Celery task event (a dict as the receiver gives it)."""
-        kind, task_id = event.get("type"), str(event.get("uuid", ""))
-        if kind == "task-received":
-            name = event.get("name")
-            if name in MUTATIONS:
-                with self._lock:
-                    self._pending[task_id] = (str(name), str(event.get("kwargs", "")))
-                    while len(self._pending) > self._pending_max:
-                        self._pending.popitem(last=False)
-            else:
-                self._expiry(event, task_id)
-            return
-        if kind not in FINISHED_EVENTS:
-            return
+        """``connected`` (the last read was answered), ``error`` (why not, no password),
+        ``log`` (``"on"``, ``"off"``, or ``None`` before the first answer)."""
         with self._lock:
-            known = self._pending.pop(task_id, None)
-        if known is None or kind != "task-succeeded":
-            return
-        name, kwargs_repr = known
-        rows = changes_from_task(
-            name,
-            kwargs_repr,
-            event.get("result"),
-            task_id=task_id,
-            worker=str(event.get("hostname", "")),
-            timestamp=event.get("timestamp"),
-        )
-        self.publish(rows)
+            return dict(self._status)
 
-    def _expiry(self, event: dict[str, Any], task_id: str) -> None:
-        """Publish the expiry a trigger task carries, the first time it is seen."""
-        row = expiry_from_task(
-            str(event.get("args", "")),
-            task_id=task_id,
-            worker=str(event.get("hostname", "")),
-            timestamp=event.get("timestamp"),
-        )
-        if row is None:
-            return
+    @property
+    def next_seq(self) -> int:
+        """The number the next row will get."""
         with self._lock:
-            if row["event_id"] in self._expiries:
-                return
-            self._expiries[row["event_id"]] = None
-            while len(self._expiries) > self._pending_max:
-                self._expiries.popitem(last=False)
-        self.publish([row])
+            return self._next_seq
 
-    def publish(self, rows: Iterable[Change]) -> None:
-        """Number the rows, keep them, and hand them to every listener."""
-        for row in rows:
+    def first_seq(self) -> int:
+        """The number of the oldest row held (:attr:`next_seq` when none is)."""
+        with self._lock:
+            return self._rows[0]["seq"] if self._rows else self._next_seq
+
+    def rows_from(self, seq: int) -> list[Row]:
+        """The rows held numbered ``seq`` or more, oldest first."""
+        with self._lock:
+            if not self._rows or seq > self._rows[-1]["seq"]:
+                return []
+            return list(itertools.islice(self._rows, max(0, seq - self._rows[0]["seq"]), None))
+
+    def seq_after(self, cursor: str) -> int | None:
+        """The number of the row right after the position ``cursor``, if the feed knows that
+        position (a row's cursor, the position a row was read from, or the feed's own)."""
+        with self._lock:
+            if cursor == self.cursor:
+                return self._next_seq
+            return self._seq_after.get(cursor)
+
+    def seq_of_event(self, event_id: str) -> int | None:
+        """The number of the row of the change ``event_id``, if it is held."""
+        with self._lock:
+            return self._seq_of_event.get(event_id)
+
+    # -- the poller --------------------------------------------------------------------
+
+    def poll(self) -> float:
+        """One read after :attr:`cursor`: its rows published; returns how long to wait
+        before the next (0 after a full page)."""
+        payload: dict[str, Any] = {"limit": self.read_limit}
+        if self.cursor is not None:
+            payload["after"] = self.cursor
+        try:
+            answer = self._read(payload)
+        except ConsoleError as e:
+            return self._failed(e)
+        except Exception as e:  # the thread must go on: say what it was
+            logger.exception("live feed: reading the change log failed")
+            return self._failed(ConsoleError("CONSOLE_ERROR", f"{type(e).__name__}: {e}"))
+        entries = list(answer.get("changes") or ())
+        rows: list[Row] = []
+        if self._in_gap:
+            until = entries[0]["timestamp"] if entries else None
+            rows.append(compacted_notice(self._gap_since, until))
+            self._in_gap = False
+        previous = self.cursor
+        for entry in entries:
+            rows.append(change_row(entry, previous))
+            previous = entry["cursor"]
+        with self._lock:
+            self.cursor = answer.get("cursor") or previous
+            if entries:
+                self._last_time = entries[-1]["timestamp"]
+        self._publish(rows, {"connected": True, "error": None, "log": "on"})
+        self.save()
+        return 0.0 if len(entries) >= self.read_limit else self.poll_interval_s
+
+    def _failed(self, error: ConsoleError) -> float:
+        """Take a failed read: go on after a compaction, start over from a refused
+        position, else show the error; returns how long to wait."""
+        oldest = (error.details or {}).get("oldest")
+        if error.code == "COMPACTED" and isinstance(oldest, str):
+            logger.warning(
+                "live feed: the change log was trimmed past the feed's position; "
+                "continuing from the oldest change kept"
+            )
+            again = self._in_gap  # trimmed again before a read: not at once
+            if not self._in_gap:
+                self._in_gap, self._gap_since = True, self._last_time
             with self._lock:
-                row["seq"] = next(self._seq)
-                self._recent.append(row)
-                listeners = list(self._listeners)
-            for listener in listeners:
-                try:
-                    listener(row)
-                except Exception:  # one broken page must not stop the feed
-                    logger.exception("a live-feed listener failed")
+                self.cursor = oldest
+            return self.poll_interval_s if again else 0.0
+        if error.code == "VALIDATION_ERROR" and self.cursor is not None:
+            # A position this deployment does not take (a file of another deployment).
+            message = (
+                f"the feed's position was refused ({error.message}); reading again from the "
+                "oldest change kept"
+            )
+            logger.warning("live feed: %s", message)
+            with self._lock:
+                self.cursor = None
+            self._publish([notice("reset", message)], None)
+            return 0.0
+        if error.code == "CONFIG_ERROR":
+            self._publish([], {"connected": True, "error": error.message, "log": "off"})
+            return LOG_OFF_RETRY_S
+        self._publish([], {"connected": False, "error": f"{error.code}: {error.message}"})
+        return RETRY_S
 
-    # -- the receiver thread ------------------------------------------------------------
+    def _publish(self, rows: list[Row], status: dict[str, Any] | None) -> None:
+        """Number and keep the rows, update the status, tell every listener if anything
+        changed."""
+        with self._lock:
+            before = dict(self._status)
+            if status is not None:
+                self._status.update(status)
+            changed = bool(rows) or self._status != before
+            for row in rows:
+                row["seq"] = seq = self._next_seq
+                self._next_seq += 1
+                self._rows.append(row)
+                if "cursor" in row:
+                    if row["from"] is not None:
+                        self._point(row["from"], seq)
+                    self._point(row["cursor"], seq + 1)
+                    self._seq_of_event[row["event_id"]] = seq
+            while len(self._rows) > self._backlog:
+                self._forget(self._rows.popleft())
+            listeners = list(self._listeners) if changed else []
+            error = self._status["error"]
+        if error and error != before["error"]:
+            logger.warning("live feed: %s", error)
+        for listener in listeners:
+            try:
+                listener()
+            except Exception:  # one broken page must not stop the feed
+                logger.exception("a live-feed listener failed")
+
+    def _point(self, position: str, seq: int) -> None:
+        """Remember that the row after ``position`` is ``seq`` (the first row known wins)."""
+        if position not in self._seq_after:
+            self._seq_after[position] = seq
+            self._positions_of.setdefault(seq, []).append(position)
+
+    def _forget(self, row: Row) -> None:
+        """Drop what points at a row no longer held."""
+        seq = row["seq"]
+        for position in self._positions_of.pop(seq, ()):
+            if self._seq_after.get(position) == seq:
+                del self._seq_after[position]
+        if "event_id" in row and self._seq_of_event.get(row["event_id"]) == seq:
+            del self._seq_of_event[row["event_id"]]
+
+    def save(self, force: bool = False) -> None:
+        """Save the position to the cursor file (at most every :data:`SAVE_INTERVAL_S`,
+        unless ``force``)."""
+        with self._lock:
+            cursor, moment = self.cursor, self._last_time
+            due = force or self._clock() - self._saved_at >= SAVE_INTERVAL_S
+            if self._file is None or cursor is None or cursor == self._saved or not due:
+                return
+            self._saved, self._saved_at = cursor, self._clock()
+        self._file.save(cursor, moment)
 
     def start(self) -> None:
-        """Start receiving in a daemon thread; it reconnects until :meth:`stop`."""
-        self._thread = threading.Thread(target=self._run, name="console-events", daemon=True)
+        """Read in a daemon thread until :meth:`stop`."""
+        self._thread = threading.Thread(target=self._run, name="console-feed", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop receiving (returns at once; the thread ends within a second)."""
+        """Stop reading (returns at once) and save the position."""
         self._stop.set()
-        if self._receiver is not None:
-            self._receiver.should_stop = True
+        self.save(force=True)
 
     def _run(self) -> None:
-        handlers = {name: self.handle for name in ("task-received", *FINISHED_EVENTS)}
         while not self._stop.is_set():
+            wait = self.poll()
+            if wait:
+                self._stop.wait(wait)
+
+
+class CatchUp:
+    """A page's way back to the feed from its own position, when the feed does not hold it
+    (the page was away longer than the backlog, or the console restarted meanwhile): the log
+    is read from there (``read``: the gateway's ``state::changes``, async) until an entry is
+    one the feed holds; then the page goes on with the feed's rows from
+    :attr:`start_seq`, leaving out the changes in :attr:`sent`."""
+
+    def __init__(
+        self, feed: ChangeFeed, read: AsyncRead, after: str, max_rows: int = CATCH_UP_MAX
+    ) -> None:
+        self.feed = feed
+        self._read = read
+        self.after = after
+        self.max_rows = max_rows
+        #: Where the page goes on in the feed (set when :meth:`rows` ends).
+        self.start_seq = feed.next_seq
+        #: The event ids of the changes sent from the log.
+        self.sent: set[str] = set()
+
+    async def rows(self) -> AsyncIterator[Row]:
+        """The rows from the log (changes, and notices of what cannot be read)."""
+        after, gap, compacted = self.after, False, 0
+        limit = min(DEFAULT_READ_LIMIT, self.max_rows)
+        while True:
+            before = self.feed.next_seq
             try:
-                with self.app.connection_for_read() as connection:
-                    self._receiver = self.app.events.Receiver(connection, handlers=handlers)
-                    self.connected = True
-                    self.error = None
-                    self._receiver.capture(limit=None, timeout=None, wakeup=False)
-            except Exception as e:
-                self.error = self._redact(" ".join(f"{type(e).__name__}: {e}".split()))
-                logger.warning("live feed: event receiver stopped (%s); reconnecting", self.error)
-            finally:
-                self.connected = False
-            self._stop.wait(RECONNECT_DELAY_S)
+                answer = await self._read({"after": after, "limit": limit})
+            except ConsoleError as e:
+                oldest = (e.details or {}).get("oldest")
+                if e.code == "COMPACTED" and isinstance(oldest, str):
+                    compacted += 1
+                    if compacted <= MAX_COMPACTED_RETRIES:
+                        after, gap = oldest, True
+                        continue
+                if e.code != "CONFIG_ERROR":  # the log off: the feed's status says so
+                    yield notice(
+                        "unread",
+                        "the changes since this page's last one cannot be read now "
+                        f"({e.code}: {e.message}); showing the ones the console holds",
+                    )
+                self.start_seq = self.feed.first_seq()
+                return
+            entries = list(answer.get("changes") or ())
+            if gap:
+                yield compacted_notice(None, entries[0]["timestamp"] if entries else None)
+                gap = False
+            previous = after
+            for entry in entries:
+                held = self.feed.seq_of_event(entry["event_id"])
+                if held is not None:  # the feed has it, and what follows
+                    self.start_seq = held
+                    return
+                if len(self.sent) >= self.max_rows:
+                    yield notice(
+                        "skipped",
+                        f"more than {self.max_rows:,} changes since this page's last one: "
+                        "the ones before those the console holds are not shown here",
+                    )
+                    self.start_seq = self.feed.first_seq()
+                    return
+                self.sent.add(entry["event_id"])
+                yield change_row(entry, previous)
+                previous = entry["cursor"]
+            after = answer.get("cursor") or previous
+            if not entries:  # the head of the log: the feed's next rows are new to the page
+                self.start_seq = before
+                return

@@ -12,7 +12,7 @@ import asyncio
 import copy
 import functools
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from state_tasks import broker_errors
@@ -23,6 +23,9 @@ from state_tasks.facade import III
 
 #: Broker calls in flight at once (each holds a thread while it waits for its result).
 DEFAULT_THREADS = 8
+#: Seconds the console waits for a call beyond the call's own timeout (which then reports
+#: itself) before it gives up on it: a broker that does not answer can hold a call longer.
+DEADLINE_MARGIN_S = 2.0
 #: HTTP status of each error code (the state functions' codes and the console's own).
 STATUS_OF = {
     "VALIDATION_ERROR": 400,
@@ -36,24 +39,32 @@ STATUS_OF = {
     "BROKER_UNREACHABLE": 503,
     "ADAPTER_ERROR": 502,
     "ADAPTER_UNAVAILABLE": 503,
+    # state::changes: the log no longer holds the position asked for; the log is off
+    "COMPACTED": 410,
+    "CONFIG_ERROR": 501,
 }
 
 
 class ConsoleError(Exception):
-    """A failure to show on the page: a machine-readable code and a sentence."""
+    """A failure to show on the page: a machine-readable code and a sentence, and the state
+    function's ``details`` when it gave some (``COMPACTED``: ``{"oldest": cursor}``)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.details = details
 
     @property
     def status(self) -> int:
         """The HTTP status that carries this error."""
         return STATUS_OF.get(self.code, 400)
 
-    def to_json(self) -> dict[str, str]:
-        return {"code": self.code, "message": self.message}
+    def to_json(self) -> dict[str, Any]:
+        shown: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details is not None:
+            shown["details"] = self.details
+        return shown
 
 
 class StateGateway:
@@ -78,6 +89,9 @@ class StateGateway:
         self.facade = copy.copy(facade)
         self.facade.timeout_ms = self.timeout_ms
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="console-call")
+        # The live feed's calls: a thread of their own, one call at a time.
+        self._feed_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="console-feed-call")
+        self._feed_call: Future[Any] | None = None
 
     def redact(self, text: str) -> str:
         """``text`` with the passwords of the app's URLs (broker, results) replaced by ``***``."""
@@ -91,6 +105,28 @@ class StateGateway:
         """Run one state function through the broker and return its result."""
         request = {"function_id": function_id, "payload": payload, "timeout_ms": self.timeout_ms}
         return await self._run(functools.partial(self.facade.trigger, request), function_id)
+
+    def call_blocking(self, function_id: str, payload: dict[str, Any]) -> Any:
+        """:meth:`call` for a thread of the console's own (the live feed's poller), waiting:
+        the same deadline, the same errors. One at a time: while a call given up on still
+        runs (held by a broker that does not answer), the next one is refused at once."""
+        if self._feed_call is not None and not self._feed_call.done():
+            raise ConsoleError(
+                "TIMEOUT",
+                f"{function_id}: the previous call has not returned yet; can the broker at "
+                f"{self.where()} be reached?",
+            )
+        request = {"function_id": function_id, "payload": payload, "timeout_ms": self.timeout_ms}
+        self._feed_call = future = self._feed_pool.submit(self.facade.trigger, request)
+        try:
+            return future.result(self.timeout_s + DEADLINE_MARGIN_S)
+        except Exception as e:
+            if not future.done():
+                raise self._deadline_passed(function_id) from None
+            translated = self._console_error(e, function_id)
+            if translated is None:
+                raise
+            raise translated from None
 
     async def list_triggers(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = await self._run(self.facade.list_triggers, "triggers::list")
@@ -113,28 +149,40 @@ class StateGateway:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._feed_pool.shutdown(wait=False, cancel_futures=True)
 
     async def _run(self, work: Callable[[], Any], what: str) -> Any:
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._pool, work)
         try:
             # A little longer than the call's own timeout, which then reports itself.
-            return await asyncio.wait_for(future, self.timeout_s + 2)
+            return await asyncio.wait_for(future, self.timeout_s + DEADLINE_MARGIN_S)
         except TimeoutError:
-            raise ConsoleError(
-                "TIMEOUT",
-                f"{what} did not answer within {self.timeout_s:g} s; is a worker running on "
-                f"{self.where()}?",
-            ) from None
-        except CallTimeout as e:
-            raise ConsoleError("TIMEOUT", e.message) from None
-        except StateError as e:
-            raise ConsoleError(e.code, self.redact(e.message)) from None
-        except RecursionError:  # a RuntimeError, but no broker failure
-            raise ConsoleError(
+            raise self._deadline_passed(what) from None
+        except Exception as e:
+            translated = self._console_error(e, what)
+            if translated is None:
+                raise
+            raise translated from None
+
+    def _deadline_passed(self, what: str) -> ConsoleError:
+        return ConsoleError(
+            "TIMEOUT",
+            f"{what} did not answer within {self.timeout_s:g} s; is a worker running on "
+            f"{self.where()}?",
+        )
+
+    def _console_error(self, error: Exception, what: str) -> ConsoleError | None:
+        """The :class:`ConsoleError` a call's failure reads as (passwords redacted); ``None``
+        for a failure that is none of the known ones (it is raised as it is)."""
+        if isinstance(error, CallTimeout):
+            return ConsoleError("TIMEOUT", error.message)
+        if isinstance(error, StateError):
+            return ConsoleError(error.code, self.redact(error.message), error.details)
+        if isinstance(error, RecursionError):  # a RuntimeError, but no broker failure
+            return ConsoleError(
                 "VALIDATION_ERROR", f"{what}: a value is nested too deeply to send or read"
-            ) from None
-        except UNREACHABLE_ERRORS as e:
-            raise ConsoleError(
-                "BROKER_UNREACHABLE", describe_unreachable(self.facade.app, e)
-            ) from None
+            )
+        if isinstance(error, UNREACHABLE_ERRORS):
+            return ConsoleError("BROKER_UNREACHABLE", describe_unreachable(self.facade.app, error))
+        return None

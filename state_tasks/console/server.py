@@ -6,6 +6,7 @@ Called by ``state-tasks console``. Everything it prints or logs goes through
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -15,7 +16,7 @@ import uvicorn
 
 from state_tasks.console import DEFAULT_CALL_TIMEOUT_S, DEFAULT_HOST, DEFAULT_PORT
 from state_tasks.console.app import create_console
-from state_tasks.console.changes import ChangeFeed
+from state_tasks.console.changes import ChangeFeed, CursorFile
 from state_tasks.console.gateway import StateGateway
 from state_tasks.console.guard import ConsoleGuard, is_loopback, new_token
 from state_tasks.facade import III
@@ -65,7 +66,10 @@ def serve(
     guard = ConsoleGuard(host, port, token=token, allow_writes=allow_writes)
     gateway = StateGateway(facade, timeout_s=call_timeout_s)
     _log_to_stderr(gateway.redact)
-    feed = ChangeFeed(facade.app, redact=gateway.redact)
+    cursor_file = CursorFile.for_deployment(gateway.where())
+    feed = ChangeFeed(
+        functools.partial(gateway.call_blocking, "state::changes"), cursor_file=cursor_file
+    )
     app = create_console(gateway, feed, guard)
     config = uvicorn.Config(
         app,
@@ -79,7 +83,11 @@ def serve(
     server = uvicorn.Server(config)
     shown_host = f"[{host}]" if ":" in host else host
     url = f"http://{shown_host}:{port}"
-    lines = [f"state-tasks console on {url}", f"  broker: {gateway.where()}"]
+    lines = [
+        f"state-tasks console on {url}",
+        f"  broker: {gateway.where()}",
+        f"  live feed: the change log, read on from the position kept in {cursor_file.path}",
+    ]
     lines.append(
         "  writes: allowed (same-origin only)"
         if allow_writes

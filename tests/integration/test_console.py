@@ -1,8 +1,11 @@
 """The state console, driven in headless Chromium against a real worker, as a user uses it.
 
-The console runs as ``state-tasks console`` in a subprocess on the deployment's broker;
-the browser opens it, watches a scope appear, opens a value, edits it, and sees the change
-arrive in the live feed. The access rules are checked over plain HTTP.
+The console runs as ``state-tasks console`` in a subprocess on the deployment's broker
+(its live feed's position kept under the test's own ``XDG_STATE_HOME``); the browser opens
+it, watches a scope appear, opens a value, edits it, and sees the change arrive in the
+live feed, read from the change log: values exactly (a 23 KB one too), each operation of a
+batch, expiries, changes handlers make in a worker, and a notice when the log was trimmed
+or is off. The access rules are checked over plain HTTP.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 
 import pytest
 import redis
-from helpers import OUR_VARIABLES, Deployment, own_db
+from helpers import OUR_VARIABLES, Deployment, adapter_yaml, own_db
 
 from state_tasks.contrib.servers import free_port, wait_until
 
@@ -48,6 +51,7 @@ class Console:
         env = {k: v for k, v in os.environ.items() if k not in OUR_VARIABLES}
         # queue_env: the deployment's queue type (STATE_TASKS_QUEUE_TYPE), if any.
         env |= {"CELERY_BROKER_URL": broker, "CELERY_RESULT_BACKEND": backend, **(queue_env or {})}
+        env["XDG_STATE_HOME"] = str(workdir / "state")  # where the feed keeps its position
         self.process = subprocess.Popen(
             [CLI, "console", "--port", str(self.port), *args],
             cwd=workdir,
@@ -191,7 +195,9 @@ def test_a_user_sees_a_scope_appear_opens_edits_and_watches_the_change_arrive(
     wait_for(browser, "#scopes a.scope-link", text=scope).click()
 
     # ...and the change made by that service is already in the live feed
-    assert '{"n":1,"tags":["a"]}' in feed_row(browser, scope, "profile", "state:created", "created")
+    assert '{"n": 1, "tags": ["a"]}' in feed_row(
+        browser, scope, "profile", "state:created", "created"
+    )
 
     # Opening the key shows its value, its version and its expiry (none)
     wait_for(browser, "#keys a.key-link", text="profile").click()
@@ -224,7 +230,7 @@ def test_a_user_sees_a_scope_appear_opens_edits_and_watches_the_change_arrive(
     kv_deployment.call(
         "state::update", scope=scope, key="profile", ops=[{"increment": {"field": "n"}}]
     )
-    feed_row(browser, scope, "profile", "state:updated", '"n":3')
+    feed_row(browser, scope, "profile", "state:updated", '"n": 3')
     assert time.monotonic() - sent < FEED_DEADLINE_S
 
     # An error from a state function shows as its code and message
@@ -345,7 +351,7 @@ def test_no_password_reaches_the_page_or_the_log(console_factory: Any) -> None:
     status, answer, _ = console.request("/api/scopes")
     assert status in (503, 504)
     assert answer["error"]["code"] in ("BROKER_UNREACHABLE", "TIMEOUT")
-    time.sleep(3)  # the live feed's receiver fails to connect and logs it
+    time.sleep(3)  # the live feed's reads fail, and it logs why
     _status, page, _ = console.request("/")
     assert "s3cret-pw" not in json.dumps([info, answer]) + str(page)
     assert "s3cret-pw" not in console.log()
@@ -363,15 +369,25 @@ def test_the_open_page_keeps_its_live_feed_across_a_console_restart(
     kv_deployment.call("state::set", scope=scope, key="before", value=1)
     feed_row(browser, scope, "before", "state:created", "created")
 
-    # ...stays open while the console restarts on the same port (its numbers start again)
+    # ...stays open while the console restarts on the same port, and a change is made
+    # while it is down
     first.stop()
+    kv_deployment.call("state::set", scope=scope, key="while-down", value=2)
     second = console_factory(port=first.port)
     wait_for(browser, "#live-dot.live", timeout_s=15)  # the page reconnected by itself
 
-    # and the changes made after the restart arrive, none taken for ones already seen
+    # The change made while it was down arrives, and the ones after the restart, each once
+    feed_row(browser, scope, "while-down", "state:created", "created")
     for key in ("after1", "after2"):
-        kv_deployment.call("state::set", scope=scope, key=key, value=2)
+        kv_deployment.call("state::set", scope=scope, key=key, value=3)
         feed_row(browser, scope, key, "state:created", "created")
+    rows = browser.find_elements("css selector", f'#feed-rows li[data-scope="{scope}"]')
+    assert sorted(row.get_attribute("data-key") for row in rows) == [
+        "after1",
+        "after2",
+        "before",
+        "while-down",
+    ]
     assert second.process.poll() is None
 
 
@@ -420,10 +436,7 @@ def test_versions_and_expiry_on_the_key_page_and_in_the_feed(
         tmp_path, triggered.broker_url, triggered.backend_url, queue_env=triggered.queue_env
     )
     try:
-        scope = f"console-ttl-{uuid.uuid4().hex[:8]}"
-        triggered.client.iii.register_trigger(
-            {"type": "state", "function_id": "test::onScope", "config": {"scope": scope}}
-        )
+        scope = f"console-ttl-{uuid.uuid4().hex[:8]}"  # no trigger watches it
         browser.get(console.url)
         wait_for(browser, "#live-dot.live")
         # A key that expires in a few seconds: its page shows its version and when it expires
@@ -433,13 +446,13 @@ def test_versions_and_expiry_on_the_key_page_and_in_the_feed(
         browser.get(f"{console.url}/#/scope/{scope}/key/session")
         assert wait_for(browser, "#value-version").text == f"version {done['version']}"
         assert wait_for(browser, "#value-expiry", text="expiry in").text.endswith(")")
-        # When it expires, the feed says so (the trigger's task carries the expiry)
+        # When it expires, the feed says so (the expiry is in the change log, with its value)
         css = (
             f'#feed-rows li[data-scope="{scope}"][data-key="session"]'
             '[data-kind="state:deleted"][data-reason="expired"]'
         )
         expired = wait_for(browser, css, 10, "expired").text
-        assert f"v{done['version']}" in expired
+        assert f"v{done['version']}" in expired and expired.splitlines()[-1] == "1"  # its value
         # An ordinary delete is a deletion, not an expiry
         triggered.call("state::set", scope=scope, key="plain", value=2)
         triggered.call("state::delete", scope=scope, key="plain")
@@ -596,3 +609,114 @@ def test_with_writes_off_triggers_are_shown_but_not_changed(
     finally:
         console.stop()
         iii.unregister_trigger(existing.id)
+
+
+def test_the_feed_shows_a_big_value_each_batch_item_and_a_handlers_change_exactly(
+    triggered: Any, browser: Any, tmp_path: Path
+) -> None:
+    console = Console(
+        tmp_path, triggered.broker_url, triggered.backend_url, queue_env=triggered.queue_env
+    )
+    try:
+        browser.get(console.url)
+        wait_for(browser, "#live-dot.live")
+        scope = f"console-log-{uuid.uuid4().hex[:8]}"
+
+        # A 23 KB value set while the page is open: its row shows the start of the value and
+        # its whole size, never null in its place
+        words = "lorem ipsum dolor sit amet, consectetur adipiscing elit. "
+        value = {"title": "big", "text": (words * 400)[:23_000]}
+        text = json.dumps(value, ensure_ascii=False)
+        triggered.call("state::set", scope=scope, key="big", value=value)
+        row = feed_row(browser, scope, "big", "state:created", "created")
+        assert f"{text[:120]}…, {len(text.encode()):,} bytes" in row
+        assert "null" not in row
+
+        # ...and opened, the whole value is read back from the log: exactly what was set
+        css = f'#feed-rows li[data-scope="{scope}"][data-key="big"]'
+        wait_for(browser, f"{css} details summary").click()
+        wait_for(browser, f'{css} .value[data-which="new"] button.load-value').click()
+        wait_for(browser, f"{css} .whole button.raw-toggle").click()
+        raw = wait_for(browser, f"{css} .whole pre.raw")
+        assert json.loads(raw.get_attribute("textContent")) == value
+
+        # Each operation of a batch is a row of its own, with its key and values
+        triggered.call(
+            "state::batch",
+            scope=scope,
+            operations=[
+                {"op": "set", "key": "b1", "value": 1},
+                {"op": "set", "key": "b2", "value": {"x": [1, 2]}},
+                {"op": "delete", "key": "big"},
+            ],
+        )
+        feed_row(browser, scope, "b1", "state:created", "created")
+        assert '{"x": [1, 2]}' in feed_row(browser, scope, "b2", "state:created", "created")
+        deleted = feed_row(browser, scope, "big", "state:deleted", "deleted")
+        assert text[:120] in deleted  # the value it held
+
+        # A change a trigger handler makes inside the worker (test::readBack writes
+        # readback-results/<key> in-process) shows too
+        key = f"k-{uuid.uuid4().hex[:8]}"
+        triggered.call("state::set", scope="readback", key=key, value={"n": 1})
+        made = feed_row(browser, "readback-results", key, "state:created", "created")
+        assert '{"seen": {"n": 1}}' in made
+    finally:
+        console.stop()
+
+
+def small_log_yaml(change_log: str) -> str:
+    """A worker's state.yaml: the in-memory KvStore with this ``change_log``."""
+    kv_store = adapter_yaml("modules::state::adapters::KvStore", store_method="in_memory")
+    return kv_store + f"      change_log: {change_log}\n"
+
+
+def test_a_trimmed_log_and_a_log_that_is_off_are_said_on_the_page(
+    redis_server: Any, browser: Any, tmp_path: Path
+) -> None:
+    trimmed = Deployment(redis_server, tmp_path / "trimmed", small_log_yaml("{max_entries: 10}"))
+    off = Deployment(redis_server, tmp_path / "off", small_log_yaml("false"))
+    off.worker(start=False).start(wait=False)  # ready by the time its page is opened
+    trimmed.worker()
+    consoles: list[Console] = []
+    try:
+        # A page has seen a change; the console stops, and more changes are made than the
+        # log keeps
+        first = Console(
+            tmp_path, trimmed.broker_url, trimmed.backend_url, queue_env=trimmed.queue_env
+        )
+        consoles.append(first)
+        browser.get(first.url)
+        wait_for(browser, "#live-dot.live")
+        scope = f"console-trim-{uuid.uuid4().hex[:8]}"
+        trimmed.call("state::set", scope=scope, key="k", value=0)
+        feed_row(browser, scope, "k", "state:created", "created")
+        first.stop()
+        for i in range(1, 41):
+            trimmed.call("state::set", scope=scope, key="k", value=i)
+
+        # Back, the console says that changes were trimmed, and goes on from the oldest kept
+        again = Console(
+            tmp_path,
+            trimmed.broker_url,
+            trimmed.backend_url,
+            port=first.port,
+            queue_env=trimmed.queue_env,
+        )
+        consoles.append(again)
+        notice = wait_for(browser, '#feed-rows li.feed-notice[data-notice="compacted"]', 15)
+        assert "were trimmed from the log; continuing from the oldest kept" in notice.text
+        feed_row(browser, scope, "k", "state:updated", "40")
+
+        # With the log off, the page says so in place of changes
+        consoles.append(Console(tmp_path, off.broker_url, off.backend_url, queue_env=off.queue_env))
+        browser.get(consoles[-1].url)
+        note = wait_for(browser, '#feed-note[data-state="off"]', 15)
+        assert "The change log is off on this deployment" in note.text
+        assert "change_log: false" in note.text
+        assert wait_for(browser, "#live-dot.off")
+    finally:
+        for console in consoles:
+            console.stop()
+        trimmed.close()
+        off.close()

@@ -1,26 +1,43 @@
 """The console's web app over a stand-in gateway: what a signed-out browser gets, every
-response's security headers, and where the live feed resumes after a console restart.
+response's security headers, and the live feed's stream: where a page resumes (after a
+reconnection, after a console restart), the notices, the log off, a change read back whole.
 
-Requests go straight to the ASGI app (no server, no broker): each test is milliseconds.
+Requests go straight to the ASGI app (no server, no broker; the gateway calls a StateService
+in process): each test is milliseconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 
+from state_tasks.adapters.kv_store import KvStore
 from state_tasks.console.app import SECURITY_HEADERS, create_console
-from state_tasks.console.changes import ChangeFeed
+from state_tasks.console.changes import ChangeFeed, CursorFile
+from state_tasks.console.gateway import ConsoleError
 from state_tasks.console.guard import ConsoleGuard
+from state_tasks.core.changes import ChangeLogSettings
+from state_tasks.core.errors import StateError
+from state_tasks.core.service import StateService
 
 TOKEN = "s3cret-token"
 
 
 class Gateway:
-    """What the app asks of a gateway in these tests."""
+    """What the app asks of a gateway in these tests: calls answered by a StateService in
+    process, failures as the real gateway gives them."""
+
+    def __init__(self, service: StateService | None = None) -> None:
+        if service is None:
+            adapter = KvStore()
+            adapter.open()
+            service = StateService(adapter)
+        self.service = service
 
     def where(self) -> str:
         return "redis://:***@broker:6379/0"
@@ -28,11 +45,32 @@ class Gateway:
     def close(self) -> None:
         pass
 
+    def call_blocking(self, function_id: str, payload: dict[str, Any]) -> Any:
+        try:
+            return self.service.call(function_id, payload)
+        except StateError as e:
+            raise ConsoleError(e.code, e.message, e.details) from None
 
-def console(host: str = "0.0.0.0", port: int = 8765, feed: ChangeFeed | None = None) -> Any:
+    async def call(self, function_id: str, payload: dict[str, Any]) -> Any:
+        return self.call_blocking(function_id, payload)
+
+    def set(self, scope: str, key: str, value: Any) -> None:
+        self.service.call("state::set", {"scope": scope, "key": key, "value": value})
+
+    def feed(self, **options: Any) -> ChangeFeed:
+        return ChangeFeed(lambda payload: self.call_blocking("state::changes", payload), **options)
+
+
+def console(
+    host: str = "0.0.0.0",
+    port: int = 8765,
+    feed: ChangeFeed | None = None,
+    gateway: Gateway | None = None,
+) -> Any:
     token = None if host == "127.0.0.1" else TOKEN
     guard = ConsoleGuard(host, port, token=token)
-    return create_console(Gateway(), feed or ChangeFeed(app=None), guard)  # type: ignore[arg-type]
+    gateway = gateway or Gateway()
+    return create_console(gateway, feed or gateway.feed(), guard)  # type: ignore[arg-type]
 
 
 def get(
@@ -40,6 +78,7 @@ def get(
 ) -> tuple[int, dict[str, str], bytes]:
     """(status, headers, body) of one request, sent to the ASGI app directly."""
     all_headers = {"host": "console.internal:8765"} | (headers or {})
+    path, _, query = path.partition("?")
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -48,7 +87,7 @@ def get(
         "scheme": "http",
         "path": path,
         "raw_path": path.encode(),
-        "query_string": b"",
+        "query_string": query.encode(),
         "root_path": "",
         "headers": [(k.encode(), v.encode()) for k, v in all_headers.items()],
         "client": ("127.0.0.1", 50000),
@@ -136,8 +175,14 @@ def test_on_port_80_the_browsers_bare_host_is_accepted() -> None:
     assert get(console("127.0.0.1", 8765), "/api/info", {"host": "127.0.0.1"})[0] == 403
 
 
-def feed_events(app: Any, last_event_id: str | None, wanted: int) -> list[tuple[str, str, Any]]:
-    """The first ``wanted`` change events of ``/api/changes``: (id, event, data)."""
+Event = tuple[str, str, Any]
+
+
+def feed_events(
+    app: Any, wanted: int, last_event_id: str | None = None, **query: str
+) -> list[Event]:
+    """The first ``wanted`` change and notice events of ``/api/changes``, and the status
+    events among them: (id, event, data)."""
     headers = [(b"host", b"127.0.0.1:8765")]
     if last_event_id is not None:
         headers.append((b"last-event-id", last_event_id.encode()))
@@ -149,14 +194,14 @@ def feed_events(app: Any, last_event_id: str | None, wanted: int) -> list[tuple[
         "scheme": "http",
         "path": "/api/changes",
         "raw_path": b"/api/changes",
-        "query_string": b"",
+        "query_string": urlencode(query).encode(),
         "root_path": "",
         "headers": headers,
         "client": ("127.0.0.1", 50000),
         "server": ("127.0.0.1", 8765),
     }
     text: list[str] = []
-    changes: list[tuple[str, str, Any]] = []
+    events: list[Event] = []
 
     async def run() -> None:
         done = asyncio.Event()
@@ -169,37 +214,131 @@ def feed_events(app: Any, last_event_id: str | None, wanted: int) -> list[tuple[
             if message["type"] != "http.response.body":
                 return
             text.append(message.get("body", b"").decode())
-            changes[:] = []
+            events[:] = []
             for block in "".join(text).split("\n\n"):
                 fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
-                if fields.get("event") == "change":
-                    changes.append((fields.get("id", ""), "change", json.loads(fields["data"])))
-            if len(changes) >= wanted:
+                if "event" in fields:
+                    data = json.loads(fields["data"])
+                    events.append((fields.get("id", ""), fields["event"], data))
+            if len([e for e in events if e[1] != "status"]) >= wanted:
                 done.set()
 
         await asyncio.wait_for(app(scope, receive, send), 5)
 
     asyncio.run(run())
-    return changes
+    return events
 
 
-def test_after_a_console_restart_a_reconnecting_page_gets_the_new_changes() -> None:
-    # A page saw changes 1 to 3 of the console's first run
-    first = ChangeFeed(app=None)
-    first.publish([{"scope": "s", "key": f"before{i}"} for i in range(3)])
-    seen = feed_events(console("127.0.0.1", feed=first), None, 3)
-    assert [data["key"] for _, _, data in seen] == ["before0", "before1", "before2"]
-    last_id = seen[-1][0]
-    assert last_id == f"{first.boot}-3"
-    # Within one run, reconnecting with that id resumes after it
-    first.publish([{"scope": "s", "key": "before3"}])
-    resumed = feed_events(console("127.0.0.1", feed=first), last_id, 1)
-    assert [data["key"] for _, _, data in resumed] == ["before3"]
+def shown(events: list[Event]) -> list[Any]:
+    """What the page shows: each change's key, each notice's kind."""
+    return [
+        data["key"] if kind == "change" else data["notice"]
+        for _, kind, data in events
+        if kind != "status"
+    ]
 
-    # The console restarts (numbers start again at 1) and changes are made; the page
-    # reconnects with the id it kept, and gets them all
-    second = ChangeFeed(app=None)
-    second.publish([{"scope": "s", "key": f"after{i}"} for i in range(2)])
-    again = feed_events(console("127.0.0.1", feed=second), last_id, 2)
-    assert [data["key"] for _, _, data in again] == ["after0", "after1"]
-    assert [event_id for event_id, _, _ in again] == [f"{second.boot}-1", f"{second.boot}-2"]
+
+def test_a_reconnecting_page_resumes_right_after_its_last_change() -> None:
+    gateway = Gateway()
+    for i in range(3):
+        gateway.set("s", f"k{i}", i)
+    feed = gateway.feed()
+    feed.poll()
+    app = console("127.0.0.1", feed=feed, gateway=gateway)
+    seen = feed_events(app, 3)
+    assert shown(seen) == ["k0", "k1", "k2"]
+    # each change's event id is its cursor: the browser sends the last one back
+    assert [event_id for event_id, kind, _ in seen if kind == "change"] == [
+        row["cursor"] for row in feed.rows_from(1)
+    ]
+    gateway.set("s", "k3", 3)
+    feed.poll()
+    last_id = [event_id for event_id, kind, _ in seen if kind == "change"][-1]
+    assert shown(feed_events(app, 1, last_id)) == ["k3"]
+
+
+def test_after_a_console_restart_an_open_page_gets_every_change_it_missed(
+    tmp_path: Path,
+) -> None:
+    gateway = Gateway()
+    file = CursorFile(tmp_path / "feed.json")
+    gateway.set("s", "before0", 0)
+    gateway.set("s", "before1", 1)
+    first = gateway.feed(cursor_file=file)
+    first.poll()
+    # The page got the first change only (the second was on its way when the console stopped)
+    page = feed_events(console("127.0.0.1", feed=first, gateway=gateway), 1)
+    page_id = next(event_id for event_id, kind, _ in page if kind == "change")
+    first.stop()
+    gateway.set("s", "during", 2)
+
+    # The restarted console reads on from its saved position; the page reconnects with the
+    # id it kept and gets what it missed from the log, then the new rows, each once
+    second = gateway.feed(cursor_file=file)
+    second.poll()
+    assert [row["key"] for row in second.rows_from(1)] == ["during"]
+    events = feed_events(console("127.0.0.1", feed=second, gateway=gateway), 2, page_id)
+    assert shown(events) == ["before1", "during"]
+
+
+def test_a_filtered_page_gets_its_scopes_and_its_position_moves_past_the_others() -> None:
+    gateway = Gateway()
+    gateway.set("orders", "o1", 1)
+    gateway.set("users", "u1", 1)
+    feed = gateway.feed()
+    feed.poll()
+    events = feed_events(console("127.0.0.1", feed=feed, gateway=gateway), 1, scope="ord")
+    assert shown(events) == ["o1"]
+    # the status after it carries the cursor past users/u1: a reconnection starts after it
+    last_id, kind, _ = events[-1]
+    assert kind == "status" and last_id == feed.cursor
+
+
+def test_the_page_is_told_of_a_trimmed_log_and_of_the_log_off() -> None:
+    adapter = KvStore()
+    adapter.use_change_log(ChangeLogSettings(max_entries=5))
+    adapter.open()
+    gateway = Gateway(StateService(adapter))
+    gateway.set("s", "k", 0)
+    feed = gateway.feed()
+    feed.poll()
+    for i in range(1, 20):
+        gateway.set("s", "k", i)
+    while feed.poll() == 0:  # the read that finds the trim, then the one from the oldest
+        pass
+    events = feed_events(console("127.0.0.1", feed=feed, gateway=gateway), 3)
+    _, kind, notice = events[2]
+    assert (kind, notice["notice"]) == ("notice", "compacted")
+    assert "were trimmed from the log; continuing from the oldest kept" in notice["message"]
+
+    off = KvStore()
+    off.use_change_log(None)
+    off.open()
+    gateway = Gateway(StateService(off))
+    feed = gateway.feed()
+    feed.poll()
+    app = console("127.0.0.1", feed=feed, gateway=gateway)
+    status = get(app, "/api/info", {"host": "127.0.0.1:8765"})
+    assert json.loads(status[2])["feed"]["log"] == "off"
+
+
+def test_a_long_value_is_a_preview_in_the_feed_and_read_back_whole() -> None:
+    gateway = Gateway()
+    value = {"text": "lorem ipsum " * 2000}
+    gateway.set("s", "before", 1)
+    gateway.set("s", "big", value)
+    feed = gateway.feed()
+    feed.poll()
+    app = console("127.0.0.1", feed=feed, gateway=gateway)
+    _, row = [data for _, kind, data in feed_events(app, 2) if kind == "change"]
+    assert row["new"]["truncated"] and row["new"]["size"] > 23_000
+    assert json.dumps(value).startswith(row["new"]["preview"])
+    query = urlencode({"from": row["from"], "event_id": row["event_id"]})
+    status, _, body = get(app, f"/api/change?{query}", {"host": "127.0.0.1:8765"})
+    whole = json.loads(body)
+    assert status == 200 and json.loads(whole["new"]["json"]) == value
+    assert (whole["key"], whole["old"]) == ("big", None)
+    # a change the log no longer holds is NOT_FOUND, with what to do instead
+    query = urlencode({"from": row["from"], "event_id": "v-gone"})
+    status, _, body = get(app, f"/api/change?{query}", {"host": "127.0.0.1:8765"})
+    assert status == 404 and "current value" in json.loads(body)["error"]["message"]

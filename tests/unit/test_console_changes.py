@@ -1,313 +1,356 @@
-"""The live feed's changes, derived from Celery's task-event reprs (cut short or whole)."""
+"""The live feed's logic over a real change log in process (a KvStore's, read through a
+StateService as a worker reads it): exact rows, resuming from the saved cursor, compaction,
+the log off, and a page catching up from its own cursor. No broker, no thread: each test
+calls ``poll()`` itself."""
 
 from __future__ import annotations
 
-import contextlib
-from types import SimpleNamespace
+import asyncio
+import json
+from pathlib import Path
 from typing import Any
 
-from celery.utils.saferepr import saferepr
+import pytest
 
+from state_tasks.adapters.kv_store import KvStore
 from state_tasks.console.changes import (
-    FINISHED_EVENTS,
+    LOG_OFF_RETRY_S,
+    RETRY_S,
+    CatchUp,
     ChangeFeed,
-    changes_from_task,
-    expiry_from_task,
-    list_items,
-    parse_repr,
-    top_level_fields,
+    CursorFile,
+    Row,
+    change_row,
+    state_folder,
 )
+from state_tasks.console.gateway import ConsoleError
+from state_tasks.console.values import PREVIEW_MAX_CHARS
+from state_tasks.core.changes import ChangeLogSettings
+from state_tasks.core.errors import StateError
+from state_tasks.core.service import StateService
 
 
-def r(value: Any) -> str:
-    """What Celery puts in a task event (argsrepr_maxsize, resultrepr_maxsize)."""
-    return str(saferepr(value, 1024))
+class Deployment:
+    """A KvStore with its change log, and the ``state::changes`` call a console makes."""
+
+    def __init__(self, max_entries: int | None = None, log: bool = True) -> None:
+        adapter = KvStore()
+        if not log:
+            adapter.use_change_log(None)
+        elif max_entries is not None:
+            adapter.use_change_log(ChangeLogSettings(max_entries=max_entries))
+        adapter.open()
+        self.service = StateService(adapter)
+        self.reads: list[dict[str, Any]] = []
+
+    def call(self, function_id: str, **payload: Any) -> Any:
+        return self.service.call(function_id, payload)
+
+    def read(self, payload: dict[str, Any]) -> Any:
+        """What the gateway does: the call, its StateError as a ConsoleError."""
+        self.reads.append(dict(payload))
+        try:
+            return self.service.call("state::changes", payload)
+        except StateError as e:
+            raise ConsoleError(e.code, e.message, e.details) from None
+
+    async def read_async(self, payload: dict[str, Any]) -> Any:
+        return self.read(payload)
 
 
-def test_a_set_is_created_then_updated_with_exact_values() -> None:
-    (row,) = changes_from_task(
-        "state::set",
-        r({"scope": "users", "key": "u1", "value": {"n": 10**30}}),
-        r({"old_value": None, "new_value": {"n": 10**30}}),
-        task_id="t1",
-    )
-    assert row["event_type"] == "state:created"
-    assert (row["scope"], row["key"], row["new_value"], row["exact"]) == (
-        "users",
-        "u1",
-        {"n": 10**30},
-        True,
-    )
-    (row,) = changes_from_task(
-        "state::update",
-        r({"key": "u1", "scope": "users", "ops": []}),
-        r({"old_value": {"n": 1}, "new_value": {"n": 2}}),
-    )
-    assert (row["event_type"], row["old_value"], row["new_value"]) == (
-        "state:updated",
-        {"n": 1},
-        {"n": 2},
-    )
+def changes(rows: list[Row]) -> list[tuple[str, str, int]]:
+    return [(row["event_type"], row["key"], row["version"]) for row in rows if "notice" not in row]
 
 
-def test_values_beyond_celerys_limits_keep_scope_key_and_type() -> None:
-    deep = {"a": {"b": {"c": {"d": 1}}}}
-    big = {"text": "x" * 5000}
-    (row,) = changes_from_task(
-        "state::set",
-        r({"scope": "s", "key": "k", "value": big}),
-        r({"old_value": deep, "new_value": big}),
-    )
-    assert (row["scope"], row["key"], row["event_type"], row["exact"]) == (
-        "s",
-        "k",
-        "state:updated",
-        False,
-    )
-    assert row["old_text"].startswith("{'a': {'b': {")
-    assert row["new_text"].startswith("{'text': 'xxx")
+def drain(feed: ChangeFeed) -> None:
+    while feed.poll() == 0:
+        pass
 
 
-def test_deletes_of_absent_keys_and_repeats_make_no_row() -> None:
-    key = r({"scope": "s", "key": "k"})
-    assert changes_from_task("state::delete", key, "None") == []
-    assert (
-        changes_from_task(
-            "state::set",
-            r({"scope": "s", "key": "k", "value": 1}),
-            r({"old_value": None, "new_value": 1, "replayed": True}),
-        )
-        == []
-    )
-    assert changes_from_task("state::get", key, "1") == []
-    (row,) = changes_from_task("state::delete", key, r({"gone": True}))
-    assert (row["event_type"], row["old_value"], row["new_value"]) == (
-        "state:deleted",
-        {"gone": True},
-        None,
-    )
-
-
-def test_a_cut_scope_is_not_shown_as_another_scope() -> None:
-    long_scope = "s" * 1100
-    assert (
-        changes_from_task(
-            "state::set",
-            r({"scope": long_scope, "key": "k", "value": 1}),
-            r({"old_value": None, "new_value": 1}),
-        )
-        == []
-    )
-
-
-def test_a_batch_gives_one_row_per_change() -> None:
-    operations = [
-        {"op": "set", "key": "a", "value": 1},
-        {"op": "update", "key": "b", "ops": [{"increment": {"field": "n"}}]},
-        {"op": "delete", "key": "c"},
-        {"op": "delete", "key": "absent"},
-    ]
-    results = [
-        {"old_value": None, "new_value": 1},
-        {"old_value": {"n": 1}, "new_value": {"n": 2}},
-        {"was": "c"},
-        None,
-    ]
-    rows = changes_from_task(
-        "state::batch", r({"scope": "s", "operations": operations}), r({"results": results})
-    )
-    assert [(row["key"], row["event_type"]) for row in rows] == [
-        ("a", "state:created"),
-        ("b", "state:updated"),
-        ("c", "state:deleted"),
-    ]
-
-
-def test_a_batch_over_the_limits_says_so() -> None:
-    operations = [{"op": "set", "key": f"k{i}", "value": "v" * 50} for i in range(100)]
-    results = [{"old_value": None, "new_value": "v" * 50}] * 100
-    rows = changes_from_task(
-        "state::batch", r({"scope": "s", "operations": operations}), r({"results": results})
-    )
-    assert rows[0]["key"] == "k0"
-    assert rows[-1]["event_type"] == "state:batch"
-
-
-def test_reprs_are_parsed_never_evaluated() -> None:
-    assert parse_repr("__import__('os').system('true')") == (False, None)
-    assert parse_repr("{1, 2}") == (False, None)  # a set is not JSON
-    assert parse_repr("{'a': {...}}") == (False, None)
-    assert parse_repr("[1, 'x', None, True]") == (True, [1, "x", None, True])
-    assert top_level_fields("{'scope': 's', 'value': {'a': [1, {...}]}, ...}") == {
-        "scope": "'s'",
-        "value": "{'a': [1, {...}]}",
+def test_rows_hold_exact_values_and_a_long_one_as_a_preview_with_its_size() -> None:
+    deployment = Deployment()
+    big = {"text": "lorem ipsum " * 2000, "n": 10**30}
+    deployment.call("state::set", scope="s", key="big", value=big)
+    deployment.call("state::set", scope="s", key="small", value={"n": 10**30, "é": None})
+    feed = ChangeFeed(deployment.read)
+    assert feed.poll() == feed.poll_interval_s  # not a full page: wait before the next
+    big_row, small_row = feed.rows_from(1)
+    text = json.dumps(big, ensure_ascii=False)
+    assert big_row["old"] is None  # created
+    assert big_row["new"] == {
+        "preview": text[:PREVIEW_MAX_CHARS],
+        "size": len(text.encode()),
+        "truncated": True,
     }
-    assert list_items("[{'op': 'set'}, 'x', ...]") == ["{'op': 'set'}", "'x'"]
-    assert top_level_fields("not a dict") == {}
+    assert json.loads(small_row["new"]["json"]) == {"n": 10**30, "é": None}
+    assert small_row["new"]["json"].startswith('{"n": 1000000000000000000000000000000')
+    # Each row says where it was read from: the one before it's cursor (the first: none)
+    assert big_row["from"] is None and small_row["from"] == big_row["cursor"]
+    assert feed.cursor == small_row["cursor"]
+    assert feed.status() == {"connected": True, "error": None, "log": "on"}
 
 
-def test_the_feed_pairs_received_and_succeeded_events_and_keeps_a_backlog() -> None:
-    feed = ChangeFeed(app=None, backlog=2)
-    seen: list[dict[str, Any]] = []
-    unsubscribe = feed.subscribe(seen.append)
-    for i in range(3):
-        feed.handle(
-            {
-                "type": "task-received",
-                "uuid": f"t{i}",
-                "name": "state::set",
-                "kwargs": r({"scope": "s", "key": f"k{i}", "value": i}),
-            }
-        )
-        feed.handle(
-            {
-                "type": "task-succeeded",
-                "uuid": f"t{i}",
-                "result": r({"old_value": None, "new_value": i}),
-                "hostname": "w1",
-                "timestamp": 1_700_000_000.0,
-            }
-        )
-    feed.handle(
-        {
-            "type": "task-received",
-            "uuid": "f",
-            "name": "state::set",
-            "kwargs": r({"scope": "s", "key": "x"}),
-        }
-    )
-    feed.handle({"type": "task-failed", "uuid": "f"})
-    feed.handle({"type": "task-succeeded", "uuid": "never-received", "result": "1"})
-    assert [row["key"] for row in seen] == ["k0", "k1", "k2"]
-    assert [row["seq"] for row in feed.recent()] == [2, 3]
-    assert [row["key"] for row in feed.recent(after_seq=2)] == ["k2"]
-    unsubscribe()
-    feed.publish([{"scope": "s", "key": "later"}])
-    assert len(seen) == 3
-
-
-def test_event_ids_carry_the_run_so_a_restarted_console_ignores_an_old_one() -> None:
-    before, after = ChangeFeed(app=None), ChangeFeed(app=None)
-    assert before.boot != after.boot
-    before.publish([{"scope": "s", "key": f"k{i}"} for i in range(5)])
-    old_id = before.event_id(before.recent()[-1])
-    assert old_id == f"{before.boot}-5"
-    assert before.seq_after(old_id) == 5
-    # The console restarted: its numbers start again at 1, under another boot
-    after.publish([{"scope": "s", "key": "new"}])
-    assert after.seq_after(old_id) == 0
-    assert [row["key"] for row in after.recent(after.seq_after(old_id))] == ["new"]
-    for junk in (None, "", "5", f"{after.boot}-", f"{after.boot}-x", f"{after.boot}-" + "9" * 40):
-        assert after.seq_after(junk) == 0, junk
-
-
-def test_the_receiver_listens_to_every_event_that_ends_a_task() -> None:
-    feed = ChangeFeed(app=None)
-    subscribed: list[str] = []
-
-    class Receiver:
-        def __init__(self, connection: Any, handlers: dict[str, Any]) -> None:
-            subscribed.extend(handlers)
-
-        def capture(self, **kwargs: Any) -> None:
-            feed._stop.set()
-
-    feed.app = SimpleNamespace(
-        events=SimpleNamespace(Receiver=Receiver),
-        connection_for_read=contextlib.nullcontext,
-    )
-    feed._run()
-    assert set(subscribed) == {"task-received", *FINISHED_EVENTS}
-    assert "task-rejected" in subscribed
-
-    # A rejected task (given up by its worker) leaves nothing pending
-    feed.handle({"type": "task-received", "uuid": "t", "name": "state::set", "kwargs": "{}"})
-    feed.handle({"type": "task-rejected", "uuid": "t", "requeue": False})
-    assert not feed._pending
-
-
-def test_rows_carry_the_version_and_a_deletes_reason() -> None:
-    [row] = changes_from_task(
-        "state::set",
-        r({"scope": "s", "key": "k", "value": 2}),
-        r({"old_value": 1, "new_value": 2, "version": 7}),
-    )
-    assert (row["event_type"], row["version"]) == ("state:updated", 7)
-    [row] = changes_from_task("state::delete", r({"scope": "s", "key": "k"}), r(2))
-    assert (row["reason"], row["version"]) == ("deleted", None)
-    rows = changes_from_task(
+def test_each_batch_operation_and_a_delete_are_rows_with_their_keys() -> None:
+    deployment = Deployment()
+    deployment.call("state::set", scope="s", key="gone", value="old")
+    deployment.call(
         "state::batch",
-        r({"scope": "s", "operations": [{"op": "set", "key": "a", "value": 1}]}),
-        r({"results": [{"old_value": None, "new_value": 1, "version": 9}]}),
+        scope="s",
+        operations=[
+            {"op": "set", "key": "a", "value": 1},
+            {"op": "set", "key": "b", "value": [2]},
+            {"op": "delete", "key": "gone"},
+        ],
     )
-    assert [(row["key"], row["version"]) for row in rows] == [("a", 9)]
+    feed = ChangeFeed(deployment.read)
+    feed.poll()
+    rows = feed.rows_from(1)
+    assert [(r["event_type"], r["key"]) for r in rows] == [
+        ("state:created", "gone"),
+        ("state:created", "a"),
+        ("state:created", "b"),
+        ("state:deleted", "gone"),
+    ]
+    deleted = rows[-1]
+    assert (deleted["old"], deleted["new"], deleted["reason"]) == (
+        {"json": '"old"', "size": 5},
+        None,
+        "deleted",
+    )
 
 
-def expiry_event(key: str, event_id: str, old: Any = None) -> dict[str, Any]:
-    return {
+def test_an_expiry_entry_is_a_deleted_row_with_reason_expired() -> None:
+    entry = {
         "type": "state",
         "event_type": "state:deleted",
         "scope": "sessions",
-        "key": key,
-        "old_value": {"user": "u1"} if old is None else old,
+        "key": "s1",
+        "old_value": {"user": "u1"},
         "new_value": None,
-        "event_id": event_id,
-        "timestamp": "2026-01-01T00:00:00.000000+00:00",
-        "version": 4,
+        "event_id": "expired-abc",
+        "timestamp": "2026-12-02T08:00:00.000000+00:00",
+        "version": 3,
+        "reason": "expired",
+        "cursor": "c2",
+    }
+    row = change_row(entry, "c1")
+    assert row == {
+        "event_type": "state:deleted",
+        "scope": "sessions",
+        "key": "s1",
+        "version": 3,
+        "event_id": "expired-abc",
+        "time": "2026-12-02T08:00:00.000000+00:00",
+        "cursor": "c2",
+        "from": "c1",
+        "old": {"json": '{"user": "u1"}', "size": 14},
+        "new": None,
         "reason": "expired",
     }
 
 
-def test_an_expiry_is_read_from_the_trigger_task_that_carries_it() -> None:
-    row = expiry_from_task(r((expiry_event("s1", "e1"),)), task_id="t", worker="w")
-    assert row is not None
-    assert (row["event_type"], row["reason"], row["scope"], row["key"]) == (
-        "state:deleted",
-        "expired",
-        "sessions",
-        "s1",
-    )
-    assert (row["old_value"], row["version"], row["event_id"], row["exact"]) == (
-        {"user": "u1"},
-        4,
-        "e1",
-        True,
-    )
-    # A value nested past Celery's limit keeps the key and the reason, shown as Celery cut it
-    deep = expiry_from_task(r((expiry_event("s2", "e2", old={"a": [{"b": {"c": 1}}] * 300}),)))
-    assert deep is not None and deep["key"] == "s2" and not deep["exact"]
-    assert deep["old_text"] == "{'a': [...]}"
-    # A value so long that Celery cut the event before its reason: not taken for an expiry
-    assert expiry_from_task(r((expiry_event("s4", "e4", old="x" * 5000),))) is None
-    # Anything else is not an expiry
-    deleted = expiry_event("s3", "e3") | {"reason": "deleted"}
-    for args in ((deleted,), ({"expired": "expired"},), ("'expired'",), ()):
-        assert expiry_from_task(r(args)) is None, args
-    assert expiry_from_task("not a repr 'expired'") is None
+def test_a_full_page_is_followed_by_another_read_at_once() -> None:
+    deployment = Deployment()
+    for i in range(5):
+        deployment.call("state::set", scope="s", key=f"k{i}", value=i)
+    feed = ChangeFeed(deployment.read, read_limit=2)
+    assert [feed.poll(), feed.poll(), feed.poll()] == [0, 0, feed.poll_interval_s]
+    assert [key for _, key, _ in changes(feed.rows_from(1))] == [f"k{i}" for i in range(5)]
+    assert feed.poll() == feed.poll_interval_s and feed.next_seq == 6  # nothing new
 
 
-def test_the_feed_shows_each_expiry_once() -> None:
-    feed = ChangeFeed(app=None)
-    seen: list[dict[str, Any]] = []
-    feed.subscribe(seen.append)
-    for task in ("handler", "condition", "other-handler"):
-        feed.handle(
-            {
-                "type": "task-received",
-                "uuid": task,
-                "name": "test::onScope",
-                "args": r((expiry_event("s1", "same-expiry"),)),
-            }
-        )
-    feed.handle(
-        {
-            "type": "task-received",
-            "uuid": "next",
-            "name": "test::onScope",
-            "args": r((expiry_event("s1", "next-expiry"),)),
-        }
+def test_a_restarted_console_resumes_from_its_saved_cursor(tmp_path: Path) -> None:
+    deployment = Deployment()
+    file = CursorFile.for_deployment("redis://:***@broker:6379/0", tmp_path)
+    assert "***" not in file.path.name
+    deployment.call("state::set", scope="s", key="before", value=1)
+    first = ChangeFeed(deployment.read, cursor_file=file)
+    first.poll()
+    first.stop()  # saves
+    saved = json.loads(file.path.read_text())
+    assert saved["cursor"] == first.cursor and saved["broker"] == "redis://:***@broker:6379/0"
+
+    # Changes made while the console is down show when it is back, none twice
+    deployment.call("state::set", scope="s", key="while-down", value=2)
+    second = ChangeFeed(deployment.read, cursor_file=file)
+    assert second.cursor == first.cursor
+    second.poll()
+    assert changes(second.rows_from(1)) == [("state:created", "while-down", 2)]
+    # A page that had seen the first run's last change goes on right after it
+    assert second.seq_after(first.cursor) == 1
+
+
+def test_the_position_is_saved_at_most_once_a_second(tmp_path: Path) -> None:
+    deployment = Deployment()
+    now = [100.0]
+    file = CursorFile(tmp_path / "feed.json")
+    feed = ChangeFeed(deployment.read, cursor_file=file, clock=lambda: now[0])
+    deployment.call("state::set", scope="s", key="a", value=1)
+    feed.poll()
+    assert not file.path.exists()  # less than a second since the start
+    now[0] += 1.0
+    feed.poll()
+    assert json.loads(file.path.read_text())["cursor"] == feed.cursor
+
+
+def test_an_unwritable_state_folder_is_warned_about_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "blocked").write_text("a file, not a folder")
+    file = CursorFile(tmp_path / "blocked" / "feed.json")
+    file.save("c1", None)
+    file.save("c2", None)
+    assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1
+    assert "cannot save its position" in caplog.records[0].message
+    assert file.load() is None
+
+
+def test_the_state_folder_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    assert state_folder() == tmp_path / "state-tasks"
+    monkeypatch.setenv("XDG_STATE_HOME", "relative/ignored")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert state_folder() == tmp_path / "home" / ".local" / "state" / "state-tasks"
+
+
+def test_a_trimmed_log_gives_a_notice_and_the_feed_goes_on_from_the_oldest_kept() -> None:
+    deployment = Deployment(max_entries=5)
+    deployment.call("state::set", scope="s", key="k", value=0)
+    feed = ChangeFeed(deployment.read)
+    feed.poll()
+    last_seen = feed.rows_from(1)[-1]["time"]
+    for i in range(1, 20):
+        deployment.call("state::set", scope="s", key="k", value=i)
+    drain(feed)
+    notice, *rest = feed.rows_from(2)
+    assert notice["notice"] == "compacted"
+    assert notice["since"] == last_seen and notice["until"] == rest[0]["time"]
+    assert notice["message"] == (
+        f"changes between {last_seen} and {rest[0]['time']} were trimmed from the log; "
+        "continuing from the oldest kept"
     )
-    assert [(row["key"], row["event_id"], row["seq"]) for row in seen] == [
-        ("s1", "same-expiry", 1),
-        ("s1", "next-expiry", 2),
-    ]
+    # what follows is every change still kept, in order, none missing
+    versions = [version for _, _, version in changes(rest)]
+    assert versions == list(range(versions[0], 21)) and versions[0] > 2
+    assert feed.status()["connected"]
+
+
+def test_with_the_log_off_the_status_says_so() -> None:
+    feed = ChangeFeed(Deployment(log=False).read)
+    assert feed.poll() == LOG_OFF_RETRY_S
+    status = feed.status()
+    assert status["log"] == "off" and status["connected"]
+    assert "change log" in status["error"] and "off" in status["error"]
+    assert feed.rows_from(1) == []
+
+
+def test_a_failed_read_is_shown_and_the_next_one_goes_on() -> None:
+    deployment = Deployment()
+    failing = [True]
+
+    def read(payload: dict[str, Any]) -> Any:
+        if failing[0]:
+            raise ConsoleError("BROKER_UNREACHABLE", "cannot reach the broker at redis://h")
+        return deployment.read(payload)
+
+    woken: list[int] = []
+    feed = ChangeFeed(read)
+    feed.subscribe(lambda: woken.append(1))
+    assert feed.poll() == RETRY_S
+    assert feed.status() == {
+        "connected": False,
+        "error": "BROKER_UNREACHABLE: cannot reach the broker at redis://h",
+        "log": None,
+    }
+    assert feed.poll() == RETRY_S and len(woken) == 1  # the same status: no wake-up
+    failing[0] = False
+    deployment.call("state::set", scope="s", key="k", value=1)
+    feed.poll()
+    assert feed.status()["connected"] and changes(feed.rows_from(1)) == [("state:created", "k", 1)]
+    assert len(woken) == 2
+
+
+def test_a_saved_cursor_the_deployment_refuses_starts_over_with_a_notice(tmp_path: Path) -> None:
+    deployment = Deployment()
+    deployment.call("state::set", scope="s", key="k", value=1)
+    file = CursorFile(tmp_path / "feed.json")
+    file.save("not-a-cursor-of-this-deployment", None)
+    feed = ChangeFeed(deployment.read, cursor_file=file)
+    drain(feed)
+    notice, row = feed.rows_from(1)
+    assert notice["notice"] == "reset" and "refused" in notice["message"]
+    assert (row["key"], row["from"]) == ("k", None)
+
+
+def test_the_backlog_forgets_its_oldest_rows_and_their_positions() -> None:
+    deployment = Deployment()
+    for i in range(6):
+        deployment.call("state::set", scope="s", key=f"k{i}", value=i)
+    feed = ChangeFeed(deployment.read, backlog=3)
+    feed.poll()
+    held = feed.rows_from(1)
+    assert [row["key"] for row in held] == ["k3", "k4", "k5"] and feed.first_seq() == 4
+    assert feed.seq_after(held[0]["from"]) == 4  # the position right before the oldest held
+    assert feed.seq_after(held[-1]["cursor"]) == 7 == feed.next_seq
+    assert feed.seq_of_event(held[0]["event_id"]) == 4
+    assert len(feed._seq_after) == 4 and len(feed._seq_of_event) == 3  # nothing older kept
+    assert feed.seq_after("unknown") is None
+
+
+def catch_up_rows(catch_up: CatchUp) -> list[Row]:
+    async def collect() -> list[Row]:
+        return [row async for row in catch_up.rows()]
+
+    return asyncio.run(collect())
+
+
+def test_a_page_behind_the_backlog_catches_up_from_its_own_cursor() -> None:
+    deployment = Deployment()
+    for i in range(8):
+        deployment.call("state::set", scope="s", key=f"k{i}", value=i)
+    feed = ChangeFeed(deployment.read, backlog=3)
+    feed.poll()  # holds k5, k6, k7
+    page_cursor = deployment.read({"limit": 2})["changes"][-1]["cursor"]  # after k1
+    catch_up = CatchUp(feed, deployment.read_async, page_cursor)
+    rows = catch_up_rows(catch_up)
+    assert [row["key"] for row in rows] == ["k2", "k3", "k4"]
+    assert rows[0]["from"] == page_cursor
+    # ...then the feed's rows from k5 on, nothing twice, nothing missing
+    assert [row["key"] for row in feed.rows_from(catch_up.start_seq)] == ["k5", "k6", "k7"]
+
+
+def test_a_page_at_the_head_of_the_log_goes_on_with_the_next_rows() -> None:
+    deployment = Deployment()
+    deployment.call("state::set", scope="s", key="k", value=1)
+    other = ChangeFeed(deployment.read)  # the console's run the page saw
+    other.poll()
+    feed = ChangeFeed(deployment.read)  # a console with no saved position: from the oldest
+    catch_up = CatchUp(feed, deployment.read_async, other.cursor or "")
+    assert catch_up_rows(catch_up) == [] and catch_up.start_seq == feed.next_seq
+
+
+def test_a_page_whose_cursor_was_trimmed_gets_the_notice_then_what_is_kept() -> None:
+    deployment = Deployment(max_entries=5)
+    deployment.call("state::set", scope="s", key="k", value=0)
+    page_cursor = deployment.read({})["cursor"]
+    for i in range(1, 20):
+        deployment.call("state::set", scope="s", key="k", value=i)
+    feed = ChangeFeed(deployment.read)  # holds nothing yet
+    rows = catch_up_rows(CatchUp(feed, deployment.read_async, page_cursor))
+    assert rows[0]["notice"] == "compacted" and rows[0]["since"] is None
+    assert rows[0]["until"] == rows[1]["time"]
+    assert [version for _, _, version in changes(rows[1:])][-1] == 20
+
+
+def test_a_page_too_far_behind_is_told_and_given_the_backlog() -> None:
+    deployment = Deployment()
+    for i in range(10):
+        deployment.call("state::set", scope="s", key=f"k{i}", value=i)
+    feed = ChangeFeed(deployment.read, backlog=2)
+    feed.poll()
+    first = deployment.read({"limit": 1})["cursor"]
+    catch_up = CatchUp(feed, deployment.read_async, first, max_rows=3)
+    rows = catch_up_rows(catch_up)
+    assert [row.get("key") for row in rows[:3]] == ["k1", "k2", "k3"]
+    assert rows[3]["notice"] == "skipped" and "more than 3 changes" in rows[3]["message"]
+    assert catch_up.start_seq == feed.first_seq()

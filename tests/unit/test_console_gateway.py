@@ -13,7 +13,10 @@ from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 
 from state_tasks.broker_errors import describe_unreachable, redact, where
+from state_tasks.console import gateway as gateway_module
 from state_tasks.console.gateway import ConsoleError, StateGateway
+from state_tasks.contrib.servers import wait_until
+from state_tasks.core.changes import Compacted
 from state_tasks.facade import III
 
 BROKER = "redis://:broker-pw@127.0.0.1:1/0"
@@ -138,3 +141,67 @@ def test_the_gateway_leaves_no_thread_waiting_behind() -> None:
 async def _expect_timeout(gateway: StateGateway) -> None:
     with pytest.raises(ConsoleError):
         await gateway.list_triggers()
+
+
+def test_the_feeds_blocking_call_fails_as_the_pages_calls_do_details_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    waits: list[float] = []
+    gateway = StateGateway(III(no_worker_app(waits)), timeout_s=0.2, threads=1)
+    try:
+        with pytest.raises(ConsoleError) as raised:
+            gateway.call_blocking("state::changes", {"limit": 1})
+        assert raised.value.code == "TIMEOUT" and waits == [0.2]
+
+        # A state function's error keeps its details (COMPACTED: where to read on from)
+        def trimmed(request: Any) -> Any:
+            raise Compacted("trimmed past 'after'", details={"oldest": "c-oldest"})
+
+        monkeypatch.setattr(gateway.facade, "trigger", trimmed)
+        with pytest.raises(ConsoleError) as raised:
+            gateway.call_blocking("state::changes", {"after": "c-old"})
+        error = raised.value
+        assert (error.code, error.details, error.status) == (
+            "COMPACTED",
+            {"oldest": "c-oldest"},
+            410,
+        )
+        assert error.to_json()["details"] == {"oldest": "c-oldest"}
+    finally:
+        gateway.close()
+
+
+def test_a_feed_call_held_by_the_broker_is_given_up_on_and_not_stacked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(gateway_module, "DEADLINE_MARGIN_S", 0.1)
+    gateway = StateGateway(III(no_worker_app([])), timeout_s=0.1, threads=1)
+    release = threading.Event()
+    calls: list[Any] = []
+
+    def held(request: Any) -> Any:  # a broker that does not answer: the call never ends
+        calls.append(request)
+        release.wait(5)
+        return {"changes": [], "cursor": "c"}
+
+    monkeypatch.setattr(gateway.facade, "trigger", held)
+    try:
+        started = time.monotonic()
+        with pytest.raises(ConsoleError) as raised:
+            gateway.call_blocking("state::changes", {"limit": 1})
+        assert raised.value.code == "TIMEOUT" and time.monotonic() - started < 1
+        assert "did not answer within 0.1 s" in raised.value.message
+        # the next read is refused at once while that one still holds the feed's thread
+        with pytest.raises(ConsoleError) as raised:
+            gateway.call_blocking("state::changes", {"limit": 1})
+        assert "the previous call has not returned yet" in raised.value.message
+        assert len(calls) == 1
+        release.set()
+        wait_until(lambda: gateway._feed_call is not None and gateway._feed_call.done(), 2, "")
+        assert gateway.call_blocking("state::changes", {"limit": 1}) == {
+            "changes": [],
+            "cursor": "c",
+        }
+    finally:
+        release.set()
+        gateway.close()

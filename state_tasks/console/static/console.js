@@ -551,59 +551,154 @@ function confirmUnregister(trigger, after) {
 
 // -- the live feed ----------------------------------------------------------------------------
 
-// lastId: the last change's event id, "<boot>-<seq>" (a console restarted since ignores it).
-const feed = { source: null, paused: false, held: [], lastId: "", max: 500 };
+// The feed is the deployment's change log as the console reads it. lastId: the cursor of the
+// last change this page got (a reconnection, the browser's own or after a console restart,
+// resumes right after it); seen: the event ids shown, so a change read twice shows once.
+const feed = { source: null, paused: false, held: [], lastId: "", lastTime: null, seen: new Set(), max: 500 };
+const FEED_SEEN_MAX = 5000;
+const DIFF_CHARS = 120;
 
 function connectFeed() {
   if (feed.source) feed.source.close();
   const filter = $("#feed-filter").value;
   feed.source = new EventSource(`/api/changes?${query({ scope: filter, after: feed.lastId })}`);
   feed.source.addEventListener("change", (event) => {
-    const change = parseExact(event.data);
+    const change = JSON.parse(event.data);
     if (event.lastEventId) feed.lastId = event.lastEventId;
-    if (feed.paused) { feed.held.push(change); $("#feed-pause").textContent = `Resume (${feed.held.length})`; }
-    else addChange(change);
+    if (feed.seen.has(change.event_id)) return;
+    feed.seen.add(change.event_id);
+    if (feed.seen.size > FEED_SEEN_MAX) feed.seen.delete(feed.seen.values().next().value);
+    feed.lastTime = change.time;
+    showInFeed(() => addChange(change));
     noticeChange(change);
   });
-  feed.source.addEventListener("status", (event) => {
-    const status = JSON.parse(event.data);
-    const dot = $("#live-dot");
-    dot.className = status.connected ? "dot live" : "dot down";
-    dot.title = status.connected ? "live: receiving the workers' task events" : `not receiving events: ${status.error || "connecting"}`;
-    $("#feed-note").textContent = status.dropped ? `${status.dropped} changes came faster than this page could show them` : "";
+  feed.source.addEventListener("notice", (event) => {
+    const data = JSON.parse(event.data);
+    showInFeed(() => addNotice(data));
   });
-  feed.source.onerror = () => { $("#live-dot").className = "dot down"; $("#live-dot").title = "reconnecting to the console"; };
+  feed.source.addEventListener("status", (event) => {
+    if (event.lastEventId) feed.lastId = event.lastEventId;
+    showStatus(JSON.parse(event.data));
+  });
+  feed.source.onerror = () => {
+    $("#live-dot").className = "dot down";
+    $("#live-dot").title = "reconnecting to the console";
+    // The browser reconnects by itself (sending the last change's cursor), unless the
+    // console answered with an error: then try again, from that cursor, a little later.
+    const source = feed.source;
+    if (source.readyState === EventSource.CLOSED) setTimeout(() => { if (feed.source === source) connectFeed(); }, 5000);
+  };
 }
 
-function valueText(value, text) {
-  return text !== null && text !== undefined ? text : JSON.stringify(value);
+function showInFeed(show) {
+  if (!feed.paused) { show(); return; }
+  feed.held.push(show);
+  $("#feed-pause").textContent = `Resume (${feed.held.length})`;
+}
+
+function showStatus(status) {
+  const dot = $("#live-dot");
+  const note = $("#feed-note");
+  let state = "live";
+  let text = "";
+  if (status.log === "off") {
+    state = "off";
+    dot.title = "the change log is off";
+    text = `The change log is off on this deployment, so the feed has no changes to show. ${status.error || ""}`;
+  } else if (status.connected) {
+    dot.title = "live: reading the change log";
+  } else {
+    state = "down";
+    dot.title = `not reading the change log: ${status.error || "connecting"}`;
+    text = status.error ? `Not reading the change log now: ${status.error}` : "";
+  }
+  dot.className = `dot ${state}`;
+  note.dataset.state = text ? state : "";
+  note.className = text ? "notice small" : "muted small";
+  note.textContent = text;
+}
+
+function prependRow(row) {
+  const rows = $("#feed-rows");
+  rows.prepend(row);
+  while (rows.children.length > feed.max) rows.lastElementChild.remove();
+}
+
+function when(iso) {
+  return new Date(iso).toLocaleString("en-GB", { hour12: false });
+}
+
+function addNotice(data) {
+  let text = data.message;
+  if (data.notice === "compacted") {
+    const since = data.since || feed.lastTime;
+    text = `Changes between ${since ? when(since) : "the last one shown"} and ${data.until ? when(data.until) : "the oldest kept"} `
+      + "were trimmed from the log; continuing from the oldest kept.";
+  }
+  prependRow(h("li", { class: "feed-notice", "data-notice": data.notice, role: "status" }, text));
+}
+
+// A value in one line: its JSON text, cut with its whole size when long.
+function cut(shown) {
+  const text = shown.truncated ? shown.preview : shown.json;
+  if (!shown.truncated && text.length <= DIFF_CHARS) return text;
+  return `${text.slice(0, DIFF_CHARS)}…, ${count(shown.size)} bytes`;
+}
+
+function wholeValue(shown) {
+  const raw = h("pre", { class: "json raw", hidden: true, text: shown.json });
+  const shownTree = tree(shown.json, 1);
+  const toggle = h("button", {
+    type: "button", class: "raw-toggle",
+    onclick: () => { raw.hidden = !raw.hidden; shownTree.hidden = !raw.hidden; toggle.textContent = raw.hidden ? "Raw JSON" : "Tree"; },
+  }, "Raw JSON");
+  return h("div", { class: "whole" }, toggle, shownTree, raw);
+}
+
+// One value of a change, opened: a tree, or for a long one its preview and a button that
+// reads the change back from the log, its values whole.
+function valuePanel(change, which) {
+  const shown = change[which];
+  if (!shown) return null;
+  const body = h("div", { class: "value", "data-which": which });
+  if (!shown.truncated) body.append(tree(shown.json, 1));
+  else {
+    body.append(
+      h("pre", { class: "json preview", text: `${shown.preview}…` }),
+      h("button", {
+        type: "button", class: "load-value",
+        onclick: async () => {
+          const whole = await attempt(() => api(`/api/change?${query({ from: change.from, event_id: change.event_id })}`));
+          if (whole && whole[which]) body.replaceChildren(wholeValue(whole[which]));
+        },
+      }, `load all ${bytes(shown.size)}`));
+  }
+  return h("div", {}, h("div", { class: "small muted", text: which }), body);
 }
 
 function addChange(change) {
   const kind = change.event_type.replace("state:", "");
   const expired = kind === "deleted" && change.reason === "expired";
-  const where = change.key
-    ? h("a", { href: keyHref(change.scope, change.key), class: "where", text: `${change.scope} / ${change.key}` })
-    : h("a", { href: scopeHref(change.scope), class: "where", text: `${change.scope} (a batch)` });
-  const oldText = kind === "created" ? null : valueText(change.old_value, change.old_text);
-  const newText = kind === "deleted" ? null : valueText(change.new_value, change.new_text);
   const diff = h("div", { class: "diff" },
-    kind === "created" ? null : h("span", { class: "old", text: compact(oldText, 120) }),
-    kind === "created" || kind === "deleted" ? null : h("span", { class: "arrow", text: "→" }),
-    kind === "deleted" ? null : h("span", { class: "new", text: compact(newText, 120) }));
-  const full = h("details", {}, h("summary", { class: "small muted" }, change.exact ? "values" : "values (as Celery cut them)"),
-    oldText !== null ? h("div", {}, h("div", { class: "small muted", text: "old" }), change.exact ? tree(JSON.stringify(change.old_value), 1) : h("pre", { class: "json", text: oldText })) : null,
-    newText !== null ? h("div", {}, h("div", { class: "small muted", text: "new" }), change.exact ? tree(JSON.stringify(change.new_value), 1) : h("pre", { class: "json", text: newText })) : null);
+    change.old ? h("span", { class: "old", text: cut(change.old) }) : null,
+    change.old && change.new ? h("span", { class: "arrow", text: "→" }) : null,
+    change.new ? h("span", { class: "new", text: cut(change.new) }) : null);
+  const long = [change.old, change.new].some((shown) => shown && (shown.truncated || shown.json.length > DIFF_CHARS));
+  const full = long ? h("details", {},
+    h("summary", { class: "small muted" }, "values"),
+    valuePanel(change, "old"), valuePanel(change, "new")) : null;
   const time = new Date(change.time);
-  const row = h("li", { class: `change fresh ${kind}`, "data-scope": change.scope, "data-key": change.key, "data-kind": change.event_type, "data-reason": change.reason || "" },
-    h("div", { class: "line1" },
-      h("time", { datetime: change.time, title: change.time, text: time.toLocaleTimeString("en-GB", { hour12: false }) + "." + String(time.getMilliseconds()).padStart(3, "0") }),
-      h("span", { class: `kind ${kind}`, text: expired ? "expired" : kind, title: expired ? "deleted: its ttl_ms ran out" : "" }), where,
-      change.version ? h("span", { class: "version muted small", title: "the key's version after this change", text: `v${change.version}` }) : null),
-    diff, (oldText !== null && oldText.length > 120) || (newText !== null && newText.length > 120) || !change.exact ? full : null);
-  const rows = $("#feed-rows");
-  rows.prepend(row);
-  while (rows.children.length > feed.max) rows.lastElementChild.remove();
+  const row = h("li", {
+    class: `change fresh ${kind}`, "data-scope": change.scope, "data-key": change.key,
+    "data-kind": change.event_type, "data-reason": change.reason || "", "data-event-id": change.event_id,
+  },
+  h("div", { class: "line1" },
+    h("time", { datetime: change.time, title: change.time, text: time.toLocaleTimeString("en-GB", { hour12: false }) + "." + String(time.getMilliseconds()).padStart(3, "0") }),
+    h("span", { class: `kind ${kind}`, text: expired ? "expired" : kind, title: expired ? "deleted: its ttl_ms ran out" : "" }),
+    h("a", { href: keyHref(change.scope, change.key), class: "where", title: "the key's current value", text: `${change.scope} / ${change.key}` }),
+    change.version ? h("span", { class: "version muted small", title: "the key's version after this change", text: `v${change.version}` }) : null),
+  diff, full);
+  prependRow(row);
 }
 
 function noticeChange(change) {
@@ -622,7 +717,7 @@ function noticeChange(change) {
 
 function togglePause() {
   feed.paused = !feed.paused;
-  if (!feed.paused) { for (const change of feed.held) addChange(change); feed.held = []; }
+  if (!feed.paused) { for (const show of feed.held) show(); feed.held = []; }
   $("#feed-pause").textContent = feed.paused ? "Resume" : "Pause";
 }
 
@@ -699,7 +794,9 @@ async function start() {
   let timer = null;
   $("#feed-filter").addEventListener("input", () => {
     clearTimeout(timer);
-    timer = setTimeout(() => { $("#feed-rows").replaceChildren(); feed.lastId = 0; connectFeed(); }, 300);
+    timer = setTimeout(() => {
+      $("#feed-rows").replaceChildren(); feed.lastId = ""; feed.seen.clear(); connectFeed();
+    }, 300);
   });
   connectFeed();
   render();
