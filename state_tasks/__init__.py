@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     from state_tasks.celery_app import create_app
     from state_tasks.facade import III
     from state_tasks.triggers.declarations import state_trigger
-    from state_tasks.watch import Watcher, watch
+    from state_tasks.watching import Watcher, watch
 
     app: Celery
     iii: III
@@ -76,8 +76,8 @@ _LAZY = {
     "III": "state_tasks.facade",
     "iii": "state_tasks.facade",
     "state_trigger": "state_tasks.triggers.declarations",
-    "watch": "state_tasks.watch",
-    "Watcher": "state_tasks.watch",
+    "watch": "state_tasks.watching",
+    "Watcher": "state_tasks.watching",
 }
 
 

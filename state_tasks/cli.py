@@ -219,7 +219,7 @@ def _log_filter(args: argparse.Namespace) -> dict[str, Any]:
 
 def _watch(args: argparse.Namespace, facade: III) -> int:
     """One JSON line per change until interrupted (exit 0), or an error."""
-    from state_tasks.watch import watch
+    from state_tasks.watching import watch
 
     limit = 100 if args.limit is None else args.limit
     if not 1 <= limit <= 1000:

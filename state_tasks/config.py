@@ -174,6 +174,8 @@ def _build_custom(
 def _change_log(node: Any, where: str, source: str) -> ChangeLogSettings | None:
     """``change_log``: omitted or ``true`` for the defaults, ``false`` for none, or a
     mapping of :class:`~state_tasks.core.changes.ChangeLogSettings`."""
+    if isinstance(node, str) and node.strip().lower() in ("true", "false"):
+        node = node.strip().lower() == "true"  # from ${VARIABLE:...}: every string expands
     if node is True or node is None:
         return ChangeLogSettings()
     if node is False:

@@ -526,8 +526,9 @@ class StateService:
 
     def _derived_id(self, event_type: str, scope: str, key: str, version: int) -> str | None:
         """The event id of a change made without an operation id: derived from its key and
-        version where versions are kept (the change log derives the same), else random."""
-        if not self.adapter.supports_versions:
+        version where versions are kept (the change log derives the same), else random (as
+        when the adapter does not know the version: a Bridge's delete answers none)."""
+        if not self.adapter.supports_versions or version <= 0:
             return None
         return change_event_id(event_type, scope, key, version)
 

@@ -8,9 +8,10 @@ server (and behind Sentinel, where ``wait_replicas`` makes an acknowledged entry
 failover with its change) one such pair; on a cluster one per bucket, written for the
 buckets that have moved (see :func:`encode_positions`). The oldest entry kept is number
 ``entries-added - length + 1``: a position whose next entry is older was trimmed past, and
-the reader is told (``COMPACTED``). Every position also carries the count of processes that
-wrote with the log off (:meth:`~state_tasks.adapters.redis.runner.RedisRunner.log_args`):
-one from before such a gap is compacted too.
+the reader is told (``COMPACTED``). A position also carries the stream's gap count: a write
+made with the log off counts itself there instead of appending
+(:meth:`~state_tasks.adapters.redis.runner.RedisRunner.mutation_keys`), so a position given
+before it is compacted too, never read on past changes the log does not hold.
 """
 
 from __future__ import annotations
@@ -35,10 +36,11 @@ from state_tasks.core.changes import (
 )
 from state_tasks.core.errors import ValidationError
 
-#: A position in one stream: an entry id and that entry's number (see ``changes.lua``).
-_POSITION = re.compile(r"^(\d{1,20})-(\d{1,20}) (\d{1,20})$")
-#: A bucket never read: before its first entry.
-ZERO = "0-0 0"
+#: A position in one stream: an entry id, that entry's number and the stream's gap count
+#: (see ``changes.lua``).
+_POSITION = re.compile(r"^(\d{1,20})-(\d{1,20}) (\d{1,20}) (\d{1,20})$")
+#: A bucket never read: before its first entry, no gap.
+ZERO = "0-0 0 0"
 
 
 def _id_key(position: str) -> tuple[int, int]:
@@ -82,28 +84,8 @@ class ChangeReads(RedisRunner):
     def changes(
         self, scope: str | None, prefix: str | None, after: str | None, limit: int
     ) -> ChangesPage:
-        """A position is ``<gap>/<where>``: ``gap`` counts the processes that wrote with
-        the log off (see :meth:`RedisRunner.log_args`), so a position from before changes
-        that were not logged is compacted, never read on past them."""
         if self.change_log is None:
             raise change_log_off(type(self).__name__)
-        gaps = self.run("changes", scope, self.log_gaps)
-        if after not in (None, AT_END):
-            seen, _, after = str(after).partition("/")
-            if not seen.isdigit() or not after:
-                raise _bad_position()
-            if int(seen) != gaps:  # changes after it were not logged: go on from it
-                raise ChangesCompacted(f"{gaps}/{after}")
-        try:
-            page = self._page(scope, prefix, after, limit)
-        except ChangesCompacted as compacted:
-            raise ChangesCompacted(f"{gaps}/{compacted.oldest}") from None
-        entries = [(event, f"{gaps}/{position}") for event, position in page.entries]
-        return ChangesPage(entries, f"{gaps}/{page.position}")
-
-    def _page(
-        self, scope: str | None, prefix: str | None, after: str | None, limit: int
-    ) -> ChangesPage:
         if not self.is_cluster:
             if after is not None and after != AT_END and not _POSITION.match(after):
                 raise _bad_position()
@@ -126,7 +108,7 @@ class ChangeReads(RedisRunner):
         budget = scan_budget(limit)
         calls = [
             (
-                [self.layout.log_key(tags[bucket])],
+                [self.layout.log_key(tags[bucket]), self.layout.log_gaps_key(tags[bucket])],
                 [start, limit, budget, want_scope or "", prefix or ""],
             )
             for bucket, start in starts

@@ -51,7 +51,7 @@ class Expiring(RedisRunner):
         for scope in scopes:
             if len(gone) >= limit:
                 return gone, 0.0
-            keys = self.layout.mutation_keys(scope, None)
+            keys = self.mutation_keys(scope, None)
             args = [scope, limit - len(gone), *self.log_args(None)]
             flat = self.run("expire", scope, partial(expire, keys=keys, args=args))
             for at in range(0, len(flat), 3):

@@ -91,8 +91,6 @@ class KeyLayout:
         self.triggers_key = f"{prefix}:triggers"
         #: The counter every trigger change bumps (on a cluster, copied to every bucket).
         self.triggers_version_key = f"{prefix}:triggers:version"
-        #: How many processes wrote with the change log off (their changes are a gap).
-        self.log_gaps_key = f"{prefix}:log:gaps"
 
     @property
     def tags(self) -> tuple[str, ...]:
@@ -131,6 +129,10 @@ class KeyLayout:
         """The change log: a stream of the changes of every scope (on a cluster, of the
         bucket's scopes), in the order they were applied."""
         return f"{self.prefix}:log"
+
+    def log_gaps_key(self, tag: str) -> str:
+        """How many changes were made with the change log off (a counter)."""
+        return f"{self.prefix}:log:gaps"
 
     # -- the KEYS of the scripts (named in lua/lib_mutation_keys.lua, lua/lib_read_keys.lua)
 
@@ -176,7 +178,6 @@ class BucketLayout(KeyLayout):
         super().__init__(prefix)
         self.triggers_key = f"{prefix}:triggers:{{{TRIGGERS_TAG}}}"
         self.triggers_version_key = f"{prefix}:triggers:version:{{{TRIGGERS_TAG}}}"
-        self.log_gaps_key = f"{prefix}:log:gaps:{{{TRIGGERS_TAG}}}"
         self._tags = bucket_tags()
 
     @property
@@ -209,3 +210,6 @@ class BucketLayout(KeyLayout):
 
     def log_key(self, tag: str) -> str:
         return f"{self.prefix}:log:{{{tag}}}"
+
+    def log_gaps_key(self, tag: str) -> str:
+        return f"{self.prefix}:log:gaps:{{{tag}}}"

@@ -95,7 +95,6 @@ class RedisRunner(VersionedStateAdapter):
         self._client_lock = threading.Lock()
         self._scripts: dict[str, Script] = {}
         self.change_log: ChangeLogSettings | None = ChangeLogSettings()
-        self._gap_counted = False
         self._recent = RecentValues()
         # Op record keys to settle, by tag, carried by the next mutation script of the same
         # tag (see settle).
@@ -194,29 +193,21 @@ class RedisRunner(VersionedStateAdapter):
 
     def log_args(self, event_id: str | None) -> list[str]:
         """The last three ARGV of a script that changes a scope: the change's event id ('':
-        derived), what the change log keeps ('' and '': no log).
-
-        A process that writes with the log off first counts itself in the log's gap counter
-        (once): its changes are not logged, so every position given before is compacted
-        from then on (a reader is told, rather than reading on past them when the log is
-        turned on again)."""
+        derived), what the change log keeps ('' and '': no log)."""
         log = self.change_log
         if log is None:
-            if not self._gap_counted:
-                self.run("change log", None, lambda: self.client.incr(self.layout.log_gaps_key))
-                self._gap_counted = True
             return ["", "", ""]
         return [event_id or "", str(log.max_entries), str(log.max_age_s * 1000)]
 
-    def log_gaps(self) -> int:
-        """How many processes wrote with the change log off, ever (see :meth:`log_args`)."""
-        return int(self.client.get(self.layout.log_gaps_key) or 0)
-
     def mutation_keys(self, scope: str, op_id: str | None) -> list[str]:
         """KEYS[1..11] of a script that changes ``scope``, its op record remembered for
-        settling on a cluster."""
+        settling on a cluster. With the change log off, KEYS[11] is the log's gap counter
+        instead of the log: the script counts its unlogged changes there, so a reader of
+        the log is told of them (see :mod:`state_tasks.adapters.redis.changes`)."""
         keys = self.layout.mutation_keys(scope, op_id)
         keys[3] = self._topology.op_key(op_id, scope)
+        if self.change_log is None:
+            keys[10] = self.layout.log_gaps_key(self.layout.tag(scope))
         return keys
 
     # -- settling ---------------------------------------------------------------------

@@ -80,8 +80,17 @@ end
 -- e'x'pired, the old and the new text ('' for none: a JSON text is never empty), the
 -- version, the event id ('' when derived). Trimmed as it grows, by count and by age, in
 -- whole blocks ('~'): the cost of a trim does not grow with the log.
+-- With the log off, `change_log` is the log's gap counter instead: counted once per script,
+-- so that a reader's position from before is compacted, never read on past these changes.
+local gap_counted = false
 local function log_change(kind, scope, key, old, new, version, event_id)
-  if log_max == '' then return end
+  if log_max == '' then
+    if not gap_counted then
+      redis.call('INCR', change_log)
+      gap_counted = true
+    end
+    return
+  end
   local id = redis.call('XADD', change_log, 'MAXLEN', '~', log_max, '*', 't', kind, 's', scope,
     'k', key, 'o', old or '', 'n', new or '', 'v', version, 'i', event_id)
   local ms = tonumber(string.match(id, '^(%d+)'))
