@@ -26,6 +26,7 @@ from typing import Any
 
 import redis
 
+from bench.changelog import bytes_per_entry, changelog_set_cost, watch_lag
 from bench.cluster import ClusterFigures
 from bench.costs import costs
 from bench.harness import BenchDeployment, adapter_yaml, median, timed_ops_per_s
@@ -745,6 +746,12 @@ FIGURES: dict[str, Callable[[Bench], Figure | list[Figure]]] = {
     "batch_vs_single_ops_per_s": Bench.batch_vs_single_ops_per_s,
     "redis_batch_vs_pipelined_hset": Bench.redis_batch_vs_pipelined_hset,
     "list_page_cost_flat": lambda b: b.list_page_cost_flat(),  # also list_page_cost_flat_prefix
+    # the change log (bench/changelog.py)
+    "changelog_set_cost": lambda b: Figure(*changelog_set_cost(b)),
+    # also watch_lag_direct_p99_ms
+    "watch_lag_p99_ms": lambda b: [Figure(*row) for row in watch_lag(b)],
+    # also changelog_bytes_per_entry_1kb, changelog_bytes_per_entry_kv
+    "changelog_bytes_per_entry": lambda b: [Figure(*row) for row in bytes_per_entry(b)],
     # redis_op_record_bytes, kv_op_record_bytes, results_bytes_per_op,
     # embedded_files_after_10k, soak_rss_growth_mb (bench/soak.py)
     "soak": lambda b: [Figure(*row) for row in soak(b)],
