@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from state_tasks.broker_errors import UNREACHABLE_ERRORS
-from state_tasks.core.changes import DEFAULT_CHANGES_LIMIT
+from state_tasks.core.changes import AT_END, DEFAULT_CHANGES_LIMIT
 from state_tasks.core.errors import AdapterUnavailable, CallTimeout, StateError
 
 if TYPE_CHECKING:
@@ -83,6 +83,9 @@ class Watcher:
         self._stopped = threading.Event()
         self._on_close = on_close
         self._page: list[dict[str, Any]] = []
+        # A poll in progress holds it: close() from another thread then leaves releasing
+        # the store to the poll (not under it).
+        self._polling = threading.Lock()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return self
@@ -109,11 +112,19 @@ class Watcher:
         return page
 
     def close(self) -> None:
-        """Stop: a waiting ``next()`` ends the iteration (from any thread)."""
+        """Stop: a waiting ``next()`` ends the iteration (from any thread); a poll under
+        way finishes first (a direct watcher's store is closed after it)."""
         self._stopped.set()
-        if self._on_close is not None:
-            self._on_close()
-            self._on_close = None
+        if self._polling.acquire(blocking=False):
+            try:
+                self._release()
+            finally:
+                self._polling.release()
+
+    def _release(self) -> None:
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close()
 
     def __enter__(self) -> Watcher:
         return self
@@ -124,6 +135,16 @@ class Watcher:
     def _poll(self) -> bool:
         """One read after the cursor (retried while unreachable); whether it moved on (found
         changes, or passed over other scopes' changes)."""
+        with self._polling:
+            try:
+                if self._stopped.is_set():
+                    return False
+                return self._read()
+            finally:
+                if self._stopped.is_set():  # closed meanwhile: release the store now
+                    self._release()
+
+    def _read(self) -> bool:
         payload: dict[str, Any] = dict(self._filter, limit=self.limit)
         backoff = self.poll_interval_s or 0.05
         while True:
@@ -207,7 +228,10 @@ def watch(
             request = {"function_id": "state::changes", "payload": payload}
             return facade.trigger(request)  # type: ignore[no-any-return]
 
-    return Watcher(fetch, scope, prefix, after, limit, poll_interval_s, on_close)
+    watcher = Watcher(fetch, scope, prefix, after, limit, poll_interval_s, on_close)
+    if after == AT_END:
+        watcher.poll()  # the end as it is now: the changes made from this call on
+    return watcher
 
 
 def _direct_service() -> tuple[StateService, Callable[[], None]]:
