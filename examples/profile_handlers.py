@@ -72,3 +72,32 @@ def audit_user_change(event):
 
 iii.register_function({'id': 'users::audit'}, audit_user_change)
 iii.register_trigger({'type': 'state', 'function_id': 'users::audit', 'config': {'scope': 'users'}})
+
+
+# -- The conditional trigger again, with a declarative filter: no condition task ------------
+# The worker that applied the change judges `when` before it sends anything: a change that
+# does not pass costs no message, no task and no result (the condition above costs two
+# tasks and three messages for every change, true or false).
+
+def on_email_change_filtered(event):
+    iii.trigger({
+        'function_id': 'state::update',
+        'payload': {
+            'scope': 'outbox-filtered',
+            'key': event['new_value']['email'],
+            'ops': [{'increment': {'field': 'sent', 'by': 1}}],
+        },
+    })
+    return {}
+
+iii.register_function({'id': 'state::onEmailChangeFiltered'}, on_email_change_filtered)
+
+iii.register_trigger({
+    'type': 'state',
+    'function_id': 'state::onEmailChangeFiltered',
+    'config': {
+        'scope': 'users',
+        'key': 'profile',
+        'when': {'all': [{'event_types': ['state:updated']}, {'changed': ['email']}]},
+    },
+})

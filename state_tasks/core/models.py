@@ -18,6 +18,7 @@ from state_tasks.core.batch import (
 )
 from state_tasks.core.changes import DEFAULT_CHANGES_LIMIT, MAX_CHANGES_LIMIT
 from state_tasks.core.errors import ValidationError
+from state_tasks.core.filters import FILTER_TAGS, TriggerFilter
 
 MAX_NAME_BYTES = 1024
 #: The longest ``ttl_ms``: ten years (of 365.25 days).
@@ -412,13 +413,16 @@ ChangesAnswer.model_rebuild()
 
 
 class TriggerConfig(BaseModel):
-    """``config`` of a ``state`` trigger; an omitted filter matches everything."""
+    """``config`` of a ``state`` trigger; an omitted filter matches everything. ``when``:
+    a declarative filter (:mod:`state_tasks.core.filters`), judged before anything is
+    enqueued."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     scope: Annotated[str, Field(strict=True), AfterValidator(check_name)] | None = None
     key: Annotated[str, Field(strict=True), AfterValidator(check_name)] | None = None
     condition_function_id: Annotated[str, Field(strict=True, min_length=1)] | None = None
+    when: TriggerFilter | None = None
 
 
 class TriggerSpec(BaseModel):
@@ -439,6 +443,22 @@ def _show(value: Any) -> str:
     return shown if len(shown) <= 80 else shown[:77] + "..."
 
 
+def filter_location(loc: tuple[Any, ...]) -> list[str]:
+    """An error's location as the user wrote it: a trigger filter's shapes are told apart
+    by a tag that pydantic puts in the location (``when.all.all.0.compare.eq``): dropped
+    (``when.all.0.eq``)."""
+    parts = [str(part) for part in loc]
+    if "when" not in parts:
+        return parts
+    kept: list[str] = []
+    for index, part in enumerate(parts):
+        after = parts[index + 1] if index + 1 < len(parts) else None
+        if part == "compare" or (part in FILTER_TAGS and after == part):
+            continue
+        kept.append(part)
+    return kept
+
+
 def parse(model: type[ModelT], data: Any, what: str) -> ModelT:
     """Validate ``data`` as ``model``; raise one readable :class:`ValidationError`."""
     try:
@@ -446,7 +466,7 @@ def parse(model: type[ModelT], data: Any, what: str) -> ModelT:
     except pydantic.ValidationError as e:
         problems = []
         for err in e.errors(include_url=False):
-            where = ".".join(str(part) for part in err["loc"]) or "payload"
+            where = ".".join(filter_location(err["loc"])) or "payload"
             message = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 message = "is not a known field (check its spelling)"

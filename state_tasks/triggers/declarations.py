@@ -9,10 +9,13 @@ declaration is remembered and stored when the process's registry is attached
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from state_tasks.core.errors import ValidationError
+from state_tasks.core.filters import TriggerFilter
 from state_tasks.triggers.registry import Trigger, TriggerRegistry, trigger_from_spec
 
 TaskT = TypeVar("TaskT")
@@ -53,6 +56,7 @@ def state_trigger(
     scope: str | None = None,
     key: str | None = None,
     condition: str | None = None,
+    when: Mapping[str, Any] | BaseModel | None = None,
 ) -> Callable[[TaskT], TaskT]:
     """Declare a Celery task as the handler of a ``state`` trigger.
 
@@ -62,13 +66,26 @@ def state_trigger(
         @state_trigger(scope="users", key="profile", condition="conditions::emailChanged")
         @app.task(name="users::onEmailChange")
         def on_email_change(event): ...
+
+    ``when``: a declarative filter (:mod:`state_tasks.core.filters`), judged by the worker
+    that made the change before anything is sent::
+
+        @state_trigger(scope="users", when={"changed": ["email"]})
     """
 
     def wrap(task: TaskT) -> TaskT:
         function_id = getattr(task, "name", None)
         if not isinstance(function_id, str):
             raise ValidationError(f"state_trigger: stack it on a Celery task, got {task!r}")
-        config = {"scope": scope, "key": key, "condition_function_id": condition}
+        filter_json = (
+            TriggerFilter.model_validate(when).to_json() if isinstance(when, BaseModel) else when
+        )
+        config = {
+            "scope": scope,
+            "key": key,
+            "condition_function_id": condition,
+            "when": filter_json,
+        }
         declare(
             trigger_from_spec(
                 {

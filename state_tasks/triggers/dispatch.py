@@ -2,9 +2,10 @@
 
 The :class:`Dispatcher` is the state service's ``on_change`` callback in a worker. It
 finds the triggers with the registry's match index (four dictionary look-ups) and sends,
-for each, the handler task, or the condition task chained into :data:`GATE_TASK`, which
-sends the handler unless the condition returned JSON ``false``. It only sends messages:
-the caller of a state function never waits for a handler.
+for each whose declarative filter (``when``) the change passes, the handler task, or the
+condition task chained into :data:`GATE_TASK`, which sends the handler unless the
+condition returned JSON ``false``. A change a filter refuses costs no message at all. It
+only sends messages: the caller of a state function never waits for a handler.
 
 Nobody reads what a handler, a condition or the gate returns (the condition's value
 reaches the gate inside the chain's message, not through the result backend), so all of
@@ -49,7 +50,8 @@ class Dispatcher:
         ``trigger_version``: as for :meth:`send_all`."""
         index = self.registry.match_index(trigger_version)
         for trigger in index.match(event["scope"], event["key"]):
-            self.enqueue(trigger, event)
+            if trigger.passes(event):
+                self.enqueue(trigger, event)
 
     def send_changes(
         self, events: Sequence[dict[str, Any]], trigger_version: int | None = None
@@ -78,6 +80,7 @@ class Dispatcher:
             (trigger, event)
             for event in events
             for trigger in index.match(event["scope"], event["key"])
+            if trigger.passes(event)
         ]
         if len(work) <= 1:  # one message: the plain path, with kombu's retry of a send
             for trigger, event in work:

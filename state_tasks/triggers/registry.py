@@ -9,6 +9,7 @@ when the adapter's trigger version moves.
 from __future__ import annotations
 
 import builtins
+import functools
 import hashlib
 import json
 import threading
@@ -18,18 +19,21 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from state_tasks.adapters.base import StateAdapter
+from state_tasks.core.filters import Predicate, compile_filter
 from state_tasks.core.models import TriggerSpec, parse
 
 
 @dataclass(frozen=True)
 class Trigger:
-    """One ``state`` trigger. ``None`` filters match everything."""
+    """One ``state`` trigger. ``None`` filters match everything; ``when`` is a declarative
+    filter (:mod:`state_tasks.core.filters`) as JSON, checked when it was registered."""
 
     id: str
     function_id: str
     scope: str | None = None
     key: str | None = None
     condition_function_id: str | None = None
+    when: Any = None
 
     def to_dict(self) -> dict[str, Any]:
         """The trigger in the registration shape, plus its id."""
@@ -43,10 +47,20 @@ class Trigger:
                 ("scope", self.scope),
                 ("key", self.key),
                 ("condition_function_id", self.condition_function_id),
+                ("when", self.when),
             )
             if value is not None
         }
         return {"type": "state", "function_id": self.function_id, "config": config}
+
+    @functools.cached_property
+    def _passes(self) -> Predicate | None:
+        return None if self.when is None else compile_filter(self.when)
+
+    def passes(self, event: Mapping[str, Any]) -> bool:
+        """Whether the change passes the trigger's ``when`` (no filter: always)."""
+        check = self._passes
+        return check is None or check(event)
 
 
 def trigger_from_spec(spec: Mapping[str, Any] | TriggerSpec) -> Trigger:
@@ -57,11 +71,16 @@ def trigger_from_spec(spec: Mapping[str, Any] | TriggerSpec) -> Trigger:
     """
     if not isinstance(spec, TriggerSpec):
         spec = parse(TriggerSpec, spec, "register_trigger")
-    identity = json.dumps(
-        [spec.function_id, spec.config.scope, spec.config.key, spec.config.condition_function_id],
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
+    when = None if spec.config.when is None else spec.config.when.to_json()
+    parts: list[Any] = [
+        spec.function_id,
+        spec.config.scope,
+        spec.config.key,
+        spec.config.condition_function_id,
+    ]
+    if when is not None:  # (the ids of triggers without one stay what they were)
+        parts.append(when)
+    identity = json.dumps(parts, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
     digest = hashlib.sha256(identity.encode("utf-8", "surrogatepass")).hexdigest()[:24]
     return Trigger(
         id=f"trg_{digest}",
@@ -69,6 +88,7 @@ def trigger_from_spec(spec: Mapping[str, Any] | TriggerSpec) -> Trigger:
         scope=spec.config.scope,
         key=spec.config.key,
         condition_function_id=spec.config.condition_function_id,
+        when=when,
     )
 
 

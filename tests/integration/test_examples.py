@@ -35,6 +35,18 @@ def test_conditional_email_sends_exactly_one(deployment_factory: Any) -> None:
     assert "for the old address: 0" in done.stdout
 
 
+def test_filtered_email_sends_exactly_one_without_a_condition_task(
+    deployment_factory: Any,
+) -> None:
+    deployment = deployment_factory()
+    deployment.worker(includes=("profile_handlers",))
+    done = run_example(deployment, "filtered_email.py")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "verification emails sent for the new address: 1" in done.stdout
+    assert "for the old address: 0" in done.stdout
+    assert "'when': {'all': [{'event_types': ['state:updated']}" in done.stdout
+
+
 def test_user_profile_example_on_a_redis_broker(deployment_factory: Any) -> None:
     deployment = deployment_factory()
     deployment.worker(includes=("profile_handlers",))
