@@ -17,6 +17,7 @@
     state-tasks changes --scope users --limit 10               # one page of the change log
     state-tasks watch --prefix user                            # every change, live, as JSON lines
     state-tasks triggers list
+    state-tasks triggers add users::onEmail --scope users --when '{"changed": ["email"]}'
     state-tasks triggers remove trg_...
     state-tasks console --allow-writes                         # the state in the browser
 
@@ -156,9 +157,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"how long one console call may take (default {DEFAULT_CALL_TIMEOUT_S:g})",
     )
-    triggers = commands.add_parser("triggers", help="list or remove triggers")
+    triggers = commands.add_parser("triggers", help="list, add or remove triggers")
     actions = triggers.add_subparsers(dest="action", required=True, parser_class=_Parser)
     actions.add_parser("list", help="print every registered trigger")
+    add = actions.add_parser("add", help="register a state trigger; print it with its id")
+    add.add_argument("function_id", metavar="FUNCTION", help="the handler's task name")
+    add.add_argument("--scope", help="only changes of SCOPE")
+    add.add_argument("--key", help="only changes of KEY")
+    add.add_argument("--condition", metavar="FUNCTION", help="a condition task's name")
+    add.add_argument(
+        "--when",
+        metavar="FILTER_JSON",
+        help='a declarative filter, e.g. \'{"changed": ["email"]}\' (see docs/triggers.md)',
+    )
     remove = actions.add_parser("remove", help="remove a trigger by id")
     remove.add_argument("trigger_id", metavar="ID")
     return parser
@@ -210,6 +221,22 @@ def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
             {"with_keys": True} if args.keys else {}
         )
     return "state::list_groups", paging | ({"with_counts": True} if args.counts else {})
+
+
+def _trigger_spec(args: argparse.Namespace) -> dict[str, Any]:
+    """``triggers add``'s registration."""
+    config: dict[str, Any] = {
+        name: value
+        for name, value in (
+            ("scope", args.scope),
+            ("key", args.key),
+            ("condition_function_id", args.condition),
+        )
+        if value is not None
+    }
+    if args.when is not None:
+        config["when"] = _json_argument(args.when, "--when")
+    return {"type": "state", "function_id": args.function_id, "config": config}
 
 
 def _log_filter(args: argparse.Namespace) -> dict[str, Any]:
@@ -265,6 +292,8 @@ def run(argv: Sequence[str] | None = None, facade: III | None = None) -> int:
         if args.command == "triggers":
             if args.action == "list":
                 result: Any = facade.list_triggers()
+            elif args.action == "add":
+                result = facade.register_trigger(_trigger_spec(args)).trigger.to_dict()
             elif facade.unregister_trigger(args.trigger_id):
                 result = {"removed": args.trigger_id}
             else:
