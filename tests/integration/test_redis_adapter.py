@@ -75,15 +75,20 @@ def test_key_layout_is_one_hash_per_scope_with_a_groups_index(redis_server: Redi
     adapter.set("a:b", "c", "1")
     adapter.set("a", "b:c", "2")
     adapter.set("{x}", "k", "3")
-    # per scope: the values (s), the sorted key index for paging (k), the versions (v)
-    assert sorted(raw.keys("*")) == [
-        "layout:groups",
-        *[
-            f"layout:{kind}:{{{scope}}}"
-            for kind in ("k", "s", "v")
-            for scope in ("%7Bx%7D", "a:b", "a")
-        ],
-    ]
+    # per scope: the values (s), the sorted key index for paging (k), the versions (v);
+    # the change log (a stream of every scope's changes)
+    assert sorted(raw.keys("*")) == sorted(
+        [
+            "layout:groups",
+            "layout:log",
+            *[
+                f"layout:{kind}:{{{scope}}}"
+                for kind in ("k", "s", "v")
+                for scope in ("%7Bx%7D", "a:b", "a")
+            ],
+        ]
+    )
+    assert raw.type("layout:log") == "stream" and raw.xlen("layout:log") == 3
     assert raw.hgetall("layout:s:{a}") == {"b:c": "2"}
     assert raw.zrange("layout:k:{a}", 0, -1) == ["b:c"]
     assert raw.hgetall("layout:v:{a}") == {"": "1", "b:c": "1"}  # "": the scope's counter
