@@ -157,6 +157,23 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"how long one console call may take (default {DEFAULT_CALL_TIMEOUT_S:g})",
     )
+    console.add_argument(
+        "--certfile", metavar="PEM", help="serve HTTPS with this certificate (and --keyfile)"
+    )
+    console.add_argument("--keyfile", metavar="PEM", help="the certificate's private key")
+    console.add_argument(
+        "--behind-tls-proxy",
+        action="store_true",
+        help="a reverse proxy terminates TLS in front of the console: Secure cookies, "
+        "https origin, a token required",
+    )
+    console.add_argument(
+        "--max-value-bytes",
+        type=int,
+        metavar="BYTES",
+        help="the deployment's largest value (state.yaml max_value_bytes, default 1 MiB); "
+        "a signed-in request body may be twice that plus 64 KiB",
+    )
     triggers = commands.add_parser("triggers", help="list, add or remove triggers")
     actions = triggers.add_subparsers(dest="action", required=True, parser_class=_Parser)
     actions.add_parser("list", help="print every registered trigger")
@@ -323,6 +340,11 @@ def _console(args: argparse.Namespace, facade: III) -> int:
         return _fail(
             EXIT_USAGE, f'the console needs its extra: pip install "state_tasks[console]" ({e})'
         )
+    if args.keyfile and not args.certfile:
+        return _fail(EXIT_USAGE, "--keyfile needs --certfile (the certificate it goes with)")
+    if args.max_value_bytes is not None and args.max_value_bytes < 1:
+        return _fail(EXIT_USAGE, f"--max-value-bytes must be positive, got {args.max_value_bytes}")
+    extra = {} if args.max_value_bytes is None else {"max_value_bytes": args.max_value_bytes}
     return serve(
         facade,
         host=args.host,
@@ -330,6 +352,10 @@ def _console(args: argparse.Namespace, facade: III) -> int:
         allow_writes=args.allow_writes,
         token=args.token,
         call_timeout_s=args.call_timeout,
+        certfile=args.certfile,
+        keyfile=args.keyfile,
+        behind_tls_proxy=args.behind_tls_proxy,
+        **extra,
     )
 
 

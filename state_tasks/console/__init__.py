@@ -6,12 +6,14 @@ console is a client of the deployment like the CLI: every read and write is a st
 function sent through the broker (:mod:`state_tasks.console.gateway`), so it works with
 every adapter, a KvStore living inside a worker included. The live feed reads the
 deployment's change log (``state::changes``) the same way, and resumes from its cursor
-(:mod:`state_tasks.console.changes`).
+(:mod:`state_tasks.console.changes`). The workers' task events give the triggers' runs and
+failures (:mod:`state_tasks.console.workers`); who may sign in, with what, and how large a
+request body may be is :mod:`state_tasks.console.guard`.
 
 Optional: ``pip install "state_tasks[console]"`` (Starlette and uvicorn). The modules
 that need them are :mod:`state_tasks.console.app` and :mod:`state_tasks.console.server`;
-:mod:`state_tasks.console.guard`, :mod:`state_tasks.console.changes` and
-:mod:`state_tasks.console.values` need neither.
+:mod:`state_tasks.console.guard`, :mod:`state_tasks.console.changes`,
+:mod:`state_tasks.console.workers` and :mod:`state_tasks.console.values` need neither.
 """
 
 from __future__ import annotations

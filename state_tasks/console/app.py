@@ -6,19 +6,37 @@ time: a scope of a million keys costs what a page of it costs. Values reach the 
 value over :data:`~state_tasks.console.values.PREVIEW_MAX_CHARS` comes as a cut preview
 until it is opened.
 
+Writes never overwrite unseen changes: every save and delete carries the version the page
+showed (``if_version``); a ``VERSION_CONFLICT`` answer carries the key as it is now
+(``details.theirs``) for the page to show beside the user's edit. A save keeps the key's
+expiry unless told otherwise (``ttl``: ``keep``, ``set`` with ``ms``, ``remove``).
+
+Request bodies have caps, checked from ``Content-Length`` before anything is read (see
+:func:`~state_tasks.console.guard.body_refusal`): a request without the token at most
+:data:`~state_tasks.console.guard.UNAUTHENTICATED_BODY_MAX_BYTES`, any other
+:func:`max_body_bytes` of the largest value.
+
 The live feed (``/api/changes``) is a stream of server-sent events: ``change`` (a row of
 :mod:`state_tasks.console.changes`, its id the change's cursor), ``notice`` (changes that
-cannot be shown: trimmed from the log, or more than a page can be sent) and ``status``
-(whether the change log is read, or off). ``/api/change`` reads one change back from the
-log, its values whole.
+cannot be shown: trimmed from the log, or more than a page can be sent), ``status``
+(whether the change log is read, or off), and ``live`` once the changes the console held
+when the page connected were sent (the page marks only the changes after it). ``/api/change``
+reads one change back from the log, its values whole.
+
+The triggers view gets each trigger's runs from the workers' task events
+(:mod:`state_tasks.console.workers`) and whether a running worker has its function and
+condition (Celery's ``inspect registered``); registering one that none has answers with a
+warning.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -37,10 +55,17 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from state_tasks.adapters.base import DEFAULT_MAX_VALUE_BYTES
 from state_tasks.console.changes import CatchUp, ChangeFeed, Row
 from state_tasks.console.gateway import ConsoleError, StateGateway
-from state_tasks.console.guard import COOKIE_NAME, ConsoleGuard
+from state_tasks.console.guard import (
+    COOKIE_NAME,
+    UNAUTHENTICATED_BODY_MAX_BYTES,
+    ConsoleGuard,
+    body_refusal,
+)
 from state_tasks.console.values import dump, size_of, view
+from state_tasks.console.workers import WorkerWatch
 
 STATIC = Path(__file__).with_name("static")
 #: Keys a page holds by default, and at most.
@@ -51,8 +76,15 @@ FEED_HEARTBEAT_S = 10.0
 #: ``/api/change``: entries read after the change's ``from`` to find it, at most (the first
 #: one read is it, unless a Redis Cluster's buckets interleave otherwise).
 CHANGE_LOOKUP_LIMIT = 50
-#: A request body larger than this is refused (a value is at most 1 MiB as JSON by default).
-MAX_BODY_BYTES = 8 * 1024 * 1024
+#: Room in a request body beyond its value's JSON text twice over (see :func:`max_body_bytes`).
+BODY_MARGIN_BYTES = 64 * 1024
+#: Seconds the sign-in form's body may take to arrive (a client that announces a body and
+#: never sends it holds nothing longer).
+SIGN_IN_BODY_TIMEOUT_S = 10.0
+#: Seconds the console waits for the workers' answers to ``inspect registered``.
+INSPECT_TIMEOUT_S = 1.0
+#: How a save treats the key's expiry unless told (see ``set_value``).
+TTL_MODES = ("keep", "set", "remove")
 
 #: Sent with every response, the sign-in page and the refusals included (none may be framed).
 SECURITY_HEADERS = {
@@ -71,27 +103,57 @@ SIGN_IN_ASSETS = frozenset({"/static/console.css"})
 LOGIN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>state-tasks console: sign in</title><link rel="stylesheet" href="/static/console.css">
 </head><body class="login"><form method="post" action="/login">
-<h1>state-tasks console</h1><p>{message}</p>
+<h1>state-tasks console</h1><p id="login-message" class="{kind}">{message}</p>
 <label>Token <input name="token" type="password" autocomplete="current-password" autofocus></label>
 <button type="submit">Sign in</button></form></body></html>"""
 
 
-def _error(error: ConsoleError) -> JSONResponse:
-    return JSONResponse({"error": error.to_json()}, status_code=error.status)
+def max_body_bytes(max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES) -> int:
+    """The largest request body the console takes from a signed-in user: a value of
+    ``max_value_bytes`` as JSON text travels inside a JSON string, where each quote and
+    backslash doubles, so twice that, plus :data:`BODY_MARGIN_BYTES` for the rest."""
+    return 2 * max_value_bytes + BODY_MARGIN_BYTES
+
+
+def _error(error: ConsoleError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": error.to_json()}, status_code=error.status, headers=headers)
+
+
+def login_page(message: str, status: int = 401, kind: str = "") -> HTMLResponse:
+    """The sign-in page with a sentence (``kind``: ``error`` or ``ok``, its style)."""
+    page = LOGIN_PAGE.format(message=html.escape(message), kind=kind)
+    return HTMLResponse(page, status_code=status, headers={"cache-control": "no-store"})
+
+
+async def read_body(request: Request, limit_bytes: int) -> bytes:
+    """The request's body, refused once it passes ``limit_bytes`` (the middleware already
+    refused a ``Content-Length`` over the cap: this holds whatever the server does)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit_bytes:
+            raise ConsoleError("BODY_TOO_LARGE", f"the request body is over {limit_bytes:,} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class GuardMiddleware:
-    """Host check and token for every request (the sign-in page and its stylesheet aside),
-    and the security headers on every response, refusals included."""
+    """Host check, token and body caps for every request (the sign-in page and its
+    stylesheet need no token), and the security headers on every response, refusals
+    included. How a request was let in is ``request.state.authorization``."""
 
-    def __init__(self, app: ASGIApp, guard: ConsoleGuard) -> None:
+    def __init__(self, app: ASGIApp, guard: ConsoleGuard, max_body_bytes: int) -> None:
         self.app = app
         self.guard = guard
+        self.max_body_bytes = max_body_bytes
 
     def _open(self, request: Request) -> bool:
         """Whether the request is for the sign-in page or what it loads (no token needed)."""
         path = request.url.path
-        return path == "/login" or (path in SIGN_IN_ASSETS and request.method in ("GET", "HEAD"))
+        return path in ("/login", "/logout") or (
+            path in SIGN_IN_ASSETS and request.method in ("GET", "HEAD")
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -109,23 +171,36 @@ class GuardMiddleware:
             await send(message)
 
         request = Request(scope)
+        response: Response
         if not self.guard.host_allowed(request.headers.get("host"), request.url.scheme):
-            response: Response = JSONResponse(
-                {"error": {"code": "FORBIDDEN", "message": "unknown Host header"}},
-                status_code=403,
-            )
-        elif self._open(request) or self.guard.authorized(
+            response = _error(ConsoleError("FORBIDDEN", "unknown Host header"))
+            await response(scope, receive, send_with_headers)
+            return
+        how = self.guard.authorization(
             request.headers.get("authorization"), request.cookies.get(COOKIE_NAME)
-        ):
+        )
+        # Decided from the headers: nothing of a refused body is read, and the connection
+        # is closed after the answer, so the rest of it is never read either.
+        if how is None:
+            refusal = body_refusal(
+                request.headers,
+                UNAUTHENTICATED_BODY_MAX_BYTES,
+                "a request without the console's token may carry",
+            )
+        else:
+            refusal = body_refusal(request.headers, self.max_body_bytes, "this console takes")
+        if refusal is not None:
+            response = _error(
+                ConsoleError(refusal.code, refusal.message), headers={"connection": "close"}
+            )
+        elif how is not None or self._open(request):
+            scope.setdefault("state", {})["authorization"] = how
             await self.app(scope, receive, send_with_headers)
             return
         elif request.url.path.startswith("/api/"):
             response = _error(ConsoleError("UNAUTHORIZED", "send the console's token"))
         else:
-            page = LOGIN_PAGE.format(
-                message="Open the link printed at start-up, or give the token."
-            )
-            response = HTMLResponse(page, status_code=401)
+            response = login_page("Open the link printed at start-up, or give the token.")
         await response(scope, receive, send_with_headers)
 
 
@@ -163,6 +238,79 @@ def _whole(value: Any) -> dict[str, Any]:
     return {"json": text, "size": size_of(text)}
 
 
+def _if_version(data: dict[str, Any]) -> int:
+    value = data.get("if_version")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConsoleError(
+            "VALIDATION_ERROR",
+            "if_version must be the version of the key the page showed (0 for a key that "
+            f"did not exist): a whole number, got {value!r}",
+        )
+    return value
+
+
+def _ttl(raw: Any) -> tuple[str, int | None]:
+    """A save's ``ttl``: ``{"mode": "keep"}`` (the default), ``{"mode": "set", "ms": n}``
+    or ``{"mode": "remove"}``."""
+    if raw is None:
+        return "keep", None
+    mode = raw.get("mode") if isinstance(raw, dict) else None
+    if mode not in TTL_MODES:
+        raise ConsoleError(
+            "VALIDATION_ERROR", f"ttl.mode must be one of {', '.join(TTL_MODES)}, got {mode!r}"
+        )
+    if mode != "set":
+        return mode, None
+    ms = raw.get("ms")
+    if isinstance(ms, bool) or not isinstance(ms, int) or ms < 1:
+        raise ConsoleError(
+            "VALIDATION_ERROR", f"ttl.ms must be a positive whole number, got {ms!r}"
+        )
+    return mode, ms
+
+
+@dataclass(frozen=True)
+class TaskCheck:
+    """The workers' answer to ``inspect registered``: who answered, and the tasks they have."""
+
+    asked: str
+    answered: list[str]
+    names: frozenset[str]
+    timeout_s: float
+    error: str | None = None
+
+    def knows(self, name: str) -> bool | None:
+        """Whether a worker that answered has the task ``name`` (``None``: none answered)."""
+        return (name in self.names) if self.answered else None
+
+    def said(self) -> str:
+        """Who was asked and who answered, in words."""
+        if not self.answered:
+            why = f" ({self.error})" if self.error else ""
+            return f"asked {self.asked}; none answered within {self.timeout_s:g} s{why}"
+        return (
+            f"asked {self.asked}; {len(self.answered)} answered within {self.timeout_s:g} s: "
+            + ", ".join(self.answered)
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "asked": self.asked,
+            "answered": self.answered,
+            "timeout_s": self.timeout_s,
+            "error": self.error,
+            "said": self.said(),
+        }
+
+
+def _trigger_tasks(trigger: dict[str, Any]) -> Iterable[tuple[str, str]]:
+    """(role, task name) of a trigger's function and condition."""
+    yield "function", str(trigger.get("function_id"))
+    condition = (trigger.get("config") or {}).get("condition_function_id")
+    if condition:
+        yield "condition", str(condition)
+
+
 def _sse(event: str, data: Any, event_id: str | None = None) -> str:
     lines = [f"event: {event}"]
     if event_id is not None:
@@ -174,8 +322,19 @@ def _sse(event: str, data: Any, event_id: str | None = None) -> str:
 Handler = Callable[[Request], Awaitable[Any]]
 
 
-def create_console(gateway: StateGateway, feed: ChangeFeed, guard: ConsoleGuard) -> Starlette:
-    """The console's ASGI app over a gateway (reads, writes), a feed (changes) and a guard."""
+def create_console(
+    gateway: StateGateway,
+    feed: ChangeFeed,
+    guard: ConsoleGuard,
+    workers: WorkerWatch | None = None,
+    *,
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+) -> Starlette:
+    """The console's ASGI app over a gateway (reads, writes), a feed (changes), a guard,
+    and the workers' events (runs of the triggers' tasks; ``None``: none are received).
+    ``max_value_bytes``: the deployment's largest value, which sets the body cap."""
+    watch = workers or WorkerWatch(None)
+    body_cap = max_body_bytes(max_value_bytes)
 
     def api(handler: Handler, write: bool = False) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
@@ -186,7 +345,8 @@ def create_console(gateway: StateGateway, feed: ChangeFeed, guard: ConsoleGuard)
                             "WRITES_DISABLED",
                             "this console is read-only: start it with --allow-writes to edit",
                         )
-                    if not guard.same_origin(request.method, request.headers, request.url.scheme):
+                    scheme = guard.scheme(request.url.scheme)
+                    if not guard.same_origin(request.method, request.headers, scheme):
                         raise ConsoleError(
                             "FORBIDDEN", "a write must come from the console's own page"
                         )
@@ -200,9 +360,7 @@ def create_console(gateway: StateGateway, feed: ChangeFeed, guard: ConsoleGuard)
         return endpoint
 
     async def body(request: Request) -> dict[str, Any]:
-        raw = await request.body()
-        if len(raw) > MAX_BODY_BYTES:
-            raise ConsoleError("VALUE_TOO_LARGE", f"the request is over {MAX_BODY_BYTES} bytes")
+        raw = await read_body(request, body_cap)
         data = _json_text(raw.decode("utf-8", "replace"), "the request body")
         if not isinstance(data, dict):
             raise ConsoleError("VALIDATION_ERROR", "the request body must be a JSON object")
@@ -214,6 +372,10 @@ def create_console(gateway: StateGateway, feed: ChangeFeed, guard: ConsoleGuard)
             "writes": guard.allow_writes,
             "feed": feed.status(),
             "page_size": DEFAULT_PAGE_SIZE,
+            # "session": signed in with a cookie (the page offers to sign out)
+            "authorization": getattr(request.state, "authorization", None),
+            "tls": guard.scheme(request.url.scheme) == "https",
+            "max_body_bytes": body_cap,
         }
 
     async def scopes(request: Request) -> Any:
@@ -233,40 +395,71 @@ def create_console(gateway: StateGateway, feed: ChangeFeed, guard: ConsoleGuard)
         items = [{"key": item["key"], **view(item["value"])} for item in page["items"]]
         return {"items": items, "cursor": page["cursor"]}
 
-    async def value(request: Request) -> Any:
-        params = dict(request.query_params)
-        scope, key = _required(params, "scope"), _required(params, "key")
-        # With its version: a missing key is at version 0, one that holds null at 1 or more.
+    async def current(scope: str, key: str) -> dict[str, Any]:
+        """The key as it is now: its JSON text once (``None`` when it does not exist), its
+        size, version (0: none) and expiry. A missing key is at version 0, one that holds
+        null at 1 or more."""
         got = await gateway.call("state::get", {"scope": scope, "key": key, "with_version": True})
-        if not got.get("version"):
-            raise ConsoleError("NOT_FOUND", f"scope {scope!r} has no key {key!r}")
-        text = dump(got["value"])
+        version = got.get("version") or 0
+        text = dump(got["value"]) if version else None
         return {
-            "scope": scope,
-            "key": key,
             "json": text,
-            "pretty": dump(got["value"], indent=2),
-            "size": size_of(text),
-            "version": got["version"],
+            "size": size_of(text) if text is not None else 0,
+            "version": version,
             "expires_in_ms": got.get("expires_in_ms"),
         }
 
+    async def checked(write: Awaitable[Any], scope: str, key: str) -> Any:
+        """Run a write sent with ``if_version``; on a ``VERSION_CONFLICT`` add the key as it
+        is now (``details.theirs``), read right after, for the page to show."""
+        try:
+            return await write
+        except ConsoleError as e:
+            if e.code != "VERSION_CONFLICT":
+                raise
+            try:
+                theirs: dict[str, Any] | None = await current(scope, key)
+            except ConsoleError:
+                theirs = None  # the page offers to reload
+            raise ConsoleError(e.code, e.message, {**(e.details or {}), "theirs": theirs}) from None
+
+    async def value(request: Request) -> Any:
+        params = dict(request.query_params)
+        scope, key = _required(params, "scope"), _required(params, "key")
+        now = await current(scope, key)
+        if not now["version"]:
+            raise ConsoleError("NOT_FOUND", f"scope {scope!r} has no key {key!r}")
+        return {"scope": scope, "key": key, **now}
+
     async def set_value(request: Request) -> Any:
+        """Save a value with the version the page showed. Its expiry: ``keep`` sends
+        ``state::update`` with one ``set`` op of the whole value (an update without
+        ``ttl_ms`` keeps the key's expiry, in the same atomic step: no clock is read);
+        ``set`` and ``remove`` send ``state::set`` with and without ``ttl_ms``."""
         data = await body(request)
         scope, key = _required(data, "scope"), _required(data, "key")
         new = _json_text(data.get("value_json"), "the value")
-        result = await gateway.call("state::set", {"scope": scope, "key": key, "value": new})
+        base = {"scope": scope, "key": key, "if_version": _if_version(data)}
+        mode, ttl_ms = _ttl(data.get("ttl"))
+        if mode == "keep":
+            write = gateway.call("state::update", base | {"ops": [{"set": new}]})
+        else:
+            ttl = {"ttl_ms": ttl_ms} if ttl_ms is not None else {}
+            write = gateway.call("state::set", base | {"value": new} | ttl)
+        result = await checked(write, scope, key)
         return {
             "old_json": dump(result.get("old_value")),
             "new_json": dump(new),
             "version": result.get("version"),
+            "ttl": mode,
         }
 
     async def update_value(request: Request) -> Any:
         data = await body(request)
         scope, key = _required(data, "scope"), _required(data, "key")
         ops = _json_text(data.get("ops_json"), "the update ops")
-        result = await gateway.call("state::update", {"scope": scope, "key": key, "ops": ops})
+        payload = {"scope": scope, "key": key, "ops": ops, "if_version": _if_version(data)}
+        result = await checked(gateway.call("state::update", payload), scope, key)
         return {
             "old_json": dump(result.get("old_value")),
             "new_json": dump(result.get("new_value")),
@@ -276,11 +469,42 @@ def create_console(gateway: StateGateway, feed: ChangeFeed, guard: ConsoleGuard)
     async def delete_value(request: Request) -> Any:
         data = await body(request)
         scope, key = _required(data, "scope"), _required(data, "key")
-        old = await gateway.call("state::delete", {"scope": scope, "key": key})
+        payload = {"scope": scope, "key": key, "if_version": _if_version(data)}
+        old = await checked(gateway.call("state::delete", payload), scope, key)
         return {"old_json": dump(old)}
 
+    async def check_tasks() -> TaskCheck:
+        """Ask every worker which tasks it has (``inspect registered``), waiting at most
+        :data:`INSPECT_TIMEOUT_S`, or until the workers seen alive have answered."""
+        asked = f"every worker on {gateway.where()}"
+        try:
+            answers = await gateway.registered_tasks(
+                INSPECT_TIMEOUT_S, expected=len(watch.alive_workers()) or None
+            )
+        except ConsoleError as e:
+            return TaskCheck(asked, [], frozenset(), INSPECT_TIMEOUT_S, f"{e.code}: {e.message}")
+        names = frozenset(name for tasks in answers.values() for name in tasks)
+        return TaskCheck(asked, sorted(answers), names, INSPECT_TIMEOUT_S)
+
     async def triggers(request: Request) -> Any:
-        return {"items": await gateway.list_triggers()}
+        items = await gateway.list_triggers()
+        check = await check_tasks()
+        names: set[str] = set()
+        for trigger in items:
+            trigger["known"] = {}
+            for role, name in _trigger_tasks(trigger):
+                trigger["known"][role] = check.knows(name)
+                names.add(name)
+        return {
+            "items": items,
+            "workers": check.to_json(),
+            "runs": watch.runs(sorted(names)),
+            "events": watch.status(),
+        }
+
+    async def trigger_runs(request: Request) -> Any:
+        names = request.query_params.getlist("name")
+        return {"runs": watch.runs(names), "events": watch.status()}
 
     async def register_trigger(request: Request) -> Any:
         data = await body(request)
@@ -290,7 +514,29 @@ def create_console(gateway: StateGateway, feed: ChangeFeed, guard: ConsoleGuard)
             if isinstance(data.get(name), str) and data[name]
         }
         spec = {"type": "state", "function_id": data.get("function_id"), "config": config}
-        return {"id": await gateway.register_trigger(spec)}
+        trigger_id = await gateway.register_trigger(spec)
+        check = await check_tasks()
+        warnings = []
+        for role, name in _trigger_tasks({"function_id": spec["function_id"], "config": config}):
+            if check.knows(name) is False:
+                warnings.append(
+                    {
+                        "code": f"UNKNOWN_{role.upper()}",
+                        "message": f"no running worker has the {role} {name!r} ({check.said()}). "
+                        "Until a worker that has it runs, each change this trigger matches "
+                        "sends a task that no worker runs (a worker logs 'Received "
+                        "unregistered task').",
+                    }
+                )
+        if not check.answered:
+            warnings.append(
+                {
+                    "code": "NO_WORKER_ANSWERED",
+                    "message": f"whether a worker has {spec['function_id']!r} cannot be told: "
+                    f"{check.said()}.",
+                }
+            )
+        return {"id": trigger_id, "warnings": warnings, "workers": check.to_json()}
 
     async def unregister_trigger(request: Request) -> Any:
         trigger_id = _required(await body(request), "id")
@@ -374,6 +620,7 @@ def create_console(gateway: StateGateway, feed: ChangeFeed, guard: ConsoleGuard)
                             if (text := event(row)) is not None:
                                 yield text
                         next_seq, sent = catch_up.start_seq, catch_up.sent
+                live = False  # whether the page was told that what follows is new
                 while True:
                     wake.clear()
                     rows = feed.rows_from(next_seq)
@@ -396,6 +643,11 @@ def create_console(gateway: StateGateway, feed: ChangeFeed, guard: ConsoleGuard)
                         if (text := event(row)) is not None:
                             yield text
                             passed = position
+                    if not live:
+                        # what the console held when the page connected was sent: the
+                        # changes after this are newer than the page
+                        live = True
+                        yield _sse("live", {})
                     current = feed.status()
                     if current != status or position != passed:
                         # a status event carries the position past filtered-out changes
@@ -418,34 +670,81 @@ def create_console(gateway: StateGateway, feed: ChangeFeed, guard: ConsoleGuard)
         return FileResponse(STATIC / "index.html", headers={"cache-control": "no-store"})
 
     async def login(request: Request) -> Response:
-        if request.method == "POST":
-            # A plain form post (no multipart parser needed for one field).
-            form = parse_qs((await request.body())[:4096].decode("utf-8", "replace"))
-            offered = (form.get("token") or [""])[0]
-            ok = bool(offered) and guard.authorized(f"Bearer {offered}", None)
-            ok = ok and guard.same_origin("POST", request.headers, request.url.scheme)
-        else:
-            ok = guard.redeem(request.query_params.get("code"))
-        if not ok or guard.token is None:
-            message = (
-                "That link was used already or is not valid; give the token instead."
-                if guard.token is not None
-                else "This console needs no sign-in."
+        """Sign in with the one-time link's code (GET) or the token typed in (POST): a new
+        session, its id in the cookie."""
+        if guard.token is None:
+            return login_page("This console needs no sign-in.", 200, "ok")
+        scheme = guard.scheme(request.url.scheme)
+        client = request.client.host if request.client else "unknown"
+        if request.method == "GET" and "code" not in request.query_params:
+            if request.query_params.get("signed_out"):
+                return login_page("You are signed out.", 200, "ok")
+            return login_page("Open the link printed at start-up, or give the token.", 200)
+        wait_s = guard.throttle.wait_s(client)
+        if wait_s > 0:
+            return login_page(
+                f"Too many wrong tokens from this address; try again in {wait_s:.0f} s.",
+                429,
+                "error",
             )
-            return HTMLResponse(LOGIN_PAGE.format(message=message), status_code=401)
+        if request.method == "POST":
+            if not guard.same_origin("POST", request.headers, scheme):
+                return login_page("Sign in from this console's own page.", 403, "error")
+            # A plain form post (no multipart parser needed for one field).
+            try:
+                raw = await asyncio.wait_for(
+                    read_body(request, UNAUTHENTICATED_BODY_MAX_BYTES), SIGN_IN_BODY_TIMEOUT_S
+                )
+            except ConsoleError as e:
+                return login_page(e.message, e.status, "error")
+            except TimeoutError:
+                return login_page("The sign-in form did not arrive in time.", 408, "error")
+            form = parse_qs(raw.decode("utf-8", "replace"))
+            if not guard.token_matches((form.get("token") or [""])[0]):
+                guard.throttle.failed(client)
+                return login_page(
+                    "Wrong token: check it and try again (it was printed at start-up, or "
+                    "set with --token or STATE_TASKS_CONSOLE_TOKEN).",
+                    401,
+                    "error",
+                )
+        else:
+            redeemed = guard.redeem(request.query_params.get("code"))
+            if redeemed != "ok":
+                guard.throttle.failed(client)
+                message = (
+                    "That sign-in link was used already (it works once); give the token."
+                    if redeemed == "used"
+                    else "That sign-in link is not valid (from an earlier run of the "
+                    "console?); give the token."
+                )
+                return login_page(message, 401, "error")
         response = RedirectResponse("/", status_code=303)
         response.set_cookie(
             COOKIE_NAME,
-            guard.token,
+            guard.sessions.begin(),
             httponly=True,
             samesite="strict",
-            secure=request.url.scheme == "https",
+            secure=scheme == "https",
+        )
+        return response
+
+    async def logout(request: Request) -> Response:
+        """Sign out: the session ends, the cookie is cleared."""
+        scheme = guard.scheme(request.url.scheme)
+        if not guard.same_origin("POST", request.headers, scheme):
+            return login_page("Sign out from this console's own page.", 403, "error")
+        guard.sessions.end(request.cookies.get(COOKIE_NAME))
+        response = RedirectResponse("/login?signed_out=1", status_code=303)
+        response.delete_cookie(
+            COOKIE_NAME, httponly=True, samesite="strict", secure=scheme == "https"
         )
         return response
 
     routes = [
         Route("/", index),
         Route("/login", login, methods=["GET", "POST"]),
+        Route("/logout", logout, methods=["POST"]),
         Route("/api/info", api(info)),
         Route("/api/scopes", api(scopes)),
         Route("/api/keys", api(keys)),
@@ -454,6 +753,7 @@ def create_console(gateway: StateGateway, feed: ChangeFeed, guard: ConsoleGuard)
         Route("/api/update", api(update_value, write=True), methods=["POST"]),
         Route("/api/delete", api(delete_value, write=True), methods=["POST"]),
         Route("/api/triggers", api(triggers)),
+        Route("/api/triggers/runs", api(trigger_runs)),
         Route("/api/triggers/register", api(register_trigger, write=True), methods=["POST"]),
         Route("/api/triggers/unregister", api(unregister_trigger, write=True), methods=["POST"]),
         Route("/api/changes", changes),
@@ -467,8 +767,9 @@ def create_console(gateway: StateGateway, feed: ChangeFeed, guard: ConsoleGuard)
             yield
         finally:
             feed.stop()
+            watch.stop()
             gateway.close()
 
     app = Starlette(routes=routes, lifespan=lifespan)
-    app.add_middleware(GuardMiddleware, guard=guard)
+    app.add_middleware(GuardMiddleware, guard=guard, max_body_bytes=body_cap)
     return app

@@ -13,7 +13,7 @@ the console's gateway, as every other console read: a worker answers, whatever t
 adapter. A read that returns a full page (:data:`DEFAULT_READ_LIMIT`) reads on at once;
 otherwise the next one is :data:`DEFAULT_POLL_INTERVAL_S` later, so a change shows within
 about half a second. The last :data:`DEFAULT_BACKLOG` rows are kept for the pages, and
-whether the reads succeed is the page's live dot (green while a worker answers them).
+whether the reads succeed is the page's live dot: the status's ``state`` (:data:`STATES`).
 
 Where it resumes:
 
@@ -78,6 +78,14 @@ CATCH_UP_MAX = 1000
 #: Failed reads after a ``COMPACTED`` in a row before a reader gives up (the log is trimmed
 #: faster than it can be read).
 MAX_COMPACTED_RETRIES = 3
+
+#: The feed's states, as the page's dot shows them: ``connecting`` (no answer yet, hollow),
+#: ``live`` (a worker answers the reads, green), ``no_worker`` (the broker takes the reads
+#: but no worker answers within the call timeout, grey), ``unreachable`` (the broker cannot
+#: be reached, red), ``error`` (another failure, red), ``off`` (the change log is off, amber).
+STATES = ("connecting", "live", "no_worker", "unreachable", "error", "off")
+#: The state of each failure code (any other: ``error``).
+STATE_OF_CODE = {"TIMEOUT": "no_worker", "BROKER_UNREACHABLE": "unreachable", "CONFIG_ERROR": "off"}
 
 Row = dict[str, Any]
 Read = Callable[[dict[str, Any]], Any]
@@ -223,7 +231,12 @@ class ChangeFeed:
         self._positions_of: dict[int, list[str]] = {}
         self._seq_of_event: dict[str, int] = {}
         self._listeners: list[Listener] = []
-        self._status: dict[str, Any] = {"connected": False, "error": None, "log": None}
+        self._status: dict[str, Any] = {
+            "connected": False,
+            "error": None,
+            "log": None,
+            "state": "connecting",
+        }
         #: The position after the last change read (``None``: from the oldest kept).
         self.cursor: str | None = None
         self._last_time: str | None = None  # the timestamp of the last change read
@@ -256,7 +269,8 @@ class ChangeFeed:
 
     def status(self) -> dict[str, Any]:
         """``connected`` (the last read was answered), ``error`` (why not, no password),
-        ``log`` (``"on"``, ``"off"``, or ``None`` before the first answer)."""
+        ``log`` (``"on"``, ``"off"``, or ``None`` before the first answer), ``state`` (one of
+        :data:`STATES`)."""
         with self._lock:
             return dict(self._status)
 
@@ -320,7 +334,7 @@ class ChangeFeed:
             self.cursor = answer.get("cursor") or previous
             if entries:
                 self._last_time = entries[-1]["timestamp"]
-        self._publish(rows, {"connected": True, "error": None, "log": "on"})
+        self._publish(rows, {"connected": True, "error": None, "log": "on", "state": "live"})
         self.save()
         return 0.0 if len(entries) >= self.read_limit else self.poll_interval_s
 
@@ -351,9 +365,18 @@ class ChangeFeed:
             self._publish([notice("reset", message)], None)
             return 0.0
         if error.code == "CONFIG_ERROR":
-            self._publish([], {"connected": True, "error": error.message, "log": "off"})
+            self._publish(
+                [], {"connected": True, "error": error.message, "log": "off", "state": "off"}
+            )
             return LOG_OFF_RETRY_S
-        self._publish([], {"connected": False, "error": f"{error.code}: {error.message}"})
+        self._publish(
+            [],
+            {
+                "connected": False,
+                "error": f"{error.code}: {error.message}",
+                "state": STATE_OF_CODE.get(error.code, "error"),
+            },
+        )
         return RETRY_S
 
     def _publish(self, rows: list[Row], status: dict[str, Any] | None) -> None:

@@ -42,6 +42,12 @@ STATUS_OF = {
     # state::changes: the log no longer holds the position asked for; the log is off
     "COMPACTED": 410,
     "CONFIG_ERROR": 501,
+    # if_version did not match: the page shows theirs and yours
+    "VERSION_CONFLICT": 409,
+    # request bodies (see state_tasks.console.guard.body_refusal)
+    "BODY_TOO_LARGE": 413,
+    "LENGTH_REQUIRED": 411,
+    "TOO_MANY_ATTEMPTS": 429,
 }
 
 
@@ -146,6 +152,19 @@ class StateGateway:
                 "triggers::unregister",
             )
         )
+
+    async def registered_tasks(
+        self, timeout_s: float, expected: int | None = None
+    ) -> dict[str, list[str]]:
+        """Celery's ``inspect registered``, asked of every worker on the broker: each worker
+        that answered within ``timeout_s`` (or once ``expected`` have), with its task names.
+        No worker answering is ``{}``."""
+        inspect = self.facade.app.control.inspect(timeout=timeout_s, limit=expected or None)
+        answers = await self._run(inspect.registered, "inspect registered")
+        return {
+            str(worker): [str(name).split(" ", 1)[0] for name in names or ()]
+            for worker, names in (answers or {}).items()
+        }
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -233,6 +233,11 @@ def test_a_user_sees_a_scope_appear_opens_edits_and_watches_the_change_arrive(
     feed_row(browser, scope, "profile", "state:updated", '"n": 3')
     assert time.monotonic() - sent < FEED_DEADLINE_S
 
+    # The open key says it changed; reloaded, it shows the version an edit is based on
+    wait_for(browser, "#changed-note button", text="Reload").click()
+    version = kv_deployment.call("state::get", scope=scope, key="profile", with_version=True)
+    wait_for(browser, "#value-version", text=f"version {version['version']}")
+
     # An error from a state function shows as its code and message
     wait_for(browser, "#update-ops").click()
     set_editor(browser, '[{"increment": {"field": "tags"}}]')
@@ -297,7 +302,7 @@ def test_writes_need_the_same_origin_and_the_loopback_host(
 ) -> None:
     console = console_factory("--allow-writes")
     scope = f"console-csrf-{uuid.uuid4().hex[:8]}"
-    body = {"scope": scope, "key": "k", "value_json": "1"}
+    body = {"scope": scope, "key": "k", "value_json": "1", "if_version": 0}
     status, answer, _ = console.request("/api/set", body, {"origin": "http://evil.example"})
     assert (status, answer["error"]["code"]) == (403, "FORBIDDEN")
     status, answer, _ = console.request("/api/set", body)  # no Origin, no Referer
@@ -463,9 +468,11 @@ def test_versions_and_expiry_on_the_key_page_and_in_the_feed(
 
 
 def trigger_row(browser: Any, trigger_id: str) -> list[str]:
-    """The cells of a trigger's row in the triggers view: function, scope, key, condition, id."""
+    """The cells of a trigger's row in the triggers view: function, scope, key, condition, id
+    (runs and the last error, between condition and id, aside)."""
     row = wait_for(browser, f'#triggers tr[data-id="{trigger_id}"]')
-    return [cell.text for cell in row.find_elements("css selector", "td")][:5]
+    cells = [cell.text for cell in row.find_elements("css selector", "td")]
+    return cells[:4] + cells[6:7]
 
 
 def gone_from_page(browser: Any, css: str) -> None:

@@ -148,6 +148,7 @@ def test_the_sign_in_page_gets_its_stylesheet_without_the_token() -> None:
     [
         ("/", {}, 401),  # the sign-in page
         ("/api/info", {}, 401),
+        ("/login", {}, 200),
         ("/login?code=nope", {}, 401),
         ("/api/info", {"authorization": f"Bearer {TOKEN}"}, 200),
         ("/nowhere", {"authorization": f"Bearer {TOKEN}"}, 404),
@@ -156,7 +157,7 @@ def test_the_sign_in_page_gets_its_stylesheet_without_the_token() -> None:
 def test_every_response_carries_the_security_headers(
     path: str, headers: dict[str, str], status: int
 ) -> None:
-    got_status, got_headers, _ = get(console(), path.split("?")[0], headers)
+    got_status, got_headers, _ = get(console(), path, headers)
     assert got_status == status
     assert_secured(got_headers)
 
@@ -179,10 +180,11 @@ Event = tuple[str, str, Any]
 
 
 def feed_events(
-    app: Any, wanted: int, last_event_id: str | None = None, **query: str
+    app: Any, wanted: int, last_event_id: str | None = None, stop_at: str = "", **query: str
 ) -> list[Event]:
-    """The first ``wanted`` change and notice events of ``/api/changes``, and the status
-    events among them: (id, event, data)."""
+    """The first ``wanted`` change and notice events of ``/api/changes`` (and, with
+    ``stop_at``, up to the first event of that kind), and the status and live events among
+    them: (id, event, data)."""
     headers = [(b"host", b"127.0.0.1:8765")]
     if last_event_id is not None:
         headers.append((b"last-event-id", last_event_id.encode()))
@@ -220,7 +222,8 @@ def feed_events(
                 if "event" in fields:
                     data = json.loads(fields["data"])
                     events.append((fields.get("id", ""), fields["event"], data))
-            if len([e for e in events if e[1] != "status"]) >= wanted:
+            enough = len([e for e in events if e[1] not in ("status", "live")]) >= wanted
+            if enough and (not stop_at or any(e[1] == stop_at for e in events)):
                 done.set()
 
         await asyncio.wait_for(app(scope, receive, send), 5)
@@ -234,7 +237,7 @@ def shown(events: list[Event]) -> list[Any]:
     return [
         data["key"] if kind == "change" else data["notice"]
         for _, kind, data in events
-        if kind != "status"
+        if kind not in ("status", "live")
     ]
 
 
@@ -342,3 +345,14 @@ def test_a_long_value_is_a_preview_in_the_feed_and_read_back_whole() -> None:
     query = urlencode({"from": row["from"], "event_id": "v-gone"})
     status, _, body = get(app, f"/api/change?{query}", {"host": "127.0.0.1:8765"})
     assert status == 404 and "current value" in json.loads(body)["error"]["message"]
+
+
+def test_the_page_is_told_where_the_changes_newer_than_it_begin() -> None:
+    gateway = Gateway()
+    gateway.set("s", "before-the-page", 1)
+    feed = gateway.feed()
+    feed.poll()
+    events = feed_events(console("127.0.0.1", feed=feed, gateway=gateway), 1, stop_at="live")
+    kinds = [kind for _, kind, _ in events]
+    # the changes the console held come first; the page marks only those after "live"
+    assert kinds.index("change") < kinds.index("live")

@@ -87,7 +87,7 @@ def test_rows_hold_exact_values_and_a_long_one_as_a_preview_with_its_size() -> N
     # Each row says where it was read from: the one before it's cursor (the first: none)
     assert big_row["from"] is None and small_row["from"] == big_row["cursor"]
     assert feed.cursor == small_row["cursor"]
-    assert feed.status() == {"connected": True, "error": None, "log": "on"}
+    assert feed.status() == {"connected": True, "error": None, "log": "on", "state": "live"}
 
 
 def test_each_batch_operation_and_a_delete_are_rows_with_their_keys() -> None:
@@ -261,6 +261,7 @@ def test_a_failed_read_is_shown_and_the_next_one_goes_on() -> None:
         "connected": False,
         "error": "BROKER_UNREACHABLE: cannot reach the broker at redis://h",
         "log": None,
+        "state": "unreachable",  # the page's dot: red
     }
     assert feed.poll() == RETRY_S and len(woken) == 1  # the same status: no wake-up
     failing[0] = False
