@@ -508,11 +508,19 @@ def create_console(
 
     async def register_trigger(request: Request) -> Any:
         data = await body(request)
-        config = {
+        config: dict[str, Any] = {
             name: data[name]
             for name in ("scope", "key", "condition_function_id")
             if isinstance(data.get(name), str) and data[name]
         }
+        when = data.get("when")
+        if isinstance(when, str) and when.strip():  # the form's text: a filter as JSON
+            try:
+                when = json.loads(when)
+            except ValueError as e:
+                raise ConsoleError("VALIDATION_ERROR", f"'when' is not valid JSON: {e}") from None
+        if when not in (None, ""):
+            config["when"] = when
         spec = {"type": "state", "function_id": data.get("function_id"), "config": config}
         trigger_id = await gateway.register_trigger(spec)
         check = await check_tasks()

@@ -469,10 +469,10 @@ def test_versions_and_expiry_on_the_key_page_and_in_the_feed(
 
 def trigger_row(browser: Any, trigger_id: str) -> list[str]:
     """The cells of a trigger's row in the triggers view: function, scope, key, condition, id
-    (runs and the last error, between condition and id, aside)."""
+    (its filter, runs and the last error, between condition and id, aside)."""
     row = wait_for(browser, f'#triggers tr[data-id="{trigger_id}"]')
     cells = [cell.text for cell in row.find_elements("css selector", "td")]
-    return cells[:4] + cells[6:7]
+    return cells[:4] + cells[7:8]
 
 
 def gone_from_page(browser: Any, css: str) -> None:

@@ -458,7 +458,7 @@ def test_every_view_stays_readable_with_long_values_hidden_characters_and_old_ch
 
 def trigger_cells(browser: Any, trigger_id: str) -> dict[str, str]:
     row = wait_for(browser, f'#triggers tr[data-id="{trigger_id}"]')
-    names = ["function", "scope", "key", "condition", "runs", "last_error", "id"]
+    names = ["function", "scope", "key", "condition", "when", "runs", "last_error", "id"]
     cells = row.find_elements("css selector", "td")
     return {name: cell.text for name, cell in zip(names, cells, strict=False)}
 
@@ -506,16 +506,24 @@ def test_triggers_say_when_no_worker_can_run_them_and_how_they_ran(
         wait_for(browser, "#triggers", text=f"{scope}-broken")
         field["function_id"].send_keys("test::onScope")
         field["scope"].send_keys(f"{scope}-ok")
+        form.find_element("css selector", 'input[name="when"]').send_keys('{"path": "n", "gte": 1}')
         form.find_element("css selector", 'button[type="submit"]').click()
         wait_for(browser, "#triggers", text=f"{scope}-ok")
         assert not browser.find_element("css selector", "#trigger-warnings").is_displayed()
         ids = {t["config"].get("scope"): t["id"] for t in iii.list_triggers()}
+        # its filter is shown as registered, and judged: {"n": 0} sends nothing
+        assert trigger_cells(browser, ids[f"{scope}-ok"])["when"] == '{"path":"n","gte":1}'
+        assert trigger_cells(browser, ids[f"{scope}-broken"])["when"] == "always"
         for i in range(2):
             triggered.call("state::set", scope=f"{scope}-broken", key="k", value=i)
-        triggered.call("state::set", scope=f"{scope}-ok", key="k", value=1)
-        wait_for(browser, f'#triggers tr[data-id="{ids[scope + "-ok"]}"] td.runs', 15, "1 run")
+        triggered.call("state::set", scope=f"{scope}-ok", key="k", value={"n": 0})
+        triggered.call("state::set", scope=f"{scope}-ok", key="k", value={"n": 1})
+        ok_runs = f'#triggers tr[data-id="{ids[scope + "-ok"]}"] td.runs'
+        wait_for(browser, ok_runs, 15, "1 run")
         broken = f'#triggers tr[data-id="{ids[scope + "-broken"]}"]'
         wait_for(browser, f"{broken} td.runs", 15, "condition: 2 runs · 2 failed")
+        # (the runs are refreshed every 3 s: by now the refused {"n": 0} would show too)
+        assert browser.find_element("css selector", ok_runs).text.startswith("1 run ")
         cells = trigger_cells(browser, ids[f"{scope}-broken"])
         assert "RuntimeError('this condition always fails')" in browser.find_element(
             "css selector", f"{broken} td.last-error span"

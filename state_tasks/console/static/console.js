@@ -864,6 +864,7 @@ function triggersView() {
     },
     h("td", { class: "mono fn" }, taskName(t.function_id, t.known.function)), cell(t.config.scope), cell(t.config.key),
     h("td", { class: "mono cond" }, taskName(t.config.condition_function_id, t.known.condition)),
+    whenCell(t.config.when),
     h("td", { class: "runs" }), h("td", { class: "last-error" }),
     h("td", { class: "mono muted small trigger-id", title: t.id, text: t.id }),
     h("td", { class: "actions" }, h("button", {
@@ -872,7 +873,7 @@ function triggersView() {
     }, "Unregister"))));
     names = [...new Set(result.items.flatMap((t) => [t.function_id, t.config.condition_function_id].filter(Boolean)))];
     const table = rows.length
-      ? grid("triggers", [["Function", "fn"], ["Scope", "scope"], ["Key", "tkey"], ["Condition", "fn"], ["Runs", "runs"], ["Last error"], ["Id", "id"], ["", "actions"]], rows)
+      ? grid("triggers", [["Function", "fn"], ["Scope", "scope"], ["Key", "tkey"], ["Condition", "fn"], ["When", "when"], ["Runs", "runs"], ["Last error"], ["Id", "id"], ["", "actions"]], rows)
       : null;
     body.replaceChildren(table || h("div", { class: "empty", text: "No trigger is registered." }));
     fillRuns(table, result.runs, result.events);
@@ -903,10 +904,22 @@ function triggersView() {
   },
   field("function_id", "Function id"), field("scope", "Scope (any)"), field("key", "Key (any)"),
   field("condition_function_id", "Condition function (none)"),
+  h("label", {}, "When (a filter as JSON, none)", h("input", {
+    name: "when", "aria-label": "When (a filter as JSON, none)", class: "mono",
+    placeholder: '{"changed": ["email"]}',
+  })),
   h("button", { type: "submit", class: "primary", disabled: !state.writes, title: writesTitle() }, "Register"));
   $("#view").replaceChildren(h("h1", {}, "Triggers"), form, warnings, workers, events, body);
   reload();
   state.timer = setInterval(refreshRuns, 3000);
+}
+
+// A trigger's declarative filter (config.when), on one line, cut within its cell (the whole
+// JSON on hover); none: "always".
+function whenCell(when) {
+  if (when === undefined || when === null) return h("td", { class: "when" }, h("span", { class: "muted", text: "always" }));
+  const text = JSON.stringify(when);
+  return h("td", { class: "mono small when", title: text }, visible(text));
 }
 
 function confirmUnregister(trigger, after) {
