@@ -13,6 +13,7 @@ from typing import Any
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
+from state_tasks.core.connect_errors import likely_cause
 from state_tasks.core.urls import redact_url
 
 #: What a call through the broker raises when the broker or the result backend cannot be
@@ -57,12 +58,36 @@ def where(app: Any) -> str:
 
 
 def describe_unreachable(app: Any, error: BaseException) -> str:
-    """One line for one of :data:`UNREACHABLE_ERRORS`: where, and what went wrong."""
+    """One line for one of :data:`UNREACHABLE_ERRORS`: which server, what went wrong, and
+    the likely mistake behind it when the error tells (:func:`likely_cause`)."""
+    # (one URL for both: "the broker", as the CLI and the console have always said)
+    results = _from_results(error) and app.conf.result_backend != app.conf.broker_url
+    server = "the result backend" if results else "the broker"
+    url = str(app.conf.result_backend if results else app.conf.broker_url)
+    cause = likely_cause(error, url)
+    hint = f"; {cause}" if cause else ""
+    at = redact_url(url) if results else where(app)
     tls = _tls_failure(error)
     if tls is not None:
-        return f"TLS with the broker at {where(app)} failed: {redact(app, tls)}"
-    detail = redact(app, " ".join(str(error).split()))
-    return f"cannot reach the broker at {where(app)}: {detail}"
+        return f"TLS with {server} at {at} failed: {redact(app, tls)}{hint}"
+    detail = redact(app, " ".join(str(_innermost(error)).split()))
+    if hint:
+        detail = detail.rstrip(".")
+    return f"cannot reach {server} at {at}: {detail}{hint}"
+
+
+def _from_results(error: BaseException) -> bool:
+    """Whether the result backend failed (Celery wraps its last error in a RuntimeError)."""
+    return isinstance(error, RuntimeError) and "result store backend" in " ".join(
+        str(error).split()
+    )
+
+
+def _innermost(error: BaseException) -> BaseException:
+    """The driver's error under Celery's "retry limit exceeded" (it says what failed)."""
+    if _from_results(error) and error.__cause__ is not None:
+        return error.__cause__
+    return error
 
 
 def _tls_failure(error: BaseException) -> str | None:

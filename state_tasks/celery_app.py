@@ -6,13 +6,14 @@ import os
 import types
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 from celery.utils.imports import import_from_cwd
 
+from state_tasks.core.connect_errors import bound_tls_handshakes
 from state_tasks.core.errors import ConfigError
 from state_tasks.core.urls import is_embedded_broker
 from state_tasks.embedded_broker import result_folder  # (registers our schemes on import)
-from state_tasks.security import limit_json_depth, setup_signing
+from state_tasks.security import bind_headers, limit_json_depth, setup_signing
 
 #: Modules every worker imports: the state tasks, the trigger tasks, the worker's checks.
 TASK_MODULES = ("state_tasks.tasks", "state_tasks.triggers.tasks", "state_tasks.worker")
@@ -44,6 +45,19 @@ def user_overrides() -> dict[str, Any]:
         for setting, value in vars(module).items()
         if not setting.startswith("_") and not isinstance(value, types.ModuleType)
     }
+
+
+# A rediss:// broker or result backend on a plain port fails in seconds, not never.
+bound_tls_handshakes()
+
+
+@signals.before_task_publish.connect(weak=False, dispatch_uid="state_tasks.bind_headers")
+def _bind_headers(body: Any = None, headers: Any = None, **_: Any) -> None:
+    """Every task message sent from this process carries, in its body, a copy of the
+    headers that decide what runs: with signing on, the signature covers them, and a
+    worker refuses a message whose headers were changed (:func:`bind_headers`)."""
+    if headers is not None:
+        bind_headers(headers, body)
 
 
 def create_app(name: str = "state_tasks", **settings: Any) -> Celery:

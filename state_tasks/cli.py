@@ -20,11 +20,13 @@
     state-tasks triggers add users::onEmail --scope users --when '{"changed": ["email"]}'
     state-tasks triggers remove trg_...
     state-tasks console --allow-writes                         # the state in the browser
+    state-tasks redis install-functions --url redis://admin:...@host:6379/0  # use_functions
 
 It reads the same environment as a worker (``CELERY_BROKER_URL``, ``REDIS_URL``, ...).
 Output is JSON (indented on a terminal). Exit codes: 0 success, 1 a ``StateError``
-from the state functions, 2 bad usage or bad JSON, 3 the broker or the workers could
-not be reached in time.
+from the state functions, 2 bad usage, bad JSON or a bad configuration (CONFIG_ERROR), 3
+the broker, the result backend or the workers could not be reached in time (``--timeout``
+bounds the whole call).
 """
 
 from __future__ import annotations
@@ -34,13 +36,16 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from state_tasks.broker_errors import UNREACHABLE_ERRORS, describe_unreachable
+from state_tasks.broker_errors import UNREACHABLE_ERRORS, describe_unreachable, where
 from state_tasks.console import DEFAULT_CALL_TIMEOUT_S, DEFAULT_HOST, DEFAULT_PORT
-from state_tasks.core.errors import CallTimeout, StateError
+from state_tasks.core.errors import CallTimeout, ConfigError, StateError
+from state_tasks.core.ops import deeper_than
 from state_tasks.facade import III
+from state_tasks.security import DEFAULT_MAX_JSON_DEPTH
 
 EXIT_STATE_ERROR = 1
 EXIT_USAGE = 2
@@ -52,15 +57,29 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"state-tasks: {message} (see state-tasks --help)\n")
 
 
+#: How deep an argument's JSON may nest: a task message wraps it in two levels (the
+#: body's list and the keyword arguments' object), and workers refuse a whole message
+#: nested deeper than DEFAULT_MAX_JSON_DEPTH, without an answer.
+MAX_ARGUMENT_DEPTH = DEFAULT_MAX_JSON_DEPTH - 2
+
+
 def _json_argument(text: str, what: str) -> Any:
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as e:
         message = f"{what} is not valid JSON ({e.msg} at column {e.colno}): {text!r}"
         raise SystemExit(_fail(EXIT_USAGE, message)) from None
     except RecursionError:  # a RuntimeError: it must not reach the broker-failure branch
         message = f"{what} is nested too deeply to read ({len(text)} characters)"
         raise SystemExit(_fail(EXIT_USAGE, message)) from None
+    if deeper_than(value, MAX_ARGUMENT_DEPTH):
+        message = (
+            f"{what} is nested too deeply to send: deeper than {MAX_ARGUMENT_DEPTH} levels, "
+            f"and workers refuse a message nested deeper than {DEFAULT_MAX_JSON_DEPTH} "
+            "(state_tasks.security.DEFAULT_MAX_JSON_DEPTH)"
+        )
+        raise SystemExit(_fail(EXIT_USAGE, message))
+    return value
 
 
 def _fail(code: int, message: str) -> int:
@@ -173,6 +192,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BYTES",
         help="the deployment's largest value (state.yaml max_value_bytes, default 1 MiB); "
         "a signed-in request body may be twice that plus 64 KiB",
+    )
+    redis_admin = commands.add_parser("redis", help="administer the state's Redis")
+    redis_actions = redis_admin.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    install = redis_actions.add_parser(
+        "install-functions",
+        help="load this release's scripts as a Redis function library (use_functions: true)",
+    )
+    install.add_argument(
+        "--url",
+        help="an administrator's URL (default: state.yaml's redis_url, else $REDIS_URL); "
+        "a redis+cluster:// URL loads it on every master",
     )
     triggers = commands.add_parser("triggers", help="list, add or remove triggers")
     actions = triggers.add_subparsers(dest="action", required=True, parser_class=_Parser)
@@ -292,36 +322,102 @@ def _watch(args: argparse.Namespace, facade: III) -> int:
     return 0
 
 
+#: Seconds a call may take beyond --timeout (the wait for the answer starts once the task
+#: is sent) before the command gives up on it.
+DEADLINE_GRACE_S = 1.0
+#: How a call retries a connection that failed: publishing once more, the result backend
+#: not at all (Celery retries it 20 times, a second apart, by default), so that a failing
+#: broker or result backend is reported, with its cause, well within --timeout.
+PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.5}
+RESULTS_RETRY_POLICY = {"max_retries": 0}
+
+
+def bound_connections(app: Any, timeout_s: float) -> None:
+    """Fit the app's connection attempts (TLS handshakes included) and their retries into
+    ``timeout_s``: each attempt gets at most half of it."""
+    connect_s = min(float(app.conf.broker_connection_timeout or timeout_s), timeout_s / 2)
+    results = dict(app.conf.result_backend_transport_options or {})
+    results["retry_policy"] = RESULTS_RETRY_POLICY
+    broker = dict(app.conf.broker_transport_options or {})
+    if "socket_connect_timeout" in broker:
+        broker["socket_connect_timeout"] = min(broker["socket_connect_timeout"], connect_s)
+    app.conf.update(
+        broker_connection_timeout=connect_s,
+        broker_transport_options=broker,
+        redis_socket_connect_timeout=connect_s,
+        task_publish_retry_policy=PUBLISH_RETRY_POLICY,
+        result_backend_transport_options=results,
+    )
+
+
+def _within(timeout_s: float, app: Any, call: Callable[[], Any]) -> Any:
+    """``call()``, given up on after ``timeout_s`` (and :data:`DEADLINE_GRACE_S`): whatever
+    it waits on (a connection, a retry, an answer), the command ends in time. The thread
+    left behind ends with the process (:func:`main` exits without waiting for it)."""
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as e:  # handed to the caller, whatever it is
+            outcome["error"] = e
+
+    thread = threading.Thread(target=target, name="state-tasks-call", daemon=True)
+    thread.start()
+    thread.join(timeout_s + DEADLINE_GRACE_S)
+    if thread.is_alive():
+        raise CallTimeout(
+            f"no answer within {timeout_s:g} s (--timeout) through {where(app)}: the broker "
+            "or the result backend did not answer, or no worker runs on this broker"
+        )
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
 def run(argv: Sequence[str] | None = None, facade: III | None = None) -> int:
     """Run the command line; return the exit code."""
     args = build_parser().parse_args(argv)
+    if args.command == "redis":
+        return _install_functions(args.url)
     if facade is None:
         from state_tasks import iii
 
         facade = iii
     timeout_ms = max(1, int(args.timeout * 1000))
     facade.timeout_ms = timeout_ms
+    try:
+        bound_connections(facade.app, args.timeout)
+    except ConfigError as e:  # (the settings are read here first)
+        return _fail(EXIT_USAGE, f"{e.code}: {e.message}")
     if args.command == "console":
         return _console(args, facade)
     if args.command == "watch":
         return _watch(args, facade)
-    try:
-        if args.command == "triggers":
+    request = _request(args) if args.command != "triggers" else None
+
+    def call() -> Any:
+        if request is None:
             if args.action == "list":
-                result: Any = facade.list_triggers()
-            elif args.action == "add":
-                result = facade.register_trigger(_trigger_spec(args)).trigger.to_dict()
-            elif facade.unregister_trigger(args.trigger_id):
-                result = {"removed": args.trigger_id}
-            else:
-                return _fail(EXIT_STATE_ERROR, f"no trigger with id {args.trigger_id!r}")
-        else:
-            function_id, payload = _request(args)
-            result = facade.trigger(
-                {"function_id": function_id, "payload": payload, "timeout_ms": timeout_ms}
+                return facade.list_triggers()
+            if args.action == "add":
+                return facade.register_trigger(_trigger_spec(args)).trigger.to_dict()
+            return (
+                {"removed": args.trigger_id} if facade.unregister_trigger(args.trigger_id) else None
             )
+        function_id, payload = request
+        return facade.trigger(
+            {"function_id": function_id, "payload": payload, "timeout_ms": timeout_ms}
+        )
+
+    try:
+        result = _within(args.timeout, facade.app, call)
+        if result is None and args.command == "triggers" and args.action == "remove":
+            return _fail(EXIT_STATE_ERROR, f"no trigger with id {args.trigger_id!r}")
     except CallTimeout as e:
         return _fail(EXIT_UNREACHABLE, e.message)
+    except ConfigError as e:  # the environment's settings: fix them, as bad usage
+        return _fail(EXIT_USAGE, f"{e.code}: {e.message}")
     except StateError as e:
         return _fail(EXIT_STATE_ERROR, f"{e.code}: {e.message}")
     except RecursionError:  # a RuntimeError, but no broker failure
@@ -330,6 +426,18 @@ def run(argv: Sequence[str] | None = None, facade: III | None = None) -> int:
         return _fail(EXIT_UNREACHABLE, describe_unreachable(facade.app, e))
     indent = 2 if sys.stdout.isatty() else None
     print(json.dumps(result, indent=indent, ensure_ascii=False))
+    return 0
+
+
+def _install_functions(url: str | None) -> int:
+    """``state-tasks redis install-functions``: load this release's library (idempotent)."""
+    from state_tasks.adapters.redis.admin import install_functions
+
+    try:
+        print(json.dumps(install_functions(url)))
+    except StateError as e:
+        code = EXIT_USAGE if isinstance(e, ConfigError) else EXIT_UNREACHABLE
+        return _fail(code, f"{e.code}: {e.message}")
     return 0
 
 

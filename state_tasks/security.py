@@ -30,6 +30,7 @@ This module imports no Celery: :func:`setup_signing` is given the app.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import ssl
@@ -38,6 +39,7 @@ from typing import Any
 
 from state_tasks.core.errors import ConfigError
 from state_tasks.core.ops import deeper_than
+from state_tasks.core.urls import redact_url
 
 TLS_VARIABLES = ("CELERY_SSL_CA_CERTS", "CELERY_SSL_CERTFILE", "CELERY_SSL_KEYFILE")
 CERT_REQS_VARIABLE = "CELERY_SSL_CERT_REQS"
@@ -76,6 +78,37 @@ def broker_ssl_options(broker_url: str, environ: Mapping[str, str]) -> dict[str,
                 options[name] = value
         return options
     return None
+
+
+#: URL schemes that are TLS: the CELERY_SSL_* variables apply to them.
+TLS_SCHEMES = ("rediss://", "amqps://")
+#: Result backends the CELERY_SSL_* variables would apply to if their URL were TLS.
+_REDIS_SCHEMES = ("redis://", "rediss://", "sentinel://", "redis+socket://", "unix://")
+
+
+def refuse_tls_on_plain_urls(
+    broker_url: str, result_backend: str, environ: Mapping[str, str]
+) -> None:
+    """Refuse TLS variables that would not apply: a deployment that believes it is encrypted
+    must not run in clear text.
+
+    :raises ConfigError: one of ``CELERY_SSL_*`` is set while the broker, or a Redis result
+        backend, has a plain URL (``redis://``, ``amqp://``, ``sentinel://``, the embedded
+        broker); the message names the variable and the URL, its password as ``***``.
+    """
+    given = [name for name in (*TLS_VARIABLES, CERT_REQS_VARIABLE) if environ.get(name)]
+    if not given:
+        return
+    plain = [("broker", broker_url)] if not broker_url.startswith(TLS_SCHEMES) else []
+    if result_backend.startswith(_REDIS_SCHEMES) and not result_backend.startswith(TLS_SCHEMES):
+        plain.append(("result backend", result_backend))
+    if plain:
+        what, url = plain[0]
+        raise ConfigError(
+            f"{given[0]} is set, but the {what} URL {redact_url(url)!r} is not TLS: it would "
+            "run in clear text. Use rediss:// or amqps:// for it (a Redis result backend "
+            f"too), or unset {', '.join(given)}"
+        )
 
 
 def backend_ssl_options(result_backend: str, environ: Mapping[str, str]) -> dict[str, Any] | None:
@@ -140,6 +173,62 @@ def setup_signing(app: Any) -> None:
         ) from e
 
 
+#: The key, in a task message's body (its ``embed``, the third part), under which the sender
+#: copies the headers that decide what runs. Celery's ``auth`` serializer signs the body
+#: only; a worker with signing on refuses a message whose headers differ from this copy.
+SIGNED_HEADERS_KEY = "state_tasks_signed_headers"
+#: The headers bound into the signed body: which task runs (``task``), as which operation
+#: (``id``: a state task's operation id, which makes a redelivery a no-op), when
+#: (``eta``, ``expires``), its retry count and its time limits. The others are display
+#: (``argsrepr``, ``kwargsrepr``, ``shadow``, ``origin``) or tracing (``root_id``,
+#: ``parent_id``) and are not bound.
+SIGNED_HEADERS = ("task", "id", "eta", "expires", "retries", "timelimit", "ignore_result")
+
+
+def _comparable(value: Any) -> Any:
+    """A header value as it reads after a trip through any broker (tuples become lists)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def bind_headers(headers: Mapping[str, Any], body: Any) -> None:
+    """Copy the :data:`SIGNED_HEADERS` of ``headers`` into ``body``'s ``embed`` (a task
+    message of Celery's protocol 2: ``(args, kwargs, embed)``), before it is serialized and
+    so signed. Other bodies are left alone."""
+    if isinstance(body, (tuple, list)) and len(body) == 3 and isinstance(body[2], dict):
+        body[2][SIGNED_HEADERS_KEY] = {
+            name: _comparable(headers.get(name)) for name in SIGNED_HEADERS
+        }
+
+
+def unbound_header(headers: Mapping[str, Any], payload: Any) -> str | None:
+    """Why a signed message's ``headers`` are not those its sender signed, or ``None``.
+
+    ``payload`` is the decoded (and verified) body. A message without the signed copy
+    (from a sender that does not run :func:`bind_headers`) is refused too: its headers
+    could say anything.
+    """
+    embed = payload[2] if isinstance(payload, (tuple, list)) and len(payload) == 3 else None
+    signed = embed.get(SIGNED_HEADERS_KEY) if isinstance(embed, dict) else None
+    if not isinstance(signed, dict):
+        return (
+            "its signed body does not name the task it is delivered as (sent by a client "
+            "without state_tasks' signed headers)"
+        )
+    for name in SIGNED_HEADERS:
+        given = _comparable(headers.get(name))
+        if given != signed.get(name):
+            return (
+                f"its {name!r} header ({_short(given)}) is not the one its sender signed "
+                f"({_short(signed.get(name))})"
+            )
+    return None
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 #: Task messages nested deeper than this (the message's own two levels included) are
 #: refused when decoded. Python's JSON decoder stops near 1,000 levels, and a prefork
 #: worker's pool failed well before that.
@@ -157,16 +246,21 @@ def limit_json_depth(max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> None:
         return
 
     def loads(text: Any) -> Any:
-        value = decode(text)
+        try:
+            value = decode(text)
+        except RecursionError:  # deeper than the interpreter's stack: surely too deep
+            raise ValueError(too_deep) from None
         # Cheap first: depth cannot exceed the number of opening brackets.
         raw = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
         brackets = raw.count("[") + raw.count("{")
         if brackets > max_depth and deeper_than(value, max_depth):
-            raise ValueError(
-                f"a JSON message nested deeper than {max_depth} levels was refused "
-                "(state_tasks.security.DEFAULT_MAX_JSON_DEPTH)"
-            )
+            raise ValueError(too_deep)
         return value
+
+    too_deep = (
+        f"a JSON message nested deeper than {max_depth} levels was refused "
+        "(state_tasks.security.DEFAULT_MAX_JSON_DEPTH)"
+    )
 
     loads.max_depth = max_depth  # type: ignore[attr-defined]
     registry._decoders["application/json"] = loads

@@ -31,10 +31,15 @@ from __future__ import annotations
 import os
 
 from state_tasks.core.environment import positive_int_from_env, visibility_timeout_s
-from state_tasks.core.urls import is_embedded_broker
+from state_tasks.core.urls import check_url, is_embedded_broker
 from state_tasks.embedded_broker import result_url
 from state_tasks.high_availability import queue_type_settings, sentinel_transport_options
-from state_tasks.security import backend_ssl_options, broker_ssl_options, signing_settings
+from state_tasks.security import (
+    backend_ssl_options,
+    broker_ssl_options,
+    refuse_tls_on_plain_urls,
+    signing_settings,
+)
 
 _redis_url = os.environ.get("REDIS_URL") or None
 
@@ -47,6 +52,10 @@ result_backend = (
     or _redis_url
     or result_url(os.path.join(DATA_DIR, "results"))
 )
+
+# A URL that drivers would misread stops here, with one line (never a part of its password).
+check_url("CELERY_BROKER_URL", broker_url)
+check_url("CELERY_RESULT_BACKEND", result_backend, password_parameter=True)
 
 if is_embedded_broker(broker_url):
     # kombu's filesystem transport, kept in order (state_tasks.embedded_broker).
@@ -68,8 +77,12 @@ globals().update(signing_settings(os.environ))
 # TLS: a rediss:// or amqps:// broker and a rediss:// result backend verify the server's
 # certificate (CELERY_SSL_CA_CERTS, else the system's CAs), with a client certificate if
 # CELERY_SSL_CERTFILE/CELERY_SSL_KEYFILE are set (state_tasks.security).
+refuse_tls_on_plain_urls(broker_url, result_backend, os.environ)
 broker_use_ssl = broker_ssl_options(broker_url, os.environ)
 redis_backend_use_ssl = backend_ssl_options(result_backend, os.environ)
+
+# One log line for a refused message, and signed headers checked (state_tasks.worker).
+worker_consumer = "state_tasks.worker:StateTasksConsumer"
 
 # Reliability: a task is acknowledged only after it ran, and a task whose worker
 # died mid-way goes back to the queue instead of being lost. One message is
@@ -78,6 +91,12 @@ task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
 broker_connection_retry_on_startup = True
+
+#: Seconds a connection attempt to the broker (kombu's ``broker_connection_timeout``) or a
+#: Redis result backend may take, its TLS handshake included (state_tasks.core.connect_errors).
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+broker_connection_timeout = DEFAULT_CONNECT_TIMEOUT_S
+redis_socket_connect_timeout = DEFAULT_CONNECT_TIMEOUT_S
 
 # Flower and `celery events` see every state task, condition and handler.
 worker_send_task_events = True
@@ -90,6 +109,8 @@ task_send_sent_event = True
 if broker_url.startswith(("redis://", "rediss://", "sentinel://")):
     broker_transport_options = {
         "visibility_timeout": visibility_timeout_s(),
+        # A connection attempt (its TLS handshake included) ends within this.
+        "socket_connect_timeout": DEFAULT_CONNECT_TIMEOUT_S,
         **sentinel_transport_options(broker_url, os.environ),
     }
 

@@ -17,23 +17,32 @@ the messages that a process which is gone had taken back in their queue
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, signals
 from celery.backends.filesystem import FilesystemBackend
+from celery.exceptions import InvalidTaskError
+from celery.utils.saferepr import saferepr
 from celery.worker import state as worker_state
-from celery.worker.control import inspect_command
+from celery.worker.consumer import Consumer
+from celery.worker.control import Panel, inspect_command
 
+from state_tasks.broker_errors import app_urls, redact
 from state_tasks.celery_app import app
-from state_tasks.core.errors import ConfigError, StateError
+from state_tasks.core.connect_errors import is_permanent, likely_cause
+from state_tasks.core.environment import positive_int_from_env
+from state_tasks.core.errors import AdapterUnavailable, ConfigError, StateError
 from state_tasks.core.ownership import OwnedElsewhere, take_ownership
+from state_tasks.core.sentinel import SENTINEL_PASSWORD_VARIABLE
 from state_tasks.core.service import StateService
-from state_tasks.core.urls import is_embedded_broker
+from state_tasks.core.urls import is_embedded_broker, redact_url, scrub, url_passwords
 from state_tasks.embedded_broker import (
     remove_leftovers,
     requeue_orphaned_messages,
@@ -46,7 +55,7 @@ from state_tasks.runtime import (
     forget_runtime_after_fork,
     get_runtime,
 )
-from state_tasks.security import one_line_logs
+from state_tasks.security import one_line_logs, unbound_header
 from state_tasks.settings import DEFAULT_CLEANUP_INTERVAL_S
 
 logger = logging.getLogger(__name__)
@@ -93,11 +102,190 @@ def _check_and_start(pool: str) -> None:
         )
     if runtime.config.process_local:
         _lock_embedded_broker(runtime.config.source)
+    _check_servers(runtime)
     logger.info(
         "state_tasks: %s adapter ready (config: %s)",
         runtime.config.adapter_name,
         runtime.config.source,
     )
+
+
+class StateTasksConsumer(Consumer):  # type: ignore[misc]
+    """Celery's consumer, with two changes (``worker_consumer`` in the settings):
+
+    - a refused message (a bad signature, JSON too deep, a content type not accepted, headers
+      changed after signing) is logged as one line with the reason and the task's name and
+      id, not as a traceback and a dump of the body;
+    - with signing on, a task message runs only if its headers are those its sender signed
+      (:func:`state_tasks.security.unbound_header`): Celery signs the body only, and the
+      ``task`` header alone decides which task runs.
+    """
+
+    def update_strategies(self) -> None:
+        super().update_strategies()
+        if self.app.conf.task_serializer != "auth":
+            return
+        for name, strategy in list(self.strategies.items()):
+            self.strategies[name] = _checking_signed_headers(strategy)
+
+    def on_decode_error(self, message: Any, exc: BaseException) -> None:
+        logger.critical(
+            "Can't decode message body: %s [type:%r encoding:%r headers:%s]; "
+            "the message has been discarded",
+            _reason(exc),
+            message.content_type,
+            message.content_encoding,
+            _named(message),
+        )
+        message.ack()
+
+    def on_invalid_task(self, body: Any, message: Any, exc: BaseException) -> None:
+        logger.error(
+            "Received invalid task message: %s [headers:%s]; the message has been discarded",
+            _reason(exc),
+            _named(message),
+        )
+        message.reject_log_error(logger, self.connection_errors)
+        signals.task_rejected.send(sender=self, message=message, exc=exc)
+
+
+def _checking_signed_headers(strategy: Any) -> Any:
+    def handle(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kw: Any) -> Any:
+        # (decodes the body: a bad signature is refused here, as a decode error)
+        reason = unbound_header(message.headers or {}, message.payload)
+        if reason is not None:
+            raise InvalidTaskError(f"refused a signed message: {reason}")
+        return strategy(message, body, ack, reject, callbacks, **kw)
+
+    return handle
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception and its causes on one line, without a traceback."""
+    parts: list[str] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(parts) < 4:
+        text = " ".join(str(cause).split())
+        name = cause.__class__.__name__
+        if not any(text and part.endswith(f": {text}") for part in parts):  # (said already)
+            parts.append(f"{name}: {text}" if text else name)
+        cause = cause.__cause__ or (None if cause.__suppress_context__ else cause.__context__)
+    text = " <- ".join(parts)
+    return text if len(text) <= 600 else text[:597] + "..."
+
+
+def _named(message: Any) -> str:
+    headers = message.headers if isinstance(message.headers, dict) else {}
+    return str(saferepr({"task": headers.get("task"), "id": headers.get("id")}, maxlen=300))
+
+
+# -- no secret in a remote-control answer ---------------------------------------------------
+#
+# Any client of the broker can ask a worker for its stats, report and configuration. Celery
+# drops the broker's password from ``stats`` but not its transport options (the sentinels'
+# password, ``sentinel_kwargs``), and a report or a table of settings can hold a URL or a
+# setting of ours: each answer is scrubbed of every password the worker knows.
+
+
+def _known_secrets(state: Any) -> set[str]:
+    conf = state.app.conf
+    secrets = url_passwords(app_urls(state.app))
+    for options in (conf.broker_transport_options, conf.result_backend_transport_options):
+        sentinel = (options or {}).get("sentinel_kwargs") or {}
+        if isinstance(sentinel, dict) and sentinel.get("password"):
+            secrets.add(str(sentinel["password"]))
+    if os.environ.get(SENTINEL_PASSWORD_VARIABLE):
+        secrets.add(os.environ[SENTINEL_PASSWORD_VARIABLE])
+    runtime = current_runtime()
+    if runtime is not None:  # the adapter's URLs and passwords (state.yaml)
+        for key, value in runtime.config.adapter_settings.items():
+            if isinstance(value, str) and "://" in value:
+                secrets |= url_passwords([value])
+            elif isinstance(value, str) and "password" in key:
+                secrets.add(value)
+    return secrets
+
+
+def _scrubbed(command: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(command)
+    def answer(state: Any, *args: Any, **kwargs: Any) -> Any:
+        return scrub(command(state, *args, **kwargs), _known_secrets(state))
+
+    return answer
+
+
+for _name in ("stats", "report", "conf"):
+    Panel.data[_name] = _scrubbed(Panel.data[_name])
+
+
+#: How long a starting worker tries to reach its broker, result backend and state before it
+#: gives up (``STATE_TASKS_STARTUP_TIMEOUT``, seconds). A mistake a retry cannot mend (a
+#: wrong password, TLS to a plain port) stops it at once.
+DEFAULT_STARTUP_TIMEOUT_S = 30
+#: The key a starting worker reads to check that its state answers.
+STARTUP_PROBE = {"scope": "state_tasks", "key": "startup-probe"}
+
+
+class Unreachable(StateError):
+    """A server the worker needs did not answer at start-up."""
+
+    default_code = "UNREACHABLE"
+
+
+def _check_servers(runtime: Any) -> None:
+    """Reach the broker, the result backend and the state once before consuming anything:
+    a worker that cannot is not "ready", it says which server and why, and exits."""
+    deadline = time.monotonic() + positive_int_from_env(
+        "STATE_TASKS_STARTUP_TIMEOUT", DEFAULT_STARTUP_TIMEOUT_S
+    )
+    broker = str(app.conf.broker_url)
+    _until_reached(deadline, f"the broker at {redact_url(broker)}", broker, _reach_broker)
+    backend = app.backend
+    if hasattr(backend, "client") and hasattr(backend.client, "ping"):  # a Redis backend
+        results = str(app.conf.result_backend)
+        _until_reached(
+            deadline, f"the result backend at {redact_url(results)}", results, backend.client.ping
+        )
+
+    if runtime.config.adapter_name != "RedisAdapter":
+        return  # (the other stores live in this process, or behind another deployment)
+
+    def read_state() -> None:
+        try:
+            runtime.service.call("state::get", dict(STARTUP_PROBE))
+        except AdapterUnavailable as e:
+            raise _Transient(e.message) from e
+
+    _until_reached(deadline, "the state", "", read_state)
+
+
+class _Transient(Exception):
+    """A failure that a retry may mend."""
+
+
+def _reach_broker() -> None:
+    with app.connection_for_write() as connection:
+        connection.connect()
+
+
+def _until_reached(deadline: float, what: str, url: str, reach: Callable[[], Any]) -> None:
+    attempt = 0
+    while True:
+        try:
+            reach()
+            return
+        except StateError as e:  # the adapter's own, permanent, words
+            raise Unreachable(f"cannot use {what}: {e.message}") from e
+        except Exception as e:
+            cause = likely_cause(e, url)
+            detail = redact(app, " ".join(str(e).split())) or e.__class__.__name__
+            if cause is not None and cause not in detail:
+                detail = f"{detail.rstrip('.')}; {cause}"
+            if is_permanent(cause) or time.monotonic() >= deadline:
+                raise Unreachable(f"cannot reach {what}: {detail}") from e
+            attempt += 1
+            logger.warning("state_tasks: cannot reach %s yet (%s); retrying", what, detail)
+            time.sleep(min(2.0, 0.25 * 2**attempt, max(0.0, deadline - time.monotonic())))
 
 
 #: The remote-control command a starting worker uses to find another owner of a KvStore.

@@ -14,18 +14,20 @@ from state_tasks.contrib.servers import RedisServer
 ACL_DOC = REPO / "docs" / "security.md"
 
 
-def readme_acl_line() -> str:
-    """The one ``ACL SETUSER`` line of :data:`ACL_DOC`."""
+def readme_acl_line(functions: bool = False) -> str:
+    """One of the two ``ACL SETUSER`` lines of :data:`ACL_DOC`: the scripts' (``EVALSHA``),
+    or with ``functions`` the one for ``use_functions: true`` (``FCALL``)."""
     lines = re.findall(r"^ACL SETUSER .+$", ACL_DOC.read_text(), re.MULTILINE)
-    assert len(lines) == 1, lines
-    return lines[0]
+    assert len(lines) == 2, lines
+    (line,) = [line for line in lines if ("+fcall " in line) == functions]
+    return line
 
 
-def make_restricted_user(server: RedisServer, prefix: str) -> str:
-    """Run the documented line on ``server`` for ``prefix``; return a URL as that user (db 0)."""
+def make_restricted_user(server: RedisServer, prefix: str, functions: bool = False) -> str:
+    """Run a documented line on ``server`` for ``prefix``; return a URL as that user (db 0)."""
     user, password = f"state-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
     line = (
-        readme_acl_line()
+        readme_acl_line(functions)
         .replace("state-adapter", user)
         .replace("<password>", password)
         .replace("~state:*", f"~{prefix}:*")

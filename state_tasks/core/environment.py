@@ -67,6 +67,12 @@ VARIABLES = (
         "`60`",
     ),
     Variable(
+        "STATE_TASKS_STARTUP_TIMEOUT",
+        "seconds a starting worker tries to reach its broker, result backend and state "
+        "before it exits with the reason ([deadlines](security.md#deadlines))",
+        "`30`",
+    ),
+    Variable(
         "STATE_TASKS_SENTINEL_MASTER",
         "the master's name for a `sentinel://` broker, result backend or `redis_url` "
         "(kombu's `master_name`)",

@@ -23,17 +23,32 @@ from test_contract import *  # noqa: F403  (the contract's tests, collected agai
 import state_tasks.adapters.redis as redis_package
 from state_tasks.adapters.base import StateAdapter
 from state_tasks.adapters.redis import RedisAdapter
+from state_tasks.adapters.redis.admin import install_functions
+from state_tasks.adapters.redis.scripts import FunctionScript, library_name
 from state_tasks.contrib.servers import RedisServer
 from state_tasks.core.errors import AdapterError
 
 
-@pytest.fixture
-def make_adapter(redis_server: RedisServer) -> Iterator[Any]:
+@pytest.fixture(scope="module")
+def installed_functions(redis_server: RedisServer) -> None:
+    """This release's function library, loaded as an administrator would."""
+    install_functions(redis_server.url(0))
+
+
+@pytest.fixture(params=["scripts", "functions"])
+def make_adapter(request: pytest.FixtureRequest, redis_server: RedisServer) -> Iterator[Any]:
+    """The adapter as a user of the scripts' line (EVALSHA), or of the functions' line
+    (FCALL only) with ``use_functions: true``: the same contract, both ways."""
     opened: list[StateAdapter] = []
+    functions = request.param == "functions"
+    if functions:
+        request.getfixturevalue("installed_functions")
 
     def make(**settings: Any) -> StateAdapter:
         prefix = f"acl-{uuid.uuid4().hex[:10]}"
-        url = make_restricted_user(redis_server, prefix)
+        url = make_restricted_user(redis_server, prefix, functions)
+        if functions:
+            settings = {"use_functions": True, **settings}
         adapter = RedisAdapter(redis_url=url, key_prefix=prefix, **settings)
         adapter.open()
         opened.append(adapter)
@@ -87,3 +102,44 @@ def test_the_readme_line_allows_every_command_the_adapter_sends() -> None:
     sent = in_scripts | from_python | {"EVALSHA", "SCRIPT|LOAD", "PING"}
     allowed = {word[1:].upper() for word in readme_acl_line().split() if word.startswith("+")}
     assert sent - allowed == set(), "add these to the ACL SETUSER line of docs/security.md"
+    # The functions' line: the same, FCALL for EVALSHA and SCRIPT LOAD
+    sent = (sent - {"EVALSHA", "SCRIPT|LOAD"}) | {"FCALL"}
+    line = readme_acl_line(functions=True)
+    allowed = {word[1:].upper() for word in line.split() if word.startswith("+")}
+    assert sent - allowed == set(), "add these to the second ACL SETUSER line"
+    assert not {"EVAL", "EVALSHA", "SCRIPT", "SCRIPT|LOAD", "FUNCTION"} & allowed, line
+
+
+def test_the_functions_user_cannot_load_or_run_code_of_its_own(
+    redis_server: RedisServer, installed_functions: None
+) -> None:
+    # Given a user of the functions' line
+    as_user = redis.Redis.from_url(make_restricted_user(redis_server, "fn", functions=True))
+    # Then it can run none of its own code: no script, no function of its own
+    for command in (
+        ("EVAL", "return 1", "0"),
+        ("SCRIPT", "LOAD", "while true do end"),
+        ("EVALSHA", "e0e1f9fabfc9d4800c877a703b823ac0578ff8db", "0"),
+        ("FUNCTION", "LOAD", "#!lua name=mine\nredis.register_function('f', function() end)"),
+        ("FUNCTION", "DELETE", library_name()),
+    ):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            as_user.execute_command(*command)  # type: ignore[no-untyped-call]
+
+
+def test_without_the_library_a_functions_adapter_names_the_install_command(
+    redis_server: RedisServer,
+) -> None:
+    # Given an adapter with use_functions on a db of a server... whose library is another
+    # release's (a library name no release has)
+    admin = redis.Redis(port=redis_server.port, password=redis_server.password)
+    adapter = RedisAdapter(redis_url=redis_server.url(0), key_prefix="nofn", use_functions=True)
+    adapter._scripts["get"] = FunctionScript(adapter.client, "get")
+    adapter._scripts["get"].function = "state_tasks_0000000000000000_get"
+    try:
+        # When it reads, Then the error names the command to run
+        with pytest.raises(AdapterError, match="state-tasks redis install-functions"):
+            adapter.get("s", "k")
+    finally:
+        adapter.close()
+    assert admin.ping()

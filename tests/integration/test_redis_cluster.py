@@ -7,7 +7,11 @@ a small cluster of its own for the test that stops every node.
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -16,12 +20,15 @@ from pathlib import Path
 
 import pytest
 import redis
+import redis.cluster
 from redis_acl import ACL_DOC, readme_acl_line
 
 from state_tasks.adapters.redis import RedisAdapter
 from state_tasks.adapters.redis.layout import CLUSTER_BUCKETS, bucket_of
 from state_tasks.contrib.servers import RedisCluster
 from state_tasks.core.errors import AdapterError, AdapterUnavailable
+
+CLI = os.path.join(os.path.dirname(sys.executable), "state-tasks")
 
 pytestmark = pytest.mark.own_broker
 
@@ -219,26 +226,43 @@ def test_one_master_down_stops_expiry_only_in_its_buckets(
         cluster.stop()
 
 
+@pytest.mark.parametrize("functions", [False, True], ids=["scripts", "functions"])
 def test_the_readme_acl_line_with_its_cluster_additions_runs_the_adapter(
-    redis_cluster: RedisCluster,
+    redis_cluster: RedisCluster, functions: bool
 ) -> None:
     # Given a user made on every node (a cluster does not share ACLs) by the security
-    # page's line and the additions its Redis Cluster section names
+    # page's line (the scripts', or the functions' after an administrator installed them
+    # on every master) and the additions its Redis Cluster section names
+    seeds = ",".join(f"127.0.0.1:{port}" for port in redis_cluster.live_ports())
+    if functions:
+        done = subprocess.run(
+            [CLI, "redis", "install-functions", "--url", f"redis+cluster://{seeds}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        installed = json.loads(done.stdout)
+        admin = redis.cluster.RedisCluster(host="127.0.0.1", port=redis_cluster.live_ports()[0])
+        masters = {node.name for node in admin.get_primaries()}  # type: ignore[no-untyped-call]
+        admin.close()
+        assert set(installed["loaded"] + installed["present"]) == masters, installed
     readme = ACL_DOC.read_text()
     additions = re.findall(r"need `([^`]+)`\s+besides\s+the\s+single-server\s+line", readme)
     assert len(additions) == 1, additions
     prefix, user, password = f"acl-{uuid.uuid4().hex[:8]}", f"cl-{uuid.uuid4().hex[:8]}", "pw1"
     line = (
-        readme_acl_line()
+        readme_acl_line(functions)
         .replace("state-adapter", user)
         .replace("<password>", password)
         .replace("~state:*", f"~{prefix}:*")
     )
     for port in redis_cluster.live_ports():
         redis.Redis(port=port).execute_command(*line.split(), *additions[0].split())
-    seeds = ",".join(f"127.0.0.1:{port}" for port in redis_cluster.live_ports())
     adapter = RedisAdapter(
-        redis_url=f"redis+cluster://{user}:{password}@{seeds}", key_prefix=prefix
+        redis_url=f"redis+cluster://{user}:{password}@{seeds}",
+        key_prefix=prefix,
+        use_functions=functions,
     )
     try:
         # Then the adapter connects and its calls pass: changes, reads, every bucket

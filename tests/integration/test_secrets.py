@@ -4,6 +4,7 @@ CLI output, no error message and no task event (what Flower shows)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 import redis
 from helpers import HANDLERS, Client, RedisServer, Worker, adapter_yaml, redis_state_yaml
 
+from state_tasks.contrib.servers import CELERY, RedisSentinelGroup
 from state_tasks.core.errors import StateError
 
 pytestmark = [pytest.mark.integration, pytest.mark.own_broker]
@@ -125,3 +127,84 @@ def test_no_password_in_logs_cli_errors_or_task_events(tmp_path: Path) -> None:
     assert events and any("state::set" in e for e in events)
     for text in [*texts, *events]:
         assert PASSWORD not in text
+
+
+MASTER_PASSWORD = "Master-pw-SECRET-4417"
+SENTINEL_PASSWORD = "Sentinel-pw-SECRET-5528"
+
+
+def passworded_sentinels(group: RedisSentinelGroup) -> None:
+    """The master and its replica need MASTER_PASSWORD; the sentinels SENTINEL_PASSWORD."""
+    for port in (group.master_port, group.replica_port):
+        node = redis.Redis(port=port)
+        node.config_set("masterauth", MASTER_PASSWORD)
+        node.config_set("requirepass", MASTER_PASSWORD)
+    for port in group.sentinel_ports:
+        sentinel = redis.Redis(port=port)
+        sentinel.execute_command("SENTINEL", "SET", group.master_name, "auth-pass", MASTER_PASSWORD)
+        sentinel.execute_command("SENTINEL", "CONFIG", "SET", "sentinel-pass", SENTINEL_PASSWORD)
+        sentinel.execute_command("ACL", "SETUSER", "default", "resetpass", f">{SENTINEL_PASSWORD}")
+
+
+def test_no_password_in_inspect_answers_or_in_errors_about_malformed_urls(tmp_path: Path) -> None:
+    # Given a worker on a broker and results behind passworded sentinels, in front of a
+    # passworded master
+    group = RedisSentinelGroup(tmp_path / "sentinels")
+    passworded_sentinels(group)
+    first, *others = group.sentinel_ports
+    url = ";".join(
+        [f"sentinel://:{MASTER_PASSWORD}@127.0.0.1:{first}/1"]
+        + [f"sentinel://127.0.0.1:{port}/1" for port in others]
+    )
+    env = {
+        "CELERY_BROKER_URL": url,
+        "CELERY_RESULT_BACKEND": url,
+        "STATE_TASKS_SENTINEL_MASTER": group.master_name,
+        "STATE_TASKS_SENTINEL_PASSWORD": SENTINEL_PASSWORD,
+    }
+    worker = Worker(tmp_path / "w", env).start()
+    texts: list[str] = []
+    try:
+        # When a client asks the worker for its stats, report and configuration
+        ambient = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "STATE_"))}
+        for command in ("stats", "report", "conf"):
+            done = subprocess.run(
+                [*CELERY, "-A", "state_tasks", "inspect", command, "--timeout", "5", "--json"],
+                env={**ambient, **env},
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode == 0, done.stdout + done.stderr
+            texts += [done.stdout, done.stderr]
+        stats = json.loads(texts[0].strip().splitlines()[-1])
+        (answer,) = stats.values()
+        # (the sentinels' options are in the answer, their password is not)
+        assert answer["broker"]["transport_options"]["sentinel_kwargs"] == {"password": "***"}
+        # And the CLI is used with the right URLs, and with malformed ones
+        ok = cli(env, "set", "s", "k", "1")
+        assert ok.returncode == 0, ok.stderr
+        texts += [ok.stdout, ok.stderr]
+        for broker in (
+            f"redis://127.0.0.1:{group.master_port}/0?password={MASTER_PASSWORD}",
+            f"redis://:{MASTER_PASSWORD}/x@127.0.0.1:{group.master_port}/0",
+            f"redis://:x/{MASTER_PASSWORD}@127.0.0.1:{group.master_port}/0",
+            f"redis://:{MASTER_PASSWORD}#x@127.0.0.1:{group.master_port}/0",
+            f"redis://:{MASTER_PASSWORD}@127.0.0.1:{group.master_port}:99/0",
+        ):
+            bad = cli(
+                {"CELERY_BROKER_URL": broker, "CELERY_RESULT_BACKEND": broker}, "get", "s", "k"
+            )
+            # Then each malformed URL is one line, exit 2, the URL masked
+            assert bad.returncode == 2, bad.stderr
+            assert bad.stderr.startswith("state-tasks: CONFIG_ERROR: CELERY_BROKER_URL 'redis://")
+            assert len(bad.stderr.splitlines()) == 1 and "***" in bad.stderr, bad.stderr
+            texts += [bad.stdout, bad.stderr]
+    finally:
+        worker.stop()
+        group.stop()
+    # And no password, nor a part of one, shows anywhere
+    texts.append(worker.log())
+    for text in texts:
+        for secret in (MASTER_PASSWORD, SENTINEL_PASSWORD):
+            assert secret not in text and secret[:9] not in text, text

@@ -7,6 +7,9 @@ link of the deployment finds the master through the sentinels.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,7 +18,16 @@ from typing import Any
 
 import pytest
 import redis
-from helpers import HANDLERS, REPO, RedisServer, Worker, adapter_yaml, own_db, wait_until
+from helpers import (
+    HANDLERS,
+    OUR_VARIABLES,
+    REPO,
+    RedisServer,
+    Worker,
+    adapter_yaml,
+    own_db,
+    wait_until,
+)
 
 from state_tasks import III, ConfigError, create_app
 from state_tasks.adapters.redis import RedisAdapter
@@ -25,6 +37,8 @@ from state_tasks.core.ops import parse_ops
 from state_tasks.core.service import StateService
 
 pytestmark = pytest.mark.own_broker
+
+CLI = os.path.join(os.path.dirname(sys.executable), "state-tasks")
 
 INCREMENT = [{"increment": {"field": "n", "by": 1}}]
 
@@ -432,3 +446,40 @@ def test_a_worker_with_everything_behind_sentinel_goes_on_after_a_failover(
         )
     finally:
         handle.unregister()
+
+
+def test_an_unknown_master_name_is_named_by_the_cli_the_adapter_and_a_starting_worker(
+    group: RedisSentinelGroup, tmp_path: Path
+) -> None:
+    # Given sentinels that watch no master of the configured name
+    url = ";".join(f"{part}/1" for part in group.sentinel_url().split(";"))
+    env = {
+        "CELERY_BROKER_URL": url,
+        "CELERY_RESULT_BACKEND": url,
+        "STATE_TASKS_SENTINEL_MASTER": "nosuchmaster",
+    }
+    cause = "No master found for 'nosuchmaster'; no sentinel knows a master of that name?"
+    # When the CLI calls, Then it fails within seconds naming the cause
+    ambient = {k: v for k, v in os.environ.items() if k not in OUR_VARIABLES}
+    started = time.monotonic()
+    done = subprocess.run(
+        [CLI, "--timeout", "5", "get", "s", "k"],
+        env=ambient | env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 3 and cause in done.stderr, done.stderr
+    assert time.monotonic() - started <= 10
+    # And the adapter says the same at once
+    adapter = RedisAdapter(redis_url=url, master_name="nosuchmaster")
+    with pytest.raises(AdapterUnavailable, match="no sentinel knows a master of that name"):
+        adapter.get("s", "k")
+    adapter.close()
+    # And a worker tries for STATE_TASKS_STARTUP_TIMEOUT seconds, then exits with it
+    started = time.monotonic()
+    code, log = Worker(tmp_path / "w", env | {"STATE_TASKS_STARTUP_TIMEOUT": "2"}).run_to_exit()
+    assert code != 0 and "state_tasks cannot start: [UNREACHABLE] cannot reach the broker" in log
+    assert cause in log and "ready." not in log
+    assert time.monotonic() - started <= 20

@@ -36,6 +36,23 @@ if mode == "tamper":
         return base64.b64encode(raw).decode()
 
     registry._encoders["auth"] = codec(content_type, encoding, tampered)
+if mode.startswith("swap:"):
+    # After signing's own hook has bound the headers into the body: change one header (what
+    # an attacker who captured the signed message would resend)
+    from celery import signals
+
+    header, _, value = mode[len("swap:"):].partition("=")
+
+    @signals.before_task_publish.connect(weak=False)
+    def swap(headers=None, **_):
+        headers[header] = value
+if mode == "unbound":
+    # A sender that signs without state_tasks' hook (plain Celery): no signed headers
+    from celery import signals
+
+    @signals.before_task_publish.connect(weak=False)
+    def unbind(body=None, **_):
+        body[2].pop("state_tasks_signed_headers")
 if mode == "register":
     iii.register_trigger(payload)
     print(json.dumps("registered"))
@@ -156,6 +173,63 @@ def test_a_signing_worker_runs_signed_tasks_and_refuses_the_others(
                 is None
             )
         assert run_client(broker, service, "wait", "state::list", {"scope": "signed"}) == [1]
+        assert record.llen("record:any") == 1
+        assert worker.process is not None and worker.process.poll() is None
+    finally:
+        worker.stop()
+
+
+def test_a_signed_message_whose_task_header_was_changed_is_refused(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # Given a signing worker, a key, and a trigger recording every change of its scope
+    ids = Identities(tmp_path / "ids")
+    broker = redis_server.url(own_db())
+    record_url = redis_server.url(own_db())
+    record = redis.Redis.from_url(record_url)
+    record.flushdb()
+    worker = Worker(
+        tmp_path / "w",
+        {
+            "CELERY_BROKER_URL": broker,
+            "CELERY_RESULT_BACKEND": broker,
+            "RECORD_REDIS_URL": record_url,
+            **ids.env(ids.worker),
+        },
+        includes=("trigger_handlers",),
+        pythonpath=[HANDLERS],
+    ).start()
+    service = ids.env(ids.service)
+    key = {"scope": "bound", "key": "k"}
+    try:
+        trigger = {"type": "state", "function_id": "test::onAny", "config": {"scope": "bound"}}
+        run_client(broker, service, "register", "", trigger)
+        run_client(broker, service, "wait", "state::set", {**key, "value": "kept"})
+        wait_until(lambda: record.llen("record:any") == 1, 20, "the handler")
+
+        # When a signed state::get arrives with its task header changed to state::delete,
+        # another with its id changed, and one signed by a sender that binds no headers
+        run_client(broker, service, "swap:task=state::delete", "state::get", key)
+        run_client(broker, service, "swap:id=another-id", "state::delete", key)
+        run_client(broker, service, "unbound", "state::delete", key)
+
+        # Then each is refused with one line naming the reason, and no traceback
+        def refusals() -> list[str]:
+            return [
+                line
+                for line in worker.log().splitlines()
+                if "Received invalid task message: " in line and "refused a signed message" in line
+            ]
+
+        wait_until(lambda: len(refusals()) == 3, 20, f"three refusals:\n{worker.tail()}")
+        task, task_id, unbound = refusals()
+        assert "its 'task' header ('state::delete') is not the one its sender signed" in task
+        assert "('state::get')" in task and "'task': 'state::delete'" in task
+        assert "its 'id' header ('another-id')" in task_id
+        assert "does not name the task it is delivered as" in unbound
+        assert "Traceback" not in worker.log()
+        # And the key is still there, no state:deleted fired, and signed calls still run
+        assert run_client(broker, service, "wait", "state::get", key) == "kept"
         assert record.llen("record:any") == 1
         assert worker.process is not None and worker.process.poll() is None
     finally:

@@ -87,5 +87,9 @@ def test_the_package_settings_put_broker_and_results_behind_sentinel() -> None:
         [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
     )
     broker, results = json.loads(done.stdout.strip().splitlines()[-1])
-    assert broker == {"visibility_timeout": 120, "master_name": "mymaster"}
+    assert broker == {
+        "visibility_timeout": 120,
+        "socket_connect_timeout": 5.0,
+        "master_name": "mymaster",
+    }
     assert results == {"master_name": "mymaster"}

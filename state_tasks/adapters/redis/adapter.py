@@ -83,6 +83,11 @@ class RedisAdapter(Listing, Expiring, ChangeReads):
     :param key_prefix: first part of every key (no braces).
     :param max_value_bytes: the largest JSON text of one value, in bytes of UTF-8.
     :param socket_timeout_s: how long a connection or a reply is waited for.
+    :param use_functions: run the scripts as the Redis functions of this release's library
+        (``FCALL``), which an administrator loads once per release with ``state-tasks redis
+        install-functions``; the adapter's user then needs no ``EVALSHA`` or ``SCRIPT``
+        (docs/security.md). Without the library, calls fail with an ``ADAPTER_ERROR`` that
+        names the command.
     :param op_window_s: how long an applied operation id is remembered (default: the
         broker's redelivery window, :func:`state_tasks.adapters.records.default_op_window_s`).
     :param ssl_ca_certs: ``rediss://`` only: a PEM file of the CAs to trust (default: the

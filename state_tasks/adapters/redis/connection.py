@@ -23,6 +23,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
 from state_tasks.core.cluster import ClusterTarget, is_cluster_url, parse_cluster_url
+from state_tasks.core.connect_errors import bound_tls_handshakes
 from state_tasks.core.errors import AdapterError, AdapterUnavailable, ConfigError
 from state_tasks.core.sentinel import SentinelTarget, is_sentinel_url, parse_sentinel_url
 from state_tasks.core.urls import redact_url
@@ -175,6 +176,7 @@ class RedisTarget:
     def connect(self) -> Any:
         """A new client and its connection pool: ``redis.Redis`` (one server, or the master
         the sentinels name), or ``redis.cluster.RedisCluster``."""
+        bound_tls_handshakes()
         timeouts = {
             "socket_timeout": self.socket_timeout_s,
             "socket_connect_timeout": self.socket_timeout_s,

@@ -125,12 +125,16 @@ class RedisRunner(VersionedStateAdapter):
                     self._client = self.target.connect()
         return self._client
 
-    def script(self, name: str) -> Script:
+    def script(self, name: str) -> Any:
         """The script ``lua/<name>.lua``, registered with the client on first use
         (registering twice, by two threads at once, is harmless)."""
-        found = self._scripts.get(name)
+        found: Any = self._scripts.get(name)
         if found is None:
-            found = self._scripts[name] = scripts.LuaScript(self.client, scripts.source(name))
+            if self.settings.use_functions:  # (least privilege: FCALL of the installed library)
+                found = scripts.FunctionScript(self.client, name)
+            else:
+                found = scripts.LuaScript(self.client, scripts.source(name))
+            self._scripts[name] = found
         return found
 
     def close(self) -> None:
@@ -148,7 +152,12 @@ class RedisRunner(VersionedStateAdapter):
         :class:`AdapterUnavailable` (retried), anything else :class:`AdapterError`."""
         try:
             return call()
+        except scripts.MissingLibrary as e:
+            raise AdapterError(f"{what}: Redis at {self.safe_url}: {e}") from e
         except DRIVER_ERRORS as e:
+            missing = scripts.missing_library(e)
+            if isinstance(missing, scripts.MissingLibrary):
+                raise AdapterError(f"{what}: Redis at {self.safe_url}: {missing}") from e
             if is_unavailable(e):
                 raise self._topology.unavailable(what, scope, e) from e
             where = f" (scope {scope!r})" if scope is not None else ""

@@ -51,6 +51,9 @@ class RedisSettings(AdapterSettings):
     # Synchronous replication: WAIT for this many replicas after each write (0: off).
     wait_replicas: int = Field(0, ge=0)
     wait_timeout_ms: int = Field(DEFAULT_WAIT_TIMEOUT_MS, gt=0)
+    # Least privilege: run the scripts as the Redis functions an administrator loaded
+    # (`state-tasks redis install-functions`): FCALL, no EVAL/EVALSHA/SCRIPT for the user.
+    use_functions: bool = False
     # Redis Cluster: true makes a redis:// / rediss:// URL one seed node of a cluster (a
     # redis+cluster:// URL needs nothing more; state_tasks.core.cluster).
     cluster: bool = False

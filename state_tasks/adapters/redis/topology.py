@@ -27,6 +27,8 @@ from state_tasks.adapters.redis.connection import (
     tls_refusal,
 )
 from state_tasks.adapters.redis.layout import BucketLayout, KeyLayout
+from state_tasks.adapters.redis.scripts import script_command
+from state_tasks.core.connect_errors import is_permanent, likely_cause
 from state_tasks.core.errors import AdapterError, AdapterUnavailable, StateError
 
 logger = logging.getLogger(__name__)
@@ -113,6 +115,18 @@ class OneServer:
                 "Check ssl_ca_certs (the CA that signed the server's certificate) and "
                 "that the certificate names the host in redis_url."
             )
+        cause = likely_cause(error, self.safe_url)
+        if is_permanent(cause):
+            # A wrong password or a TLS mismatch will not mend on a retry: say so at once.
+            return AdapterError(
+                f"{what}{where}: Redis at {self.safe_url} refused the connection: {cause} "
+                f"({node_error(error)})"
+            )
+        if cause is not None:
+            return AdapterUnavailable(
+                f"{what}{where}: cannot reach Redis at {self.safe_url}: {cause} "
+                f"({node_error(error)}); calls are retried"
+            )
         return AdapterUnavailable(
             f"{what}{where}: cannot reach Redis at {self.safe_url}: "
             f"{error.__class__.__name__}. Check that the server runs and the URL is "
@@ -156,7 +170,7 @@ class Cluster(OneServer):
         for attempt in range(2):
             pipe = client.pipeline(transaction=False)
             for keys, args in calls:
-                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                pipe.execute_command(*script_command(script, keys, args))
             replies = pipe.execute(raise_on_error=False)
             if attempt or not any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
                 break
@@ -233,7 +247,7 @@ class Cluster(OneServer):
         for attempt in range(2):
             pipe = connection.pipeline(transaction=False)
             for keys, args in calls:
-                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                pipe.execute_command(*script_command(script, keys, args))
             replies = pipe.execute(raise_on_error=False)
             if attempt or not any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
                 break
