@@ -29,6 +29,7 @@ import redis
 from bench.changelog import bytes_per_entry, changelog_set_cost, watch_lag
 from bench.cluster import ClusterFigures
 from bench.costs import costs
+from bench.filters import filter_match_10k, filter_messages_vs_condition
 from bench.harness import BenchDeployment, adapter_yaml, median, timed_ops_per_s
 from bench.soak import soak
 from state_tasks.adapters.file_store import FileKvStore
@@ -752,6 +753,9 @@ FIGURES: dict[str, Callable[[Bench], Figure | list[Figure]]] = {
     "watch_lag_p99_ms": lambda b: [Figure(*row) for row in watch_lag(b)],
     # also changelog_bytes_per_entry_1kb, changelog_bytes_per_entry_kv
     "changelog_bytes_per_entry": lambda b: [Figure(*row) for row in bytes_per_entry(b)],
+    # declarative trigger filters (bench/filters.py)
+    "filter_messages_vs_condition": lambda b: Figure(*filter_messages_vs_condition(b)),
+    "filter_match_10k": lambda b: Figure(*filter_match_10k(b)),
     # redis_op_record_bytes, kv_op_record_bytes, results_bytes_per_op,
     # embedded_files_after_10k, soak_rss_growth_mb (bench/soak.py)
     "soak": lambda b: [Figure(*row) for row in soak(b)],

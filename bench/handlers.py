@@ -57,3 +57,21 @@ def expiry_handler(event: dict[str, Any]) -> dict[str, Any]:
     if _record is not None and event.get("reason") == "expired":
         _record.rpush("bench:expired", f"{event['key']} {event['timestamp']} {time.time()!r}")
     return {}
+
+
+@app.task(name="bench::countHandler")
+def count_handler(event: dict[str, Any]) -> dict[str, Any]:
+    """Counts the changes it handled per scope (bench/filters.py)."""
+    if _record is not None:
+        _record.incr(f"bench:handled:{event['scope']}")
+    return {}
+
+
+@app.task(name="bench::emailChanged")
+def email_changed(event: dict[str, Any]) -> bool:
+    """The seed's condition: an update that changed the email (bench/filters.py)."""
+    if event.get("event_type") != "state:updated":
+        return False
+    old = event.get("old_value") or {}
+    new = event.get("new_value") or {}
+    return bool(old.get("email") != new.get("email"))

@@ -72,6 +72,8 @@ MAX_NODES = 64
 MAX_LIST = 256
 #: Largest literal (``eq``, ``ne``, an ``in`` item, ``gt``...) as JSON.
 MAX_LITERAL_BYTES = 4096
+#: The JSON of a whole filter nests at most this deep (checked first, without recursion).
+MAX_JSON_DEPTH = 3 * MAX_DEPTH + 16
 #: The JSON of a whole filter, at most.
 MAX_FILTER_BYTES = 64 * 1024
 
@@ -94,7 +96,11 @@ def _check_path(raw: Any) -> tuple[str, ...]:
     for segment in segments:
         if not segment and isinstance(raw, list):
             raise ValueError("a path segment is a non-empty field name")
-        if len(segment.encode("utf-8", "surrogatepass")) > MAX_SEGMENT_BYTES:
+        try:
+            size = len(segment.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise ValueError("a path segment must be valid Unicode (no lone surrogate)") from None
+        if size > MAX_SEGMENT_BYTES:
             raise ValueError(f"a path segment is at most {MAX_SEGMENT_BYTES} bytes")
     return tuple(segments)
 
@@ -102,7 +108,7 @@ def _check_path(raw: Any) -> tuple[str, ...]:
 def _check_literal(value: Any) -> Any:
     try:
         size = len(json.dumps(value, allow_nan=False, ensure_ascii=False).encode())
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         raise ValueError(f"a value to compare with must be JSON, got {_show(value)}") from None
     if size > MAX_LITERAL_BYTES:
         raise ValueError(f"a value to compare with is at most {MAX_LITERAL_BYTES} bytes of JSON")
@@ -110,7 +116,10 @@ def _check_literal(value: Any) -> Any:
 
 
 def _show(value: Any) -> str:
-    shown = repr(value)
+    try:
+        shown = repr(value)
+    except RecursionError:
+        return "a value nested too deeply"
     return shown if len(shown) <= 60 else shown[:57] + "..."
 
 
@@ -152,7 +161,7 @@ class Compare(_Filter):
     gte: int | float | str | None = None
     lt: int | float | str | None = None
     lte: int | float | str | None = None
-    exists: bool | None = None
+    exists: Annotated[bool, Field(strict=True)] | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -162,11 +171,18 @@ class Compare(_Filter):
         _check_path(path)
         return path
 
+    @field_validator("exists", "in_", mode="before")
+    @classmethod
+    def _given(cls, value: Any) -> Any:
+        if value is None:  # (only when given: an operator left out is not validated)
+            raise ValueError("needs a value, not null")
+        return value
+
     @field_validator("gt", "gte", "lt", "lte", mode="before")
     @classmethod
     def _orderable(cls, value: Any) -> Any:
         if value is None:
-            return value
+            raise ValueError("needs a value, not null")
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise ValueError(f"compares numbers or strings, got {_show(value)}")
         if isinstance(value, float) and not math.isfinite(value):
@@ -179,6 +195,8 @@ class Compare(_Filter):
     @classmethod
     def _one_comparison(cls, data: Any) -> Any:
         if isinstance(data, Mapping):
+            if "in_" in data and "in" not in data:  # Compare(path=..., in_=[...]) in Python
+                data = {("in" if name == "in_" else name): value for name, value in data.items()}
             given = [name for name in COMPARISONS if name in data]
             if len(given) != 1:
                 raise ValueError(
@@ -288,8 +306,11 @@ class TriggerFilter(RootModel[Node]):
                 raise ValueError("a filter must be JSON") from None
             if size > MAX_FILTER_BYTES:
                 raise ValueError(f"a filter is at most {MAX_FILTER_BYTES} bytes of JSON")
-            if deeper_than(data, 3 * MAX_DEPTH + 4):
-                raise ValueError(f"a filter nests 'all', 'any' and 'not' at most {MAX_DEPTH} deep")
+            if deeper_than(data, MAX_JSON_DEPTH):
+                raise ValueError(
+                    f"a filter nests at most {MAX_JSON_DEPTH} levels of JSON (its 'all', "
+                    f"'any' and 'not' at most {MAX_DEPTH}, and the values it compares with)"
+                )
         return data
 
     @model_validator(mode="after")

@@ -445,17 +445,27 @@ def _show(value: Any) -> str:
 
 def filter_location(loc: tuple[Any, ...]) -> list[str]:
     """An error's location as the user wrote it: a trigger filter's shapes are told apart
-    by a tag that pydantic puts in the location (``when.all.all.0.compare.eq``): dropped
-    (``when.all.0.eq``)."""
+    by a tag that pydantic puts in the location at every filter (``when.all.all.0.compare.eq``):
+    dropped (``when.all.0.eq``)."""
     parts = [str(part) for part in loc]
     if "when" not in parts:
         return parts
-    kept: list[str] = []
-    for index, part in enumerate(parts):
-        after = parts[index + 1] if index + 1 < len(parts) else None
-        if part == "compare" or (part in FILTER_TAGS and after == part):
+    start = parts.index("when") + 1
+    kept = parts[:start]
+    tag_next, index_next = True, False
+    for part in parts[start:]:
+        if tag_next and part in FILTER_TAGS:  # a filter: its tag first
+            tag_next = False
             continue
         kept.append(part)
+        if index_next:  # the index of an item of all/any: a filter follows
+            tag_next, index_next = part.isdigit(), False
+        elif part in ("all", "any"):
+            index_next = True
+        elif part == "not":
+            tag_next = True
+        else:
+            tag_next = False
     return kept
 
 
