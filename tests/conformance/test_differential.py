@@ -423,6 +423,17 @@ def model_update(current: Json, exists: bool, raw_ops: list[dict[str, Json]]) ->
     raise OpFailed(len(raw_ops) - 1, reason)
 
 
+def bridge_unsendable(raw_ops: list[dict[str, Json]]) -> OpFailed | None:
+    """What a Bridge answers for ops that passed every check but hold what JSON cannot carry
+    (only from Python): the first such op cannot be sent to the remote, even when a later op
+    would overwrite what it makes (the README's Bridge limits)."""
+    for index, op in enumerate(raw_ops):
+        reason = unstorable_reason(materialize(op))
+        if reason is not None:
+            return OpFailed(index, reason)
+    return None
+
+
 # -- the model of the contract ------------------------------------------------------------------
 
 
@@ -670,6 +681,9 @@ class Model:
         old = None if current is None else current.value
         try:
             new = model_update(old, current is not None, raw_ops)
+            unsendable = bridge_unsendable(raw_ops) if self.bridged else None
+            if unsendable is not None:
+                raise unsendable
         except OpFailed as e:
             details = {"op_index": e.index, "reason": e.reason}
             return Prediction([(failed("UPDATE_OP_ERROR", details), [])])
@@ -694,6 +708,14 @@ class Model:
                 self._record(op_id, Record(None, [], None, "settled", at_once=True))
 
             return Prediction([(ok(None), expired)], [], commit_absent)
+        if self.bridged and current.value is None:
+            # The remote answers a delete of a key that held null as of an absent one: the
+            # Bridge cannot tell, so it fires nothing (the README's Bridge limit).
+            def commit_null() -> None:
+                self._remove(scope, key)
+                self._record(op_id, Record(None, [], None))
+
+            return Prediction([(ok(None), [])], [], commit_null)
         deleted_version = current.version if not self.bridged else (if_version or 0)
         event = change_event(
             "state:deleted", scope, key, current.value, None, deleted_version, op_id or "<random>"
@@ -737,7 +759,7 @@ class Model:
             if kind == "delete":
                 results.append(old)
                 settled.append(None)
-                if exists:
+                if exists and not (self.bridged and old is None):  # (a null: as above)
                     deleted_version = version_now if not self.bridged else (if_version or 0)
                     events.append(
                         change_event(
@@ -752,6 +774,9 @@ class Model:
             else:
                 try:
                     new = model_update(old, exists, operand)
+                    unsendable = bridge_unsendable(operand) if self.bridged else None
+                    if unsendable is not None:
+                        raise unsendable
                 except OpFailed as e:
                     details = {"op_index": e.index, "reason": e.reason, "operation_index": index}
                     return Prediction([(failed("UPDATE_OP_ERROR", details), [])])

@@ -62,10 +62,11 @@ def test_a_scopes_keys_share_a_slot_and_the_buckets_spread_over_every_master(
     client = adapter.client
     for scope in scopes[:20]:
         keys = adapter.layout.mutation_keys(scope, f"op-{scope}")
-        assert all(client.exists(key) for key in keys[:2] + keys[3:8])
-        # Then all of them, the pending expiries' keys (KEYS[9..10]) too, are in one slot
-        # (Redis would refuse the script otherwise)
-        assert len(keys) == 10
+        assert all(client.exists(key) for key in [*keys[:2], *keys[3:8], keys[10]])
+        # Then all of them, the pending expiries' keys (KEYS[9..10]) and the bucket's change
+        # log (KEYS[11]) too, are in one slot (Redis would refuse the script otherwise)
+        assert len(keys) == 11
+        assert client.type(keys[10]) == "stream"
         assert len({client.keyslot(key) for key in keys}) == 1
     # And the buckets (so the scopes, groups and due indexes) are spread over the three
     # masters, evenly
