@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -903,9 +904,11 @@ class Subject:
             event_id = f"expired:{version}" if ok_id else f"<bad expiry id {event_id}>"
         elif not event_id.startswith("op-"):
             # no operation id: the id derived from the change, as the change log has it
-            derived = isinstance(given, int) and event_id == change_event_id(
-                event["event_type"], scope, key, given
-            )
+            known = isinstance(given, int) and not isinstance(given, bool) and given > 0
+            if known:
+                derived = event_id == change_event_id(event["event_type"], scope, key, given)
+            else:  # the version is not known (a Bridge's delete): random
+                derived = re.fullmatch("[0-9a-f]{32}", event_id) is not None
             event_id = "<random>" if derived else f"<bad derived id {event_id}>"
         return change_event(
             event["event_type"],
