@@ -484,7 +484,9 @@ def test_triggers_say_when_no_worker_can_run_them_and_how_they_ran(
         warning = wait_for(browser, '#trigger-warnings [data-code="UNKNOWN_FUNCTION"]').text
         assert "no running worker has the function 'test::nope'" in warning
         assert re.search(
-            r"asked every worker on (redis|amqp)://\S+; 1 answered within 1 s: \S+@", warning
+            r"asked every worker on (redis|amqp)://\S+( \(results: \S+\))?; "
+            r"1 answered within 1 s: \S+@",
+            warning,
         )
         row = wait_for(browser, '#triggers tr[data-function="test::nope"]')
         assert "no worker has it" in row.text
