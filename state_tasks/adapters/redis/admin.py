@@ -16,7 +16,7 @@ from typing import Any
 import redis.cluster
 
 from state_tasks.adapters.redis import scripts
-from state_tasks.adapters.redis.connection import DRIVER_ERRORS, RedisTarget, node_error
+from state_tasks.adapters.redis.connection import DRIVER_ERRORS, node_error
 from state_tasks.adapters.redis.settings import RedisSettings
 from state_tasks.core.connect_errors import likely_cause
 from state_tasks.core.errors import AdapterError, ConfigError
@@ -47,17 +47,7 @@ def install_functions(url: str | None = None) -> dict[str, Any]:
     :raises AdapterError: the server refused (a user without ``FUNCTION LOAD``, say).
     """
     settings = _configured_settings(url)
-    target = RedisTarget(
-        redis_url=settings.redis_url,
-        ssl_ca_certs=settings.ssl_ca_certs,
-        ssl_certfile=settings.ssl_certfile,
-        ssl_keyfile=settings.ssl_keyfile,
-        ssl_cert_reqs=settings.ssl_cert_reqs,
-        master_name=settings.master_name,
-        sentinel_password=settings.sentinel_password,
-        cluster=settings.cluster,
-        socket_timeout_s=settings.socket_timeout_s,
-    )
+    target = settings.target()
     done: dict[str, Any] = {"library": scripts.library_name(), "loaded": [], "present": []}
     client = target.connect()
     try:

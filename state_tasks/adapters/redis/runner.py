@@ -25,7 +25,6 @@ from state_tasks.adapters.base import VersionedStateAdapter
 from state_tasks.adapters.redis import scripts
 from state_tasks.adapters.redis.connection import (
     DRIVER_ERRORS,
-    RedisTarget,
     is_unavailable,
     node_error,
 )
@@ -64,17 +63,7 @@ class RedisRunner(VersionedStateAdapter):
         **options: Any,
     ) -> None:
         self.settings = settings = RedisSettings.given(settings, options)
-        self.target = RedisTarget(
-            redis_url=settings.redis_url,
-            ssl_ca_certs=settings.ssl_ca_certs,
-            ssl_certfile=settings.ssl_certfile,
-            ssl_keyfile=settings.ssl_keyfile,
-            ssl_cert_reqs=settings.ssl_cert_reqs,
-            master_name=settings.master_name,
-            sentinel_password=settings.sentinel_password,
-            cluster=settings.cluster,
-            socket_timeout_s=settings.socket_timeout_s,
-        )
+        self.target = settings.target()
         redis_url, key_prefix = settings.redis_url, settings.key_prefix
         wait_replicas, wait_timeout_ms = settings.wait_replicas, settings.wait_timeout_ms
         master_name, max_value_bytes = settings.master_name, settings.max_value_bytes

@@ -13,6 +13,7 @@ from state_tasks.adapters.redis.connection import (
     DEFAULT_REDIS_URL,
     DEFAULT_SOCKET_TIMEOUT_S,
     DEFAULT_SSL_CERT_REQS,
+    RedisTarget,
 )
 from state_tasks.adapters.settings import AdapterSettings
 from state_tasks.core.sentinel import (
@@ -76,3 +77,17 @@ class RedisSettings(AdapterSettings):
                 if options.get(name) is None and os.environ.get(variable):
                     options = {**options, name: os.environ[variable]}
         return options
+
+    def target(self) -> RedisTarget:
+        """Where these settings connect: the URL, TLS, Sentinel and cluster options, checked."""
+        return RedisTarget(
+            redis_url=self.redis_url,
+            ssl_ca_certs=self.ssl_ca_certs,
+            ssl_certfile=self.ssl_certfile,
+            ssl_keyfile=self.ssl_keyfile,
+            ssl_cert_reqs=self.ssl_cert_reqs,
+            master_name=self.master_name,
+            sentinel_password=self.sentinel_password,
+            cluster=self.cluster,
+            socket_timeout_s=self.socket_timeout_s,
+        )
