@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from celery import Celery
 
     from state_tasks.celery_app import create_app
+    from state_tasks.coordination import FanIn, Lock, NotAcquired, fan_in, lock, once
     from state_tasks.facade import III
     from state_tasks.triggers.declarations import state_trigger
     from state_tasks.watching import Watcher, watch
@@ -74,6 +75,12 @@ if TYPE_CHECKING:
 _LAZY = {
     "app": "state_tasks.celery_app",
     "create_app": "state_tasks.celery_app",
+    "FanIn": "state_tasks.coordination",
+    "Lock": "state_tasks.coordination",
+    "NotAcquired": "state_tasks.coordination",
+    "fan_in": "state_tasks.coordination",
+    "lock": "state_tasks.coordination",
+    "once": "state_tasks.coordination",
     "III": "state_tasks.facade",
     "iii": "state_tasks.facade",
     "state_trigger": "state_tasks.triggers.declarations",
@@ -111,10 +118,13 @@ __all__ = [
     "ConfigError",
     "DecrementOp",
     "EventTypes",
+    "FanIn",
     "IncrementOp",
     "ListPage",
+    "Lock",
     "MergeOp",
     "Not",
+    "NotAcquired",
     "RemoveOp",
     "SetOp",
     "StateError",
@@ -130,7 +140,10 @@ __all__ = [
     "app",
     "batch_json",
     "create_app",
+    "fan_in",
     "iii",
+    "lock",
+    "once",
     "ops_json",
     "state_trigger",
     "watch",

@@ -16,7 +16,12 @@ from state_tasks.embedded_broker import result_folder  # (registers our schemes 
 from state_tasks.security import bind_headers, limit_json_depth, setup_signing
 
 #: Modules every worker imports: the state tasks, the trigger tasks, the worker's checks.
-TASK_MODULES = ("state_tasks.tasks", "state_tasks.triggers.tasks", "state_tasks.worker")
+TASK_MODULES = (
+    "state_tasks.tasks",
+    "state_tasks.triggers.tasks",
+    "state_tasks.worker",
+    "state_tasks.coordination",
+)
 #: The package's own settings.
 SETTINGS_MODULE = "state_tasks.settings"
 #: The environment variable naming a module of the user's Celery overrides.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import Any
 
 from celery import Celery
 
@@ -30,7 +31,14 @@ class Runtime:
         self.adapter.open()
         self.registry = TriggerRegistry(self.adapter)
         self.dispatcher = Dispatcher(app, self.registry)
-        self.service = StateService(self.adapter, on_change=self.dispatcher)
+        self.service = StateService(
+            self.adapter, on_change=self.dispatcher, send_task=self.send_then
+        )
+
+    def send_then(self, name: str, kwargs: dict[str, Any], task_id: str) -> None:
+        """Send a barrier's ``then`` task (its id derived from the barrier: a redelivered
+        arrival that sends it again sends the same id)."""
+        self.app.send_task(name, kwargs=kwargs, task_id=task_id, add_to_parent=False)
 
     def close(self) -> None:
         """Settle the records of finished operations, then flush and release the adapter.

@@ -37,6 +37,7 @@ import ssl
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from state_tasks.core.coordination import FAN_IN_HEADER
 from state_tasks.core.errors import ConfigError
 from state_tasks.core.ops import deeper_than
 from state_tasks.core.urls import redact_url
@@ -182,7 +183,17 @@ SIGNED_HEADERS_KEY = "state_tasks_signed_headers"
 #: (``eta``, ``expires``), its retry count and its time limits. The others are display
 #: (``argsrepr``, ``kwargsrepr``, ``shadow``, ``origin``) or tracing (``root_id``,
 #: ``parent_id``) and are not bound.
-SIGNED_HEADERS = ("task", "id", "eta", "expires", "retries", "timelimit", "ignore_result")
+SIGNED_HEADERS = (
+    "task",
+    "id",
+    "eta",
+    "expires",
+    "retries",
+    "timelimit",
+    "ignore_result",
+    # A fan-in member's barrier: its arrival may send the barrier's (signed) 'then' task.
+    FAN_IN_HEADER,
+)
 
 
 def _comparable(value: Any) -> Any:

@@ -158,3 +158,70 @@ def state_changes(**extra: Any) -> dict[str, Any]:
     after the cursor ``after`` (omitted: from the oldest kept), of ``scope`` or of the scopes
     starting with ``prefix``; ``c`` reads on from there."""
     return _call("state::changes", extra)  # type: ignore[no-any-return]
+
+
+# -- coordination (state_tasks.core.coordination) ---------------------------------------
+
+
+@app.task(**RETRY_OPTIONS, bind=True, name="state::lock")
+def state_lock(
+    self: Task,
+    scope: str = MISSING,
+    key: str = MISSING,
+    owner: str = MISSING,
+    ttl_ms: int = MISSING,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Take the lock ``(scope, key)`` for ``owner`` for ``ttl_ms``: ``{"acquired": true,
+    "token": n, "owner", "expires_in_ms"}``, or ``{"acquired": false, "owner": holder,
+    "expires_in_ms": left}``. Tokens of a lock only grow (fencing tokens)."""
+    given = {"scope": scope, "key": key, "owner": owner, "ttl_ms": ttl_ms, **extra}
+    return _call("state::lock", given, _op_id(self))  # type: ignore[no-any-return]
+
+
+@app.task(**RETRY_OPTIONS, bind=True, name="state::unlock")
+def state_unlock(
+    self: Task, scope: str = MISSING, key: str = MISSING, token: int = MISSING, **extra: Any
+) -> dict[str, Any]:
+    """Release the lock if ``token`` holds it: ``{"released": bool}``."""
+    given = {"scope": scope, "key": key, "token": token, **extra}
+    return _call("state::unlock", given, _op_id(self))  # type: ignore[no-any-return]
+
+
+@app.task(**RETRY_OPTIONS, bind=True, name="state::extend")
+def state_extend(
+    self: Task,
+    scope: str = MISSING,
+    key: str = MISSING,
+    token: int = MISSING,
+    ttl_ms: int = MISSING,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Keep the lock ``ttl_ms`` longer from now if ``token`` holds it:
+    ``{"extended": bool, "expires_in_ms": ms or null}``."""
+    given = {"scope": scope, "key": key, "token": token, "ttl_ms": ttl_ms, **extra}
+    return _call("state::extend", given, _op_id(self))  # type: ignore[no-any-return]
+
+
+@app.task(**RETRY_OPTIONS, bind=True, name="state::arrive")
+def state_arrive(
+    self: Task,
+    scope: str = MISSING,
+    key: str = MISSING,
+    member: str = MISSING,
+    expected: int = MISSING,
+    then: dict[str, Any] = MISSING,
+    **extra: Any,
+) -> dict[str, Any]:
+    """``member`` arrives at the barrier ``(scope, key)``; the arrival of the last of
+    ``expected`` distinct members sends ``then`` (``{"task", "kwargs"}``) once:
+    ``{"arrived": n, "expected": m, "fired": bool}``."""
+    given = {
+        "scope": scope,
+        "key": key,
+        "member": member,
+        "expected": expected,
+        "then": then,
+        **extra,
+    }
+    return _call("state::arrive", given, _op_id(self))  # type: ignore[no-any-return]

@@ -54,6 +54,7 @@ from state_tasks.core.changes import (
     change_event_id,
     expiry_event_id,
 )
+from state_tasks.core.coordination import COORDINATION_FUNCTIONS, Coordinator, SendTask
 from state_tasks.core.errors import AdapterError, AdapterUnavailable, StateError, ValidationError
 from state_tasks.core.models import (
     BATCH_OPERATIONS,
@@ -86,6 +87,7 @@ STATE_FUNCTIONS = (
     "state::batch",
     "state::get_many",
     "state::changes",
+    *COORDINATION_FUNCTIONS,
 )
 
 #: A change's record is settled by the next call of the thread that made it, or by the next
@@ -159,6 +161,8 @@ class StateService:
         not read); one that has ``send_all(events)`` gets them together
         (:class:`state_tasks.triggers.dispatch.Dispatcher` has both).
     :param expiry_resend_after_ms: see :data:`DEFAULT_EXPIRY_RESEND_AFTER_MS`.
+    :param send_task: ``send_task(name, kwargs, task_id)`` sends a barrier's ``then`` task
+        (:mod:`state_tasks.core.coordination`); ``None``: ``state::arrive`` is refused.
     """
 
     def __init__(
@@ -167,6 +171,7 @@ class StateService:
         on_change: ChangeListener | None = None,
         *,
         expiry_resend_after_ms: int = DEFAULT_EXPIRY_RESEND_AFTER_MS,
+        send_task: SendTask | None = None,
     ) -> None:
         self.adapter = adapter
         self.on_change = on_change
@@ -183,6 +188,8 @@ class StateService:
             "state::get_many": self._get_many,
             "state::changes": self._changes,
         }
+        self.coordinator = Coordinator(self, send_task)
+        self._handlers.update(self.coordinator.handlers())
         # (thread id, monotonic time, op id) of operations whose trigger work was sent.
         self._sent: list[tuple[int, float, str]] = []
         self._sent_lock = threading.Lock()
