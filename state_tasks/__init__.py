@@ -26,6 +26,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from state_tasks.core.changes import ChangeLogSettings, Compacted
+from state_tasks.core.coordination import ArriveAnswer, LockAnswer, ThenSpec
 from state_tasks.core.errors import (
     AdapterError,
     AdapterUnavailable,
@@ -105,6 +106,7 @@ __all__ = [
     "All",
     "AnyOf",
     "AppendOp",
+    "ArriveAnswer",
     "BatchDeleteOperation",
     "BatchSetOperation",
     "BatchUpdateOperation",
@@ -122,6 +124,7 @@ __all__ = [
     "IncrementOp",
     "ListPage",
     "Lock",
+    "LockAnswer",
     "MergeOp",
     "Not",
     "NotAcquired",
@@ -129,6 +132,7 @@ __all__ = [
     "SetOp",
     "StateError",
     "StateEvent",
+    "ThenSpec",
     "TriggerFilter",
     "UpdateOp",
     "UpdateOpError",

@@ -16,6 +16,9 @@
     state-tasks groups
     state-tasks changes --scope users --limit 10               # one page of the change log
     state-tasks watch --prefix user                            # every change, live, as JSON lines
+    state-tasks lock jobs nightly --ttl-ms 30000 --wait 10     # {"acquired", "token", ...}
+    state-tasks extend jobs nightly --token 12 --ttl-ms 30000
+    state-tasks unlock jobs nightly --token 12
     state-tasks triggers list
     state-tasks triggers add users::onEmail --scope users --when '{"changed": ["email"]}'
     state-tasks triggers remove trg_...
@@ -24,9 +27,10 @@
 
 It reads the same environment as a worker (``CELERY_BROKER_URL``, ``REDIS_URL``, ...).
 Output is JSON (indented on a terminal). Exit codes: 0 success, 1 a ``StateError``
-from the state functions, 2 bad usage, bad JSON or a bad configuration (CONFIG_ERROR), 3
-the broker, the result backend or the workers could not be reached in time (``--timeout``
-bounds the whole call).
+from the state functions, or a lock not taken, released or extended (its answer printed),
+2 bad usage, bad JSON or a bad configuration (CONFIG_ERROR), 3 the broker, the result
+backend or the workers could not be reached in time (``--timeout`` bounds the whole call,
+each attempt of ``lock --wait``).
 """
 
 from __future__ import annotations
@@ -34,9 +38,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
+import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -79,6 +86,17 @@ def _json_argument(text: str, what: str) -> Any:
             "(state_tasks.security.DEFAULT_MAX_JSON_DEPTH)"
         )
         raise SystemExit(_fail(EXIT_USAGE, message))
+    return value
+
+
+def _seconds(text: str) -> float:
+    """``--wait``: a finite number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more, got {text!r}")
     return value
 
 
@@ -154,6 +172,37 @@ def build_parser() -> argparse.ArgumentParser:
             )
             command.add_argument(
                 "--limit", type=int, help="changes per call (1 to 1000, default 100)"
+            )
+    for name, help_text in (
+        ("lock", "take the lock SCOPE KEY: print its token (exit 1: held, the holder printed)"),
+        ("unlock", "release the lock held with --token (exit 1: not held by it)"),
+        ("extend", "keep the lock held with --token --ttl-ms longer (exit 1: not held by it)"),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("scope", metavar="SCOPE")
+        command.add_argument("key", metavar="KEY")
+        if name != "lock":
+            command.add_argument(
+                "--token", type=int, required=True, metavar="N", help="the token lock printed"
+            )
+        if name != "unlock":
+            command.add_argument(
+                "--ttl-ms",
+                type=int,
+                required=True,
+                metavar="MS",
+                help="the lock is free MS ms from now unless extended or released",
+            )
+        if name == "lock":
+            command.add_argument(
+                "--owner", help="the holder's name (default cli:HOSTNAME:PID, this call's)"
+            )
+            command.add_argument(
+                "--wait",
+                type=_seconds,
+                default=0.0,
+                metavar="SECONDS",
+                help="while another holds it, try again for up to SECONDS (default 0: once)",
             )
     console = commands.add_parser(
         "console",
@@ -254,6 +303,20 @@ def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         }
     if args.command == "get-many":
         return "state::get_many", {"scope": args.scope, "keys": args.keys}
+    if args.command == "lock":
+        owner = _default_owner() if args.owner is None else args.owner
+        return "state::lock", {
+            "scope": args.scope,
+            "key": args.key,
+            "owner": owner,
+            "ttl_ms": args.ttl_ms,
+        }
+    if args.command in ("unlock", "extend"):
+        return f"state::{args.command}", {
+            "scope": args.scope,
+            "key": args.key,
+            "token": args.token,
+        } | ({"ttl_ms": args.ttl_ms} if args.command == "extend" else {})
     if args.command == "changes":
         return "state::changes", _log_filter(args) | (
             {"limit": args.limit} if args.limit is not None else {}
@@ -268,6 +331,11 @@ def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
             {"with_keys": True} if args.keys else {}
         )
     return "state::list_groups", paging | ({"with_counts": True} if args.counts else {})
+
+
+def _default_owner() -> str:
+    """``lock``'s owner unless ``--owner``: this call, ``cli:<hostname>:<pid>``."""
+    return f"cli:{socket.gethostname()}:{os.getpid()}"
 
 
 def _trigger_spec(args: argparse.Namespace) -> dict[str, Any]:
@@ -410,23 +478,65 @@ def run(argv: Sequence[str] | None = None, facade: III | None = None) -> int:
             {"function_id": function_id, "payload": payload, "timeout_ms": timeout_ms}
         )
 
+    if args.command in COORDINATION_OUTCOMES:
+        return _coordinate(args, facade, call)
+    result, failed = _reported(args.timeout, facade, call)
+    if failed is not None:
+        return failed
+    if result is None and args.command == "triggers" and args.action == "remove":
+        return _fail(EXIT_STATE_ERROR, f"no trigger with id {args.trigger_id!r}")
+    _print(result)
+    return 0
+
+
+def _reported(timeout_s: float, facade: III, call: Callable[[], Any]) -> tuple[Any, int | None]:
+    """``(call()'s result, None)`` within ``timeout_s``, or ``(None, exit code)`` once its
+    failure is reported on stderr."""
     try:
-        result = _within(args.timeout, facade.app, call)
-        if result is None and args.command == "triggers" and args.action == "remove":
-            return _fail(EXIT_STATE_ERROR, f"no trigger with id {args.trigger_id!r}")
+        return _within(timeout_s, facade.app, call), None
     except CallTimeout as e:
-        return _fail(EXIT_UNREACHABLE, e.message)
+        return None, _fail(EXIT_UNREACHABLE, e.message)
     except ConfigError as e:  # the environment's settings: fix them, as bad usage
-        return _fail(EXIT_USAGE, f"{e.code}: {e.message}")
+        return None, _fail(EXIT_USAGE, f"{e.code}: {e.message}")
     except StateError as e:
-        return _fail(EXIT_STATE_ERROR, f"{e.code}: {e.message}")
+        return None, _fail(EXIT_STATE_ERROR, f"{e.code}: {e.message}")
     except RecursionError:  # a RuntimeError, but no broker failure
-        return _fail(EXIT_USAGE, "a value is nested too deeply to send or read")
+        return None, _fail(EXIT_USAGE, "a value is nested too deeply to send or read")
     except UNREACHABLE_ERRORS as e:
-        return _fail(EXIT_UNREACHABLE, describe_unreachable(facade.app, e))
+        return None, _fail(EXIT_UNREACHABLE, describe_unreachable(facade.app, e))
+
+
+def _print(result: Any) -> None:
     indent = 2 if sys.stdout.isatty() else None
     print(json.dumps(result, indent=indent, ensure_ascii=False))
-    return 0
+
+
+#: The field of a coordination command's answer that says it did what was asked (exit 0;
+#: else the answer is printed all the same, and the exit code is 1).
+COORDINATION_OUTCOMES = {"lock": "acquired", "unlock": "released", "extend": "extended"}
+#: ``lock --wait``: the first pause between attempts, doubled after each up to the last.
+WAIT_FIRST_S = 0.02
+WAIT_MAX_S = 0.5
+
+
+def _coordinate(args: argparse.Namespace, facade: III, call: Callable[[], Any]) -> int:
+    """``lock``, ``unlock``, ``extend``: print the answer; exit 0 if it did what was asked,
+    1 if not. ``lock --wait`` tries again while another holds the lock, pausing 20 ms, then
+    twice as long each time up to 500 ms, until the wait is over (a last attempt then)."""
+    deadline = time.monotonic() + getattr(args, "wait", 0.0)
+    pause = WAIT_FIRST_S
+    while True:
+        answer, failed = _reported(args.timeout, facade, call)
+        if failed is not None:
+            return failed
+        done = isinstance(answer, dict) and answer.get(COORDINATION_OUTCOMES[args.command]) is True
+        left = deadline - time.monotonic()
+        if done or left <= 0:
+            break
+        time.sleep(min(pause, left))
+        pause = min(pause * 2, WAIT_MAX_S)
+    _print(answer)
+    return 0 if done else EXIT_STATE_ERROR
 
 
 def _install_functions(url: str | None) -> int:

@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from state_tasks.core.errors import AdapterUnavailable, ValidationError, VersionConflict
 from state_tasks.core.models import MAX_VERSION, KeyPayload, Name, TtlMs, _Payload, parse
@@ -98,6 +98,29 @@ class ArrivePayload(KeyPayload):
     then: ThenSpec
     error: Annotated[str, Field(strict=True, max_length=MAX_ERROR_CHARS)] | None = None
     ttl_ms: TtlMs | None = None
+
+
+class LockAnswer(BaseModel):
+    """What ``state::lock`` returns: ``token`` when ``acquired``; else ``owner`` and
+    ``expires_in_ms`` are the holder's."""
+
+    model_config = ConfigDict(frozen=True)
+
+    acquired: bool
+    token: int | None = None
+    owner: str
+    expires_in_ms: int | None
+
+
+class ArriveAnswer(BaseModel):
+    """What ``state::arrive`` returns: the members counted, the members expected, and
+    whether this arrival sent the barrier's ``then``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    arrived: int
+    expected: int
+    fired: bool
 
 
 @dataclass(frozen=True)
@@ -481,10 +504,12 @@ __all__ = [
     "COORDINATION_FUNCTIONS",
     "FAN_IN_HEADER",
     "Acquired",
+    "ArriveAnswer",
     "ArrivePayload",
     "Coordinator",
     "ExtendPayload",
     "Held",
+    "LockAnswer",
     "LockPayload",
     "ThenSpec",
     "UnlockPayload",

@@ -463,6 +463,11 @@ def test_versions_and_expiry_on_the_key_page_and_in_the_feed(
         triggered.call("state::delete", scope=scope, key="plain")
         deleted = feed_row(browser, scope, "plain", "state:deleted", "deleted")
         assert "expired" not in deleted
+        # A lock's page says what it is: its holder, its token, when it expires
+        held = triggered.call("state::lock", scope=scope, key="job", owner="w-7", ttl_ms=60_000)
+        browser.get(f"{console.url}/#/scope/{scope}/key/job")
+        assert wait_for(browser, "#value-lock").text == f"lock held by w-7 · token {held['token']}"
+        assert wait_for(browser, "#value-expiry", text="expiry in").text.endswith(")")
     finally:
         console.stop()
 

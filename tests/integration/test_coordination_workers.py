@@ -132,7 +132,13 @@ def test_a_killed_holders_lock_is_free_within_its_ttl(coordinated: Deployment) -
     app.send_task("coord::hold", kwargs={"key": "k", "seconds": 60, "ttl_ms": 2_000})
     holder = until(lambda: log(coordinated, "k-holder").get("pid"), 30, "the holder")
     time.sleep(2.5)  # past one ttl: it was extended
-    taken = coordinated.call("state::lock", scope="coord-locks", key="k", owner="me", ttl_ms=1000)
+    # (through the iii facade, as the engine's samples call functions)
+    taken = coordinated.client.iii.trigger(
+        {
+            "function_id": "state::lock",
+            "payload": {"scope": "coord-locks", "key": "k", "owner": "me", "ttl_ms": 1000},
+        }
+    )
     assert taken["acquired"] is False and taken["owner"] != "me"
     # When its process is SIGKILLed
     os.kill(holder, signal.SIGKILL)

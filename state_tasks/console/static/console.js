@@ -470,6 +470,30 @@ function expiryLeft(ms) {
   return ms < 3600000 ? `${Math.round(ms / 60000)} min` : `${(ms / 3600000).toFixed(1)} h`;
 }
 
+// What a lock's or a barrier's record is (state::lock, state::arrive): its holder and fencing
+// token (the key's version when taken, named in the record once extended), or its count.
+function coordinationNote(value) {
+  let parsed;
+  try { parsed = JSON.parse(value.json); } catch { return null; }
+  if (!parsed || typeof parsed !== "object" || Array.isArray(parsed) || Object.keys(parsed).length !== 1) return null;
+  const { lock, barrier, once } = parsed;
+  if (lock && typeof lock === "object") {
+    const token = Number.isInteger(lock.token) ? lock.token : value.version;
+    return h("span", { id: "value-lock", title: "A lock (state::lock): free at its expiry unless extended" },
+      "lock held by ", h("b", { text: String(lock.owner) }), " · token ", h("b", { text: String(token) }));
+  }
+  if (barrier && typeof barrier === "object") {
+    return h("span", { id: "value-barrier", title: "A barrier (state::arrive)" },
+      "barrier ", h("b", { text: `${barrier.arrived} of ${barrier.expected}` }),
+      barrier.fired ? " · fired" : " · waiting");
+  }
+  if (once && typeof once === "object") {
+    return h("span", { id: "value-once", title: "A once-guard's record: calls within its expiry get this result" },
+      "done by ", h("b", { text: String(once.owner) }));
+  }
+  return null;
+}
+
 // When a key expires, from get's expires_in_ms (null: never), as read when the page loaded.
 function expiryText(ms) {
   if (ms === null || ms === undefined) return "never";
@@ -508,7 +532,8 @@ function valueView() {
         h("span", { id: "value-version", title: "Goes up with every change of the key (set, update, batch)" },
           "version ", h("b", { text: String(value.version) })),
         h("span", { id: "value-expiry", title: "Set with ttl_ms on a set or an update" },
-          "expiry ", h("b", { text: expiryText(value.expires_in_ms) }))),
+          "expiry ", h("b", { text: expiryText(value.expires_in_ms) })),
+        coordinationNote(value)),
       h("div", { class: "toolbar" },
         toggle,
         h("button", { type: "button", id: "copy-json", onclick: copy }, "Copy JSON"),
