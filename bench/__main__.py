@@ -28,6 +28,7 @@ import redis
 
 from bench.changelog import bytes_per_entry, changelog_set_cost, watch_lag
 from bench.cluster import ClusterFigures
+from bench.coordination import barrier_arrive_vs_update, fan_in_vs_chord, lock_roundtrip_vs_set
 from bench.costs import costs
 from bench.filters import filter_match_10k, filter_messages_vs_condition
 from bench.harness import BenchDeployment, adapter_yaml, median, timed_ops_per_s
@@ -762,6 +763,10 @@ FIGURES: dict[str, Callable[[Bench], Figure | list[Figure]]] = {
     # cost_worker_cpu_us_per_op, cost_state_redis_cpu_us_per_op,
     # cost_broker_redis_cpu_us_per_op, cost_rabbitmq_cpu_us_per_op (bench/costs.py)
     "cost_per_op": lambda b: [Figure(*row) for row in costs(b)],
+    # coordination: locks, barriers, fan-in (bench/coordination.py)
+    "lock_roundtrip_vs_set": lambda b: Figure(*lock_roundtrip_vs_set(b)),
+    "barrier_arrive_vs_update": lambda b: Figure(*barrier_arrive_vs_update(b)),
+    "fan_in_vs_chord": lambda b: Figure(*fan_in_vs_chord(b)),
     # bench/cluster.py: a local cluster of three masters with a replica each
     "cluster_set_vs_single": lambda b: Figure(*b.cluster.set_vs_single()),
     "cluster_list_groups_scaling": lambda b: Figure(*b.cluster.list_groups_scaling()),

@@ -9,7 +9,7 @@ children are SIGKILLed.
   redelivery of the same task id; its guard is released on revoke and at the hard time
   limit (the worker's main process does it).
 - A 10,000-member barrier with 20% repeated arrivals fires once, while two workers are
-  SIGKILLed, in each of its runs (``STATE_TASKS_BARRIER_RUNS``, default 20, run at once);
+  SIGKILLed, in each of its runs (``STATE_TASKS_BARRIER_RUNS``: 2 by default, 20 by hand);
   ``fan_in`` runs its callback once all members finished, failed ones included.
 
 The handlers: tests/handlers/coordination_handlers.py. The same functions on every adapter,
@@ -34,9 +34,12 @@ from test_reliability import children
 
 from state_tasks import fan_in
 
-#: Runs of the 10,000-member barrier (all at once); more with STATE_TASKS_BARRIER_RUNS.
-BARRIER_RUNS = int(os.environ.get("STATE_TASKS_BARRIER_RUNS", "20"))
+#: Runs of the 10,000-member barrier, all at once: 2 in CI (24,000 arrivals, about 80 s on
+#: two cores); STATE_TASKS_BARRIER_RUNS=20 for twenty (240,000 arrivals, about 15 min).
+BARRIER_RUNS = int(os.environ.get("STATE_TASKS_BARRIER_RUNS", "2"))
 BARRIER_MEMBERS = 10_000
+#: Arrivals sent before their answers are read.
+ARRIVAL_CHUNK = 4_000
 
 
 @pytest.fixture
@@ -246,17 +249,23 @@ def test_barriers_of_10000_members_fire_once_while_workers_die(
                 for m in members
             ]
         rng.shuffle(arrivals)
-        # When every arrival is sent while two workers' children are SIGKILLed
+        # When every arrival is sent while two workers' children are SIGKILLed (in chunks:
+        # a client waiting on a quarter of a million results at once overflows its
+        # subscription to the result backend)
+        answers: list[dict[str, Any]] = []
         with Killer(deployment, most=2, seed=3) as killer:
-            with app.producer_or_acquire() as producer:
-                results = [
-                    app.send_task("state::arrive", kwargs=a, producer=producer) for a in arrivals
-                ]
-            answers = [r.get(timeout=900, interval=0.05) for r in results]
+            for start in range(0, len(arrivals), ARRIVAL_CHUNK):
+                with app.producer_or_acquire() as producer:
+                    results = [
+                        app.send_task("state::arrive", kwargs=a, producer=producer)
+                        for a in arrivals[start : start + ARRIVAL_CHUNK]
+                    ]
+                answers += [r.get(timeout=300, interval=0.05) for r in results]
         assert len(killer.kills) == 2
-        # Then each barrier fired once: one arrival says so, and its callback ran once
+        # Then each barrier fired once: its callback ran once, and no more than one arrival
+        # says it fired (a killed one's redelivery finds it fired and says not)
         fired = [a for a in answers if a["fired"]]
-        assert len(fired) == BARRIER_RUNS
+        assert BARRIER_RUNS - len(killer.kills) <= len(fired) <= BARRIER_RUNS
         for tag in runs:
             wait_until(
                 lambda tag=tag: log(deployment, f"joined-{tag}").get("runs"), 60, "a callback"
