@@ -42,12 +42,15 @@ BARRIER_MEMBERS = 10_000
 ARRIVAL_CHUNK = 4_000
 
 
-@pytest.fixture
-def coordinated(redis_server: RedisServer, tmp_path: Path) -> Iterator[Deployment]:
-    """Two prefork workers (two children each) on a Redis state of their own."""
+@pytest.fixture(scope="module")
+def coordinated(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Deployment]:
+    """Two prefork workers (two children each) on a Redis state of their own, shared by the
+    tests of this module that use keys of their own."""
     deployment = Deployment(
         redis_server,
-        tmp_path / "d",
+        tmp_path_factory.mktemp("coordinated"),
         redis_state_yaml(redis_server.url(own_db()), f"coord-{uuid.uuid4().hex[:6]}"),
     )
     try:
