@@ -44,6 +44,7 @@ import socket
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -195,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
             )
         if name == "lock":
             command.add_argument(
-                "--owner", help="the holder's name (default cli:HOSTNAME:PID, this call's)"
+                "--owner", help="the holder's name (default cli:HOSTNAME:PID:RANDOM, this call's)"
             )
             command.add_argument(
                 "--wait",
@@ -334,8 +335,9 @@ def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
 
 
 def _default_owner() -> str:
-    """``lock``'s owner unless ``--owner``: this call, ``cli:<hostname>:<pid>``."""
-    return f"cli:{socket.gethostname()}:{os.getpid()}"
+    """``lock``'s owner unless ``--owner``: this call, ``cli:<hostname>:<pid>:<random>``
+    (a hostname and a pid alone repeat: containers, pid reuse)."""
+    return f"cli:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def _trigger_spec(args: argparse.Namespace) -> dict[str, Any]:

@@ -29,12 +29,14 @@ import socket
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, ParamSpec, TypeVar
 
-from celery import Celery, current_task, group, signals
+from celery import Celery, Task, current_task, group, signals
+from celery.canvas import Signature, _chain, chord
 from celery.exceptions import TimeLimitExceeded
 
 from state_tasks.celery_app import app as default_app
@@ -88,19 +90,26 @@ class _Keeper(threading.Thread):
         super().__init__(name=f"state-tasks-keeper {what}", daemon=True)
         self.extend = extend
         self.every_s = max(ttl_ms / 3000, 0.01)
+        self.ttl_s = ttl_ms / 1000
         self.what = what
         self.stopped = threading.Event()
         self.lost = threading.Event()
 
     def run(self) -> None:
+        extended_at = time.monotonic()
         while not self.stopped.wait(self.every_s):
             try:
                 if self.extend():
+                    extended_at = time.monotonic()
                     continue
                 logger.warning("%s: the lock was lost (expired, or taken by another)", self.what)
             except Exception as e:
-                logger.warning("%s: could not extend the lock: %s", self.what, e)
-                continue  # the storage may be back before the lock expires
+                if time.monotonic() - extended_at < self.ttl_s:
+                    logger.warning("%s: could not extend the lock: %s", self.what, e)
+                    continue  # the storage may be back before the lock expires
+                logger.warning(
+                    "%s: the lock was lost: not extended for its whole ttl (%s)", self.what, e
+                )
             self.lost.set()
             return
 
@@ -235,9 +244,17 @@ class OncePolicy:
         self, fn: Callable[..., Any], task_name: str, args: Sequence[Any], kwargs: Mapping[str, Any]
     ) -> str:
         """The guard's key for one call."""
+        call_args = tuple(args)
+        positional = call_args
+        if _takes_self(fn):
+            # A bound task (bind=True): its body gets the task first, and the worker's
+            # request (a revoke, a time limit) the call's own arguments only.
+            if call_args and isinstance(call_args[0], Task):
+                call_args = call_args[1:]
+            positional = (None, *call_args)
         if callable(self.key):
-            return str(self.key(*args, **kwargs))
-        bound = inspect.signature(fn).bind_partial(*args, **kwargs)
+            return str(self.key(*call_args, **kwargs))
+        bound = inspect.signature(fn).bind_partial(*positional, **kwargs)
         bound.apply_defaults()
         if isinstance(self.key, str):
             try:
@@ -246,8 +263,20 @@ class OncePolicy:
                 raise ValidationError(
                     f"once: the key {self.key!r} names {e}, which is not an argument of {task_name}"
                 ) from None
-        text = json.dumps([list(args), dict(kwargs)], sort_keys=True, default=repr)
+        try:
+            text = json.dumps([list(call_args), dict(kwargs)], sort_keys=True)
+        except (TypeError, ValueError):
+            raise ValidationError(
+                f"once: the arguments of {task_name} are not JSON; give the guard a key "
+                "(key='...{name}...' or a function of the arguments)"
+            ) from None
         return f"{task_name}:{hashlib.sha256(text.encode()).hexdigest()[:32]}"
+
+
+def _takes_self(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` is the body of a bound task (its first parameter is ``self``)."""
+    parameters = list(inspect.signature(fn).parameters)
+    return bool(parameters) and parameters[0] == "self"
 
 
 def skipped(reason: str, scope: str, key: str, holder: Any) -> dict[str, Any]:
@@ -346,7 +375,11 @@ def _run_once(policy: OncePolicy, key: str, fn: Callable[..., Any], args: Any, k
         raise
     keeper.stop()
     kept = result if _is_json(result) else None
-    _quietly(coordinator.finish, policy.scope, key, token, owner, kept, policy.remember_ms)
+    try:
+        coordinator.finish(policy.scope, key, token, owner, kept, policy.remember_ms)
+    except StateError as e:  # too large to keep (VALUE_TOO_LARGE), or the storage
+        logger.warning("once: could not keep the result of %r (%s); remembering none", key, e)
+        _quietly(coordinator.finish, policy.scope, key, token, owner, None, policy.remember_ms)
     return result
 
 
@@ -393,6 +426,10 @@ def _on_failure(
 ) -> None:
     if isinstance(exception, TimeLimitExceeded):  # sent by the worker's main process
         _release_dead(sender, task_id, args, kwargs)
+        spec = _members_received.pop(task_id or "", None)
+        if spec is not None and task_id:
+            _send_arrival(task_id, spec, f"TimeLimitExceeded: {exception}")
+        return
     _fan_in_arrive(sender, exception)
 
 
@@ -464,6 +501,12 @@ def fan_in(
     }
     if ttl_ms is not None:
         spec_base["ttl_ms"] = ttl_ms
+    for member in members:
+        if not isinstance(member, Signature) or isinstance(member, (_chain, group, chord)):
+            raise ValidationError(
+                "fan_in: each member must be one task's signature (task.s(...)); a chain, "
+                f"group or chord would arrive before all of its tasks ran, got {member!r}"
+            )
     signatures = []
     for index, member in enumerate(members):
         signature = member.clone()
@@ -511,6 +554,22 @@ def _fan_in_arrive(task: Any, exception: BaseException | None) -> None:
     _send_arrival(task_id, spec, error)
 
 
+#: In a worker's main process, the fan-in members it received, by task id (the newest
+#: :data:`MAX_MEMBERS_REMEMBERED`): the main process makes a member killed at its hard time
+#: limit arrive, and the signal that says so carries no headers.
+_members_received: OrderedDict[str, dict[str, Any]] = OrderedDict()
+MAX_MEMBERS_REMEMBERED = 10_000
+
+
+def _on_received(request: Any = None, **_: Any) -> None:
+    spec = (getattr(request, "request_dict", None) or {}).get(FAN_IN_HEADER)
+    if isinstance(spec, dict) and getattr(request, "id", None):
+        _members_received[request.id] = spec
+        while len(_members_received) > MAX_MEMBERS_REMEMBERED:
+            _members_received.popitem(last=False)
+
+
+signals.task_received.connect(_on_received, weak=False)
 signals.task_failure.connect(_on_failure, weak=False)
 signals.task_revoked.connect(_on_revoked, weak=False)
 signals.task_postrun.connect(_on_postrun, weak=False)

@@ -176,22 +176,7 @@ def state_lock(
     "token": n, "owner", "expires_in_ms"}``, or ``{"acquired": false, "owner": holder,
     "expires_in_ms": left}``. Tokens of a lock only grow (fencing tokens)."""
     given = {"scope": scope, "key": key, "owner": owner, "ttl_ms": ttl_ms, **extra}
-    answer: dict[str, Any] = _call("state::lock", given, _op_id(self))
-    if answer.get("acquired") and _repeated(self):
-        # A retry or a redelivery answers what the first attempt did: its expiry is counted
-        # from then. Say what is left now (0: the lock expired or moved on meanwhile).
-        entry = _call("state::get", {"scope": scope, "key": key, "with_version": True})
-        value = entry["value"]
-        held = isinstance(value, dict) and (value.get("lock") or {}).get("owner") == owner
-        answer["expires_in_ms"] = (entry["expires_in_ms"] or 0) if held else 0
-    return answer
-
-
-def _repeated(task: Task) -> bool:
-    """Whether this run repeats an earlier attempt of the same task (a retry, or a message
-    delivered again after a worker died)."""
-    delivery = task.request.delivery_info or {}
-    return bool(task.request.retries) or bool(delivery.get("redelivered"))
+    return _call("state::lock", given, _op_id(self))  # type: ignore[no-any-return]
 
 
 @app.task(**RETRY_OPTIONS, bind=True, name="state::unlock")

@@ -26,6 +26,7 @@ and sends it only if the record does not say it was sent.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -52,6 +53,9 @@ ARRIVED = "/arrived/"
 THEN_NAMESPACE = uuid.UUID("0b6f5f38-4a51-4a0e-9d53-7c0d8f1e6a21")
 #: The message header that makes a task a member of a fan-in (``state_tasks.fan_in``).
 FAN_IN_HEADER = "state_tasks_fan_in"
+#: How long an arrival that claimed the sending of a barrier's ``then`` has to send it
+#: before another arrival may (if the claimer died; its own redelivery may at once).
+SEND_CLAIM_S = 30.0
 #: Compare-and-set rounds before a contended call gives up with a VersionConflict.
 MAX_ROUNDS = 16
 
@@ -160,11 +164,6 @@ def arrived_key(key: str, member: str) -> str:
     return f"{key}{ARRIVED}{member}"
 
 
-def _sub_id(op_id: str | None, step: str) -> str | None:
-    """The operation id of one step of a coordination call (a redelivery derives the same)."""
-    return None if op_id is None else f"{op_id}:{step}"
-
-
 SendTask = Callable[[str, dict[str, Any], str], None]
 
 
@@ -213,13 +212,13 @@ class Coordinator:
         retried holder takes it over with a new token); else say what holds the key."""
         record = {"lock": {"owner": owner, "ttl_ms": ttl_ms}}
         if_version = 0
-        for round_ in range(MAX_ROUNDS):
+        for _ in range(MAX_ROUNDS):
             payload = {"scope": scope, "key": key, "value": record, "ttl_ms": ttl_ms}
             try:
+                # One operation id for every round: a conflict records nothing, and a
+                # redelivery replays the round that took the lock, whichever it was.
                 answer = self.service.call(
-                    "state::set",
-                    payload | {"if_version": if_version},
-                    _sub_id(op_id, f"lock{round_}") if round_ else op_id,
+                    "state::set", payload | {"if_version": if_version}, op_id
                 )
             except VersionConflict:
                 held = self.read(scope, key)
@@ -240,6 +239,10 @@ class Coordinator:
     def lock(self, payload: Mapping[str, Any], op_id: str | None) -> dict[str, Any]:
         request = parse(LockPayload, payload, "state::lock")
         outcome = self.acquire(request.scope, request.key, request.owner, request.ttl_ms, op_id)
+        if outcome.token is not None and op_id is not None:
+            # Under an operation id the answer may be a replay of an earlier attempt's (a
+            # retry, a redelivery): say what holds the lock now, and for how long.
+            outcome = self._still_held(request.scope, request.key, request.owner, outcome)
         if outcome.token is not None:
             return {
                 "acquired": True,
@@ -259,6 +262,17 @@ class Coordinator:
             "expires_in_ms": held.expires_in_ms,
         }
 
+    def _still_held(self, scope: str, key: str, owner: str, outcome: Acquired) -> Acquired:
+        """``outcome`` if its lock is still held by ``owner`` under its token (with the time
+        left now); else what holds the key now (not acquired)."""
+        held = self.read(scope, key)
+        if held.kind == "lock" and held.record.get("owner") == owner:
+            if held.token == outcome.token:
+                return Acquired(outcome.token, held, held.expires_in_ms)
+        if held.kind == "absent":  # expired, or released, since: say so, without a holder
+            return Acquired(None, Held("lock", {}, 0, None), None)
+        return Acquired(None, held, held.expires_in_ms)
+
     def unlock(self, payload: Mapping[str, Any], op_id: str | None) -> dict[str, Any]:
         request = parse(UnlockPayload, payload, "state::unlock")
         return {"released": self.release(request.scope, request.key, request.token, op_id)}
@@ -271,20 +285,22 @@ class Coordinator:
         op_id: str | None = None,
         owner: str | None = None,
     ) -> bool:
-        """Delete the lock (or a once-guard's record) if ``token`` (or, given instead,
-        ``owner``) holds it; ``False`` if it does not (any more)."""
-        for round_ in range(MAX_ROUNDS):
-            step_id = _sub_id(op_id, f"unlock{round_}") if round_ else op_id
+        """Delete the lock if ``token`` (or, given instead, ``owner``) holds it; ``False``
+        if it does not (any more). A redelivered unlock (same ``op_id``) whose delete was
+        applied before answers ``True``."""
+        for _ in range(MAX_ROUNDS):
             held = self.read(scope, key)
             if not _holds(held, token, owner):
-                if held.kind == "absent" and token is not None and op_id is not None:
-                    return self._released_before(scope, key, token, step_id)
-                return False
+                # The key is not at version ``token`` (else it would hold, or not be a lock):
+                # a delete under ``if_version: token`` can only replay this call's own.
+                if token is None or op_id is None or held.version == token:
+                    return False
+                return self._released_before(scope, key, token, op_id)
             try:
                 self.service.call(
                     "state::delete",
                     {"scope": scope, "key": key, "if_version": held.version},
-                    step_id,
+                    op_id,  # one id for every round: a conflict records nothing
                 )
             except VersionConflict:
                 continue
@@ -293,7 +309,7 @@ class Coordinator:
 
     def _released_before(self, scope: str, key: str, token: int, op_id: str | None) -> bool:
         """Whether a redelivered unlock's delete was applied before: its operation id
-        replays it (the key is absent now, so nothing else can be deleted)."""
+        replays it (the key is not at version ``token``, so nothing else can be deleted)."""
         try:
             self.service.call(
                 "state::delete", {"scope": scope, "key": key, "if_version": token}, op_id
@@ -304,7 +320,7 @@ class Coordinator:
 
     def extend(self, payload: Mapping[str, Any], op_id: str | None) -> dict[str, Any]:
         request = parse(ExtendPayload, payload, "state::extend")
-        for round_ in range(MAX_ROUNDS):
+        for _ in range(MAX_ROUNDS):
             held = self.read(request.scope, request.key)
             if held.kind != "lock" or held.token != request.token:
                 return {"extended": False, "expires_in_ms": None}
@@ -319,7 +335,7 @@ class Coordinator:
                         "if_version": held.version,
                         "ttl_ms": request.ttl_ms,
                     },
-                    _sub_id(op_id, f"extend{round_}"),
+                    op_id,  # one id for every round: a conflict records nothing
                 )
             except VersionConflict:
                 continue
@@ -374,94 +390,165 @@ class Coordinator:
                 f"(the member is recorded as {member_key[:60]!r}...); use shorter names"
             )
         then = request.then.model_dump()
-        ttl = {} if request.ttl_ms is None else {"ttl_ms": request.ttl_ms}
         arrival: dict[str, Any] = {"member": request.member, "ok": request.error is None}
         if request.error is not None:
             arrival["error"] = request.error
+        # One operation id for every round (a conflict records nothing): a redelivered
+        # arrival replays the round that counted it, whichever it was.
         batch_id = op_id or uuid.uuid4().hex
-        for round_ in range(MAX_ROUNDS):
+        member_version = 0  # the member's key must be absent, or this stale version
+        for _ in range(MAX_ROUNDS):
             held = self.read(scope, key)
             if held.kind == "absent":
+                barrier_id = uuid.uuid4().hex
                 barrier = {
                     "expected": request.expected,
                     "then": then,
                     "arrived": 1,
                     "fired": False,
-                    "id": uuid.uuid4().hex,
+                    "id": barrier_id,
                 }
                 write: dict[str, Any] = {
                     "op": "set",
                     "key": key,
                     "value": {"barrier": barrier},
                     "if_version": 0,
-                } | ttl
+                }
+                if request.ttl_ms is not None:
+                    write["ttl_ms"] = request.ttl_ms
+                member_ttl = request.ttl_ms
             else:
                 _check_barrier(scope, key, held, request.expected, then)
+                barrier_id = held.record["id"]
+                # An update without ttl_ms keeps the barrier's expiry, fixed at its creation;
+                # each member's key goes with it.
                 write = {
                     "op": "update",
                     "key": key,
                     "ops": [{"type": "increment", "path": ["barrier", "arrived"], "by": 1}],
-                } | ttl
-            member_write = {
+                }
+                member_ttl = held.expires_in_ms
+            member_write: dict[str, Any] = {
                 "op": "set",
                 "key": member_key,
-                "value": arrival,
-                "if_version": 0,
-            } | ttl
+                "value": arrival | {"barrier": barrier_id},
+                "if_version": member_version,
+            }
+            if member_ttl:
+                member_write["ttl_ms"] = member_ttl
             try:
                 answer = self.service.call(
                     "state::batch",
                     {"scope": scope, "operations": [member_write, write]},
-                    batch_id if round_ == 0 else f"{batch_id}:{round_}",
+                    batch_id,
                 )
             except VersionConflict as conflict:
                 if (conflict.details or {}).get("operation_index") == 0:
-                    return self._arrived_before(scope, key, request.expected)
-                continue  # the barrier was created (or removed) meanwhile: read it again
+                    stale = self._stale_arrival(scope, key, member_key)
+                    if stale is None:  # this member arrived at this barrier before
+                        return self._arrived_before(scope, key, request.expected, op_id)
+                    member_version = stale
+                continue  # the barrier was created, removed or renewed meanwhile
             record = (answer["results"][1] or {}).get("new_value")
             count = record["barrier"]["arrived"] if isinstance(record, dict) else None
-            if count is None:  # a settled repeat: its first run did what was due
-                return self._arrived_before(scope, key, request.expected)
-            fired = count == request.expected and self._fire(scope, key, op_id)
+            if count is None:  # a settled repeat: it counted; see whether the send is due
+                return self._arrived_before(scope, key, request.expected, op_id)
+            fired = count >= request.expected and self._fire(scope, key, op_id)
             return {"arrived": count, "expected": request.expected, "fired": fired}
         raise VersionConflict(
             f"state::arrive: the barrier at scope {scope!r} key {key!r} kept changing during "
             f"{MAX_ROUNDS} attempts; try again"
         )
 
-    def _arrived_before(self, scope: str, key: str, expected: int) -> dict[str, Any]:
-        """The answer to an arrival that counted before (a repeated member)."""
+    def _stale_arrival(self, scope: str, key: str, member_key: str) -> int | None:
+        """``None`` if the member's key records an arrival at the barrier now at ``key``
+        (a repeated arrival); else its version (``0``: gone), which this arrival replaces:
+        it was left by an earlier barrier of the same key (deleted, or expired)."""
+        member = self.service.call(
+            "state::get", {"scope": scope, "key": member_key, "with_version": True}
+        )
+        if member["version"] == 0:
+            return 0
+        barrier = self.read(scope, key)
+        current = barrier.record.get("id") if barrier.kind == "barrier" else None
+        value = member["value"]
+        if current is not None and isinstance(value, dict) and value.get("barrier") == current:
+            return None
+        return int(member["version"])
+
+    def _arrived_before(
+        self, scope: str, key: str, expected: int, op_id: str | None
+    ) -> dict[str, Any]:
+        """The answer to an arrival that counted before (a repeated member, or a repeat of
+        the arrival itself); it sends ``then`` if that is due and was not sent (the first
+        run of a completing arrival died, or could not reach the broker, before sending)."""
         held = self.read(scope, key)
-        count = held.record.get("arrived", 0) if held.kind == "barrier" else 0
-        return {"arrived": count, "expected": expected, "fired": False}
+        if held.kind != "barrier":
+            return {"arrived": 0, "expected": expected, "fired": False}
+        count = held.record.get("arrived", 0)
+        fired = count >= expected and not held.record.get("fired") and self._fire(scope, key, op_id)
+        return {"arrived": count, "expected": expected, "fired": fired}
 
     def _fire(self, scope: str, key: str, op_id: str | None) -> bool:
-        """Send the barrier's ``then`` unless its record says it was sent; then say so."""
+        """Send the barrier's ``then`` if it is complete and not sent, then mark it fired.
+
+        Whoever sends it claims it first (a compare-and-set of the record naming the
+        claimer, for :data:`SEND_CLAIM_S`), so that of the arrivals that see it complete at
+        once (the last, a repeated member, a redelivery) one sends it. The claimer's own
+        repeat (same ``op_id``) may send again; another arrival only once the claim ran out.
+        """
         assert self.send_task is not None
-        held = self.read(scope, key)
-        if held.kind != "barrier" or held.record.get("fired"):
-            return False
-        then = held.record["then"]
-        try:
-            self.send_task(
-                then["task"], dict(then.get("kwargs") or {}), then_task_id(held.record["id"])
+        claimer = op_id or uuid.uuid4().hex
+        for _ in range(MAX_ROUNDS):
+            held = self.read(scope, key)
+            record = held.record
+            if held.kind != "barrier" or record.get("fired"):
+                return False
+            if record.get("arrived", 0) < record.get("expected", 0):
+                return False
+            claim = record.get("sending") or {}
+            now = time.time()
+            if claim.get("by") not in (None, claimer) and claim.get("until", 0) > now:
+                return False  # another arrival is sending it
+            try:
+                self.service.call(
+                    "state::update",
+                    {
+                        "scope": scope,
+                        "key": key,
+                        "ops": [
+                            {
+                                "type": "set",
+                                "path": ["barrier", "sending"],
+                                "value": {"by": claimer, "until": now + SEND_CLAIM_S},
+                            }
+                        ],
+                        "if_version": held.version,
+                    },
+                )
+            except VersionConflict:
+                continue
+            then = record["then"]
+            try:
+                self.send_task(
+                    then["task"], dict(then.get("kwargs") or {}), then_task_id(record["id"])
+                )
+            except Exception as e:  # the broker: the arrival is retried, and sends it then
+                raise AdapterUnavailable(
+                    f"state::arrive: the barrier at scope {scope!r} key {key!r} is complete "
+                    f"but its 'then' task {then['task']!r} could not be sent "
+                    f"({type(e).__name__}: {e}); retrying the arrival sends it"
+                ) from e
+            self.service.call(
+                "state::update",
+                {
+                    "scope": scope,
+                    "key": key,
+                    "ops": [{"type": "set", "path": ["barrier", "fired"], "value": True}],
+                },
             )
-        except Exception as e:  # the broker: the arrival is retried, and sends it then
-            raise AdapterUnavailable(
-                f"state::arrive: the barrier at scope {scope!r} key {key!r} is complete but "
-                f"its 'then' task {then['task']!r} could not be sent ({type(e).__name__}: {e}); "
-                "retrying the arrival sends it"
-            ) from e
-        self.service.call(
-            "state::update",
-            {
-                "scope": scope,
-                "key": key,
-                "ops": [{"type": "set", "path": ["barrier", "fired"], "value": True}],
-            },
-            _sub_id(op_id, "fired"),
-        )
-        return True
+            return True
+        return False
 
 
 def _describe(held: Held) -> str:
@@ -471,11 +558,12 @@ def _describe(held: Held) -> str:
 
 
 def _holds(held: Held, token: int | None, owner: str | None) -> bool:
-    """Whether ``held`` is the lock (or once-guard) of ``token`` or of ``owner``."""
-    if held.kind not in ("lock", "once"):
+    """Whether ``held`` is the lock of ``token`` or of ``owner`` (a once-guard's finished
+    record is not a lock: releasing by owner leaves it)."""
+    if held.kind != "lock":
         return False
     if token is not None:
-        return held.kind == "lock" and held.token == token
+        return held.token == token
     return held.record.get("owner") == owner
 
 

@@ -71,7 +71,7 @@ def test_one_holder_and_only_its_token_extends_or_releases(
     key = f"k-{uuid.uuid4().hex[:8]}"
     first = lock(coord, key, "alice", 5_000)
     assert first["acquired"] is True and first["owner"] == "alice"
-    assert first["expires_in_ms"] == 5_000
+    assert 4_000 < first["expires_in_ms"] <= 5_000  # what is left, read after taking it
     token = first["token"]
     # Another owner is told who holds it and for how long; it gets no token.
     other = lock(coord, key, "bob", 5_000)
@@ -120,7 +120,9 @@ def test_tokens_grow_across_expiry_release_and_take_over(coord: StateService) ->
 def test_a_redelivered_call_answers_what_it_answered(coord: StateService) -> None:
     key = f"k-{uuid.uuid4().hex[:8]}"
     first = lock(coord, key, "w1", op="lock-op")
-    assert lock(coord, key, "w1", op="lock-op") == first
+    repeat = lock(coord, key, "w1", op="lock-op")
+    assert repeat["token"] == first["token"] and repeat["acquired"] is True
+    assert 0 < repeat["expires_in_ms"] <= first["expires_in_ms"]  # the time left now
     coord.settle_sent()
     assert lock(coord, key, "w1", op="lock-op")["token"] == first["token"]
     assert unlock(coord, key, first["token"], op="unlock-op") is True
@@ -128,6 +130,12 @@ def test_a_redelivered_call_answers_what_it_answered(coord: StateService) -> Non
     coord.settle_sent()
     assert unlock(coord, key, first["token"], op="unlock-op") is True
     assert unlock(coord, key, first["token"]) is False
+    # Once another holds it, a repeat of the first lock says so: no second holder.
+    other = lock(coord, key, "w2")
+    again = lock(coord, key, "w1", op="lock-op")
+    assert again["acquired"] is False and again["owner"] == "w2", again
+    assert unlock(coord, key, first["token"], op="unlock-op") is True  # it did release
+    assert unlock(coord, key, other["token"]) is True
 
 
 def test_concurrent_attempts_give_one_holder(coord: StateService) -> None:
@@ -193,7 +201,12 @@ def test_a_barrier_counts_members_once_and_fires_once(coord: StateService, sent:
     assert sent.calls[0] == ("reports::publish", {"album": "summer"}, then_task_id(record["id"]))
     assert record["fired"] is True and record["expected"] == 3 and record["then"] == THEN
     failed = coord.call("state::get", {"scope": "joins", "key": arrived_key(key, "m2")})
-    assert failed == {"member": "m2", "ok": False, "error": "ValueError: bad row"}
+    assert failed == {
+        "member": "m2",
+        "ok": False,
+        "error": "ValueError: bad row",
+        "barrier": record["id"],
+    }
 
 
 def test_concurrent_and_repeated_arrivals_fire_once(coord: StateService, sent: Sent) -> None:
@@ -234,3 +247,53 @@ def test_a_barrier_refuses_another_definition(coord: StateService, sent: Sent) -
     with pytest.raises(StateError, match="not a barrier"):
         arrive(coord, "plain", "m1", 2)
     assert coord.call("state::get", {"scope": "joins", "key": "plain"}) == 1
+
+
+def test_a_complete_barrier_whose_send_failed_sends_on_the_retry(
+    coord: StateService, sent: Sent
+) -> None:
+    key = f"b-{uuid.uuid4().hex[:8]}"
+    arrive(coord, key, "m1", 2)
+    failing = [True]
+
+    def send(name: str, kwargs: dict[str, Any], task_id: str) -> None:
+        if failing.pop(0) if failing else False:
+            raise ConnectionError("broker away")
+        sent(name, kwargs, task_id)
+
+    coord.coordinator.send_task = send
+    with pytest.raises(StateError, match="retrying the arrival sends it") as away:
+        arrive(coord, key, "m2", 2, op="last")
+    assert away.value.code == "ADAPTER_ERROR" and sent.calls == []
+    # The task's retry (same id) sends it, once; a repeated member then sends nothing.
+    assert arrive(coord, key, "m2", 2, op="last") == {"arrived": 2, "expected": 2, "fired": True}
+    assert arrive(coord, key, "m1", 2)["fired"] is False
+    assert len(sent.calls) == 1
+
+
+def test_a_barrier_key_used_again_counts_afresh(coord: StateService, sent: Sent) -> None:
+    key = f"b-{uuid.uuid4().hex[:8]}"
+    arrive(coord, key, "m1", 2)
+    arrive(coord, key, "m2", 2)
+    assert len(sent.calls) == 1
+    # Its record deleted (its arrivals' keys left behind), the key is a new barrier
+    coord.call("state::delete", {"scope": "joins", "key": key})
+    assert arrive(coord, key, "m1", 2) == {"arrived": 1, "expected": 2, "fired": False}
+    assert arrive(coord, key, "m1", 2) == {"arrived": 1, "expected": 2, "fired": False}
+    assert arrive(coord, key, "m2", 2)["fired"] is True
+    assert len(sent.calls) == 2 and sent.calls[0][2] != sent.calls[1][2]
+
+
+def test_a_barriers_arrivals_expire_with_it(coord: StateService) -> None:
+    key = f"b-{uuid.uuid4().hex[:8]}"
+    arrive(coord, key, "m1", 3, ttl_ms=600)
+    time.sleep(0.25)
+    arrive(coord, key, "m2", 3, ttl_ms=600)  # does not extend the barrier, nor m1
+    left = coord.call(
+        "state::get", {"scope": "joins", "key": arrived_key(key, "m2"), "with_version": True}
+    )["expires_in_ms"]
+    assert 0 < left <= 400
+    time.sleep(0.5)
+    assert coord.call("state::get", {"scope": "joins", "key": key}) is None
+    # Expired, with its arrivals: m1 again starts a new barrier, counted once
+    assert arrive(coord, key, "m1", 3) == {"arrived": 1, "expected": 3, "fired": False}

@@ -31,7 +31,7 @@ def test_lock_extend_unlock_and_wait_from_the_command_line(kv_deployment: Any) -
         "expires_in_ms": 2500,
     }
     expires = time.monotonic() + 2.5
-    # --wait: tries again until a's lock expired; the default owner is cli:<hostname>:<pid>
+    # --wait: tries again until a's lock expired; the default owner is cli:<hostname>:<pid>:<random>
     waited = run(kv_deployment, "lock", scope, "job", "--ttl-ms", "30000", "--wait", "10")
     assert waited.returncode == 0, (waited.stdout, waited.stderr)
     second = json.loads(waited.stdout)

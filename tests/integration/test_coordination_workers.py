@@ -216,7 +216,12 @@ def test_fan_in_runs_its_callback_once_after_every_member(coordinated: Deploymen
     status = started.status(app)
     assert status["arrived"] == 50 and status["fired"] is True
     failed = coordinated.call("state::get", scope=started.scope, key=f"{started.key}/arrived/3")
-    assert failed == {"member": "3", "ok": False, "error": "ValueError: member 3 failed"}
+    assert failed == {
+        "member": "3",
+        "ok": False,
+        "error": "ValueError: member 3 failed",
+        "barrier": status["id"],
+    }
 
 
 @pytest.mark.own_broker
