@@ -30,15 +30,21 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from state_tasks.core.errors import AdapterUnavailable, ValidationError, VersionConflict
 from state_tasks.core.models import MAX_VERSION, KeyPayload, Name, TtlMs, _Payload, parse
 
-if TYPE_CHECKING:
-    from state_tasks.core.service import StateService
+
+class StateFunctions(Protocol):
+    """What the coordinator needs of the state service (:class:`StateService` is one)."""
+
+    def call(
+        self, function_id: str, payload: Mapping[str, Any] | None = None, op_id: str | None = None
+    ) -> Any: ...
+
 
 #: The coordination functions, by their task name.
 COORDINATION_FUNCTIONS = ("state::lock", "state::unlock", "state::extend", "state::arrive")
@@ -175,7 +181,7 @@ class Coordinator:
         ``None``: barriers cannot fire here (``state::arrive`` refuses).
     """
 
-    def __init__(self, service: StateService, send_task: SendTask | None = None) -> None:
+    def __init__(self, service: StateFunctions, send_task: SendTask | None = None) -> None:
         self.service = service
         self.send_task = send_task
 
