@@ -17,6 +17,9 @@ from state_tasks.core.errors import ValidationError
 def report(account: str, month: int = 1) -> None: ...
 
 
+def bound_report(self: Any, account: str, month: int = 1) -> None: ...
+
+
 def policy(key: Any) -> OncePolicy:
     return OncePolicy(key, "once", 1000, "skip", 0, None)
 
@@ -39,6 +42,18 @@ def test_a_guards_key_is_its_template_its_function_or_the_whole_call() -> None:
         policy("r:{year}").key_of(report, "t", ("acme",), {})
 
 
+def test_a_bound_tasks_key_is_the_same_in_its_body_and_in_the_workers_request() -> None:
+    # In the body the task comes first; a revoke or a time limit (the worker's main
+    # process) sees the message's arguments only: both give the same guard.
+    from state_tasks.tasks import state_get as task
+    for key in ("r:{account}:{month}", None, lambda account, month=1: f"{account}-{month}"):
+        in_body = policy(key).key_of(bound_report, "t", (task, "acme"), {"month": 2})
+        from_request = policy(key).key_of(bound_report, "t", ("acme",), {"month": 2})
+        assert in_body == from_request
+    with pytest.raises(ValidationError, match="not JSON"):
+        policy(None).key_of(report, "t", (object(),), {})
+
+
 def test_once_and_fan_in_refuse_what_they_cannot_do() -> None:
     with pytest.raises(ValidationError, match="running must be 'skip' or 'wait'"):
         once(running="queue")  # type: ignore[arg-type]
@@ -49,6 +64,8 @@ def test_once_and_fan_in_refuse_what_they_cannot_do() -> None:
         fan_in([member], app.signature("x::then", args=(1,)))
     with pytest.raises(ValidationError, match="must be JSON"):
         fan_in([member], app.signature("x::then", kwargs={"when": object()}))
+    with pytest.raises(ValidationError, match="one task's signature"):
+        fan_in([member | app.signature("x::next")], app.signature("x::then"))
 
 
 def test_the_answers_and_names() -> None:
