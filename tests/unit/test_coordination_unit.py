@@ -46,6 +46,7 @@ def test_a_bound_tasks_key_is_the_same_in_its_body_and_in_the_workers_request() 
     # In the body the task comes first; a revoke or a time limit (the worker's main
     # process) sees the message's arguments only: both give the same guard.
     from state_tasks.tasks import state_get as task
+
     for key in ("r:{account}:{month}", None, lambda account, month=1: f"{account}-{month}"):
         in_body = policy(key).key_of(bound_report, "t", (task, "acme"), {"month": 2})
         from_request = policy(key).key_of(bound_report, "t", ("acme",), {"month": 2})
