@@ -14,7 +14,15 @@ from typing import Any
 
 import pytest
 import redis
-from helpers import HANDLERS, Client, RedisServer, Worker, adapter_yaml, redis_state_yaml
+from helpers import (
+    HANDLERS,
+    Client,
+    RedisServer,
+    Worker,
+    adapter_yaml,
+    redis_state_yaml,
+    wait_until,
+)
 
 from state_tasks.contrib.servers import CELERY, RedisSentinelGroup
 from state_tasks.core.errors import StateError
@@ -81,6 +89,13 @@ def test_no_password_in_logs_cli_errors_or_task_events(tmp_path: Path) -> None:
     listener.start()
     texts: list[str] = []
     try:
+        # (once the receiver hears the workers' events: it misses those sent before it
+        # consumes, and the calls below must be heard)
+        def heard() -> bool:
+            client.call("state::get", scope="sec", key="warm-up")
+            return any("state::get" in e for e in list(events))
+
+        wait_until(heard, 20, "the task events of a call")
         # When state functions succeed, fail, fire triggers and go through the Bridge
         client.iii.register_trigger(
             {"type": "state", "function_id": "test::onAny", "config": {"scope": "sec"}}
