@@ -40,7 +40,7 @@ from celery.canvas import Signature, _chain, chord
 from celery.exceptions import TimeLimitExceeded
 
 from state_tasks.celery_app import app as default_app
-from state_tasks.core.coordination import FAN_IN_HEADER, then_task_id
+from state_tasks.core.coordination import FAN_IN_HEADER
 from state_tasks.core.errors import StateError, ValidationError
 from state_tasks.facade import III
 from state_tasks.runtime import current_runtime
@@ -452,7 +452,6 @@ class FanIn:
     scope: str
     key: str
     task_ids: list[str]
-    then_task_id: str | None = None
 
     def status(self, app: Celery | None = None) -> dict[str, Any]:
         """The barrier's record: ``{"expected", "arrived", "fired", "then", "id"}`` (empty
@@ -606,5 +605,4 @@ __all__ = [
     "lock",
     "once",
     "skipped",
-    "then_task_id",
 ]

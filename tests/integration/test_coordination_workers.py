@@ -42,20 +42,31 @@ BARRIER_MEMBERS = 10_000
 ARRIVAL_CHUNK = 4_000
 
 
+def deployment_of(redis_server: RedisServer, workdir: Path, name: str, workers: int) -> Deployment:
+    """``workers`` prefork workers (two children each) loading the coordination handlers,
+    on a Redis state of their own."""
+    deployment = Deployment(
+        redis_server,
+        workdir,
+        redis_state_yaml(redis_server.url(own_db()), f"{name}-{uuid.uuid4().hex[:6]}"),
+    )
+    try:
+        for _ in range(workers):
+            deployment.worker("--concurrency", "2", includes=("coordination_handlers",))
+    except BaseException:
+        deployment.close()
+        raise
+    return deployment
+
+
 @pytest.fixture(scope="module")
 def coordinated(
     redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Deployment]:
     """Two prefork workers (two children each) on a Redis state of their own, shared by the
     tests of this module that use keys of their own."""
-    deployment = Deployment(
-        redis_server,
-        tmp_path_factory.mktemp("coordinated"),
-        redis_state_yaml(redis_server.url(own_db()), f"coord-{uuid.uuid4().hex[:6]}"),
-    )
+    deployment = deployment_of(redis_server, tmp_path_factory.mktemp("coordinated"), "coord", 2)
     try:
-        for _ in range(2):
-            deployment.worker("--concurrency", "2", includes=("coordination_handlers",))
         yield deployment
     finally:
         deployment.close()
@@ -106,14 +117,8 @@ def test_locks_give_one_holder_and_growing_tokens_while_children_die(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     # Given four prefork workers (two children each) on one Redis state
-    deployment = Deployment(
-        redis_server,
-        tmp_path / "d",
-        redis_state_yaml(redis_server.url(own_db()), f"locks-{uuid.uuid4().hex[:6]}"),
-    )
+    deployment = deployment_of(redis_server, tmp_path / "d", "locks", 4)
     try:
-        for _ in range(4):
-            deployment.worker("--concurrency", "2", includes=("coordination_handlers",))
         app = deployment.client.app
         # When 1,000 lock attempts go through while pool children are SIGKILLed
         with Killer(deployment, most=4) as killer:
@@ -229,14 +234,8 @@ def test_barriers_of_10000_members_fire_once_while_workers_die(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     # Given two workers (two children each) on one Redis state
-    deployment = Deployment(
-        redis_server,
-        tmp_path / "d",
-        redis_state_yaml(redis_server.url(own_db()), f"barrier-{uuid.uuid4().hex[:6]}"),
-    )
+    deployment = deployment_of(redis_server, tmp_path / "d", "barrier", 2)
     try:
-        for _ in range(2):
-            deployment.worker("--concurrency", "2", includes=("coordination_handlers",))
         app = deployment.client.app
         rng = random.Random(11)
         runs = [uuid.uuid4().hex[:8] for _ in range(BARRIER_RUNS)]
